@@ -1,0 +1,94 @@
+# torchbridge_find_torch(): locate LibTorch and define the imported target torchbridge::libtorch.
+#
+# Why not find_package(Torch): the TorchConfig.cmake of PyPI's default (CUDA-enabled) torch wheel
+# stops at configure time without a CUDA toolkit, and with a partial toolkit the link fails later.
+# torchbridge's C++ code uses only the CPU/CUDA-agnostic API (CUDA kernels load at run time through
+# libtorch.so), so it needs headers and three libraries, found the same way for every LibTorch:
+#
+#   1. TORCHBRIDGE_TORCH_ROOT, a folder with include/torch/script.h and lib/ (a LibTorch);
+#   2. a LibTorch on CMAKE_PREFIX_PATH (the LibTorch folder itself, or its share/cmake/Torch);
+#   3. the torch package of Python_EXECUTABLE (set by scikit-build-core), else of python3 on PATH.
+function(torchbridge_find_torch)
+  if(TARGET torchbridge::libtorch)
+    return()
+  endif()
+
+  set(root "${TORCHBRIDGE_TORCH_ROOT}")
+  if(NOT root)
+    foreach(prefix IN LISTS CMAKE_PREFIX_PATH)
+      foreach(candidate "${prefix}" "${prefix}/../../.." "${prefix}/torch")
+        if(EXISTS "${candidate}/include/torch/script.h")
+          get_filename_component(root "${candidate}" ABSOLUTE)
+          break()
+        endif()
+      endforeach()
+      if(root)
+        break()
+      endif()
+    endforeach()
+  endif()
+  if(NOT root)
+    set(python "${Python_EXECUTABLE}")
+    if(NOT python)
+      find_program(python NAMES python3 python)
+    endif()
+    if(python)
+      execute_process(
+        COMMAND "${python}" -c "import os, torch; print(os.path.dirname(torch.__file__))"
+        OUTPUT_VARIABLE root OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET RESULT_VARIABLE status)
+      if(NOT status EQUAL 0)
+        set(root "")
+      endif()
+    endif()
+  endif()
+  if(NOT root OR NOT EXISTS "${root}/include/torch/script.h")
+    message(FATAL_ERROR
+      "torchbridge: LibTorch not found. Install torch in the Python environment that builds "
+      "torchbridge (pip install torch==2.14.1, then pip install --no-build-isolation .), or point "
+      "CMake at a LibTorch with -DCMAKE_PREFIX_PATH=/path/to/libtorch or -DTORCHBRIDGE_TORCH_ROOT=...")
+  endif()
+
+  set(libraries "")
+  foreach(name torch torch_cpu c10)
+    find_library(lib_${name} NAMES ${name} PATHS "${root}/lib" NO_DEFAULT_PATH NO_CACHE)
+    if(NOT lib_${name})
+      message(FATAL_ERROR "torchbridge: ${root}/lib lacks lib${name}; is this a complete LibTorch?")
+    endif()
+    list(APPEND libraries "${lib_${name}}")
+  endforeach()
+
+  # torch >= 2.10 keeps the numbers in headeronly/version.h, older releases in the API header.
+  set(version_header "${root}/include/torch/headeronly/version.h")
+  if(NOT EXISTS "${version_header}")
+    set(version_header "${root}/include/torch/csrc/api/include/torch/version.h")
+  endif()
+  file(STRINGS "${version_header}" version_lines REGEX "#define TORCH_VERSION_(MAJOR|MINOR|PATCH) ")
+  set(version "")
+  foreach(part MAJOR MINOR PATCH)
+    string(REGEX MATCH "TORCH_VERSION_${part} ([0-9]+)" _ "${version_lines}")
+    list(APPEND version "${CMAKE_MATCH_1}")
+  endforeach()
+  list(JOIN version "." version)
+  # torch 2.14's headers refuse anything below C++20; older ones build with C++17.
+  if(version VERSION_GREATER_EQUAL 2.14)
+    set(standard cxx_std_20)
+  else()
+    set(standard cxx_std_17)
+  endif()
+  set(cuda OFF)
+  if(EXISTS "${root}/lib/libtorch_cuda.so")
+    set(cuda ON)
+  endif()
+
+  add_library(torchbridge::libtorch INTERFACE IMPORTED GLOBAL)
+  set_target_properties(torchbridge::libtorch PROPERTIES
+    INTERFACE_INCLUDE_DIRECTORIES "${root}/include;${root}/include/torch/csrc/api/include"
+    INTERFACE_COMPILE_FEATURES "${standard}"
+    # --no-as-needed keeps libtorch.so (and through it the CUDA kernels of a CUDA build) linked
+    # even though our code calls no symbol defined there directly.
+    INTERFACE_LINK_LIBRARIES "-Wl,--no-as-needed;${libraries};-Wl,--as-needed")
+  set(TORCHBRIDGE_TORCH_ROOT "${root}" CACHE PATH "LibTorch used by torchbridge" FORCE)
+  set(TORCHBRIDGE_TORCH_VERSION "${version}" PARENT_SCOPE)
+  set(TORCHBRIDGE_TORCH_LIBDIR "${root}/lib" PARENT_SCOPE)
+  message(STATUS "torchbridge: LibTorch ${version} at ${root} (CUDA build: ${cuda})")
+endfunction()

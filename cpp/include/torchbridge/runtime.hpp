@@ -1,0 +1,172 @@
+// torchbridge/runtime.hpp: run torchbridge artifacts from C++, no Python involved.
+//
+// Usage
+//
+//   #include <torchbridge/runtime.hpp>
+//
+//   torchbridge::RuntimeOptions options;
+//   options.device = "cpu";
+//   options.threads = 2;
+//   torchbridge::Runtime runtime("model.pt", options);      // loads, validates, warms up
+//   std::cout << runtime.manifest().inputs[0].to_string();  // "x: float32[?, 1, 8, 8]"
+//   std::vector<at::Tensor> outputs = runtime.forward({torch::rand({4, 1, 8, 8})});
+//   torchbridge::SelftestReport report = runtime.selftest(); // golden example stored in the artifact
+//
+//   at::Tensor x = torchbridge::read_npy("x.npy");
+//   torchbridge::write_npy("y.npy", outputs[0]);
+//
+// Contract
+//
+// - Every failure throws torchbridge::Error (a std::runtime_error); Error::code() tells the cause.
+//   The message names the file or input and what was expected.
+// - Runtime is move-only and owns the loaded model. forward() is const and may be called from
+//   several threads at once on one Runtime.
+// - LibTorch keeps the intra-op thread count and the quantized engine per process: loading a
+//   Runtime with threads > 0 or a quantized artifact changes them for the whole process.
+// - An artifact is a TorchScript archive written by torchbridge.export (Python), carrying a
+//   manifest (input/output specs, tolerances, golden example). A plain TorchScript file without a
+//   manifest also loads; it then has no input specs, golden example or warm-up.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace torchbridge {
+
+/// The torchbridge version, e.g. "0.1.0".
+const char* version();
+
+/// Why an operation failed; the CLI maps each code to its own exit status.
+enum class ErrorCode {
+  kInvalidArgument,  // a bad option or argument (device name, thread count, ...)
+  kArtifact,         // the artifact is missing, truncated, not TorchScript or fails to load
+  kInput,            // an input tensor or .npy file does not match what was expected
+  kRuntime,          // the model raised while running
+};
+
+class Error : public std::runtime_error {
+ public:
+  Error(ErrorCode code, const std::string& message) : std::runtime_error(message), code_(code) {}
+  ErrorCode code() const noexcept { return code_; }
+
+ private:
+  ErrorCode code_;
+};
+
+/// One model input or output: dtype and shape; -1 marks a dynamic dimension (printed as "?").
+struct TensorSpec {
+  std::string name;
+  at::ScalarType dtype = at::ScalarType::Float;
+  std::vector<int64_t> shape;
+
+  std::string to_string() const;  // "x: float32[?, 1, 8, 8]"
+  bool matches(const at::Tensor& tensor) const;
+};
+
+/// The manifest torchbridge.export embeds in an artifact (archive entry torchbridge/manifest.json).
+struct Manifest {
+  bool present = false;  // false for a plain TorchScript file without a manifest
+  int format_version = 0;
+  std::string torchbridge_version;
+  std::string torch_version;  // torch that exported the artifact
+  std::string format;         // "torchscript"
+  std::string method;         // "script" or "trace"
+  std::string model;          // the exported model's class name
+  std::string quantized_engine;  // "" for float models, else "x86", "fbgemm", "qnnpack", ...
+  std::vector<TensorSpec> inputs;
+  std::vector<TensorSpec> outputs;
+  double rtol = 1e-5;  // tolerance of the artifact against the eager model it came from
+  double atol = 1e-6;
+  std::string json;  // the manifest as stored
+};
+
+struct RuntimeOptions {
+  std::string device = "cpu";  // "cpu", "cuda", "cuda:1"
+  int threads = 0;             // intra-op threads for the process; 0 keeps LibTorch's default
+  int warmup_runs = 3;         // forwards run at load on the golden example (0 disables)
+};
+
+/// How one output compares with its reference.
+struct Comparison {
+  bool passed = false;
+  double max_abs = 0.0;  // max |actual - expected|
+  double max_rel = 0.0;  // max_abs / max |expected| (0 when both are all zero)
+  std::string note;      // why it failed when shapes or dtypes differ, or values are not finite
+};
+
+/// passed == all elements satisfy |actual - expected| <= atol + rtol * |expected|, with equal
+/// shapes and dtypes and the same NaN/Inf positions.
+Comparison compare(const at::Tensor& actual, const at::Tensor& expected, double rtol, double atol);
+
+struct SelftestReport {
+  bool passed = false;
+  std::vector<Comparison> outputs;
+};
+
+class Runtime {
+ public:
+  /// Loads the artifact at `path`. Throws Error(kArtifact) for a missing, truncated or foreign
+  /// file, Error(kInvalidArgument) for a device or engine that this LibTorch cannot provide.
+  explicit Runtime(const std::string& path, const RuntimeOptions& options = {});
+  ~Runtime();
+  Runtime(Runtime&&) noexcept;
+  Runtime& operator=(Runtime&&) noexcept;
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  const std::string& path() const;
+  const RuntimeOptions& options() const;
+  const Manifest& manifest() const;
+  at::Device device() const;
+
+  /// Validates the inputs against the manifest's specs (count, dtype, shape; Error(kInput)),
+  /// moves them to the runtime's device, and runs forward under c10::InferenceMode.
+  /// Returns the outputs flattened in order (a tuple or list output becomes several tensors).
+  std::vector<at::Tensor> forward(const std::vector<at::Tensor>& inputs) const;
+
+  /// Runs forward on the submodule at a dotted path ("layer1.0.conv1"; "" is the model itself)
+  /// without validation against the manifest. Error(kInput) if no such submodule exists.
+  std::vector<at::Tensor> forward_submodule(const std::string& name,
+                                            const std::vector<at::Tensor>& inputs) const;
+
+  /// Dotted names of every submodule, in definition order.
+  std::vector<std::string> submodule_names() const;
+
+  /// Throws Error(kInput) naming the expected spec when `inputs` do not match the manifest.
+  void validate(const std::vector<at::Tensor>& inputs) const;
+
+  /// Random inputs that satisfy the manifest's specs; dynamic dimensions take `dynamic_size`.
+  std::vector<at::Tensor> example_inputs(int64_t dynamic_size = 1, uint64_t seed = 0) const;
+
+  /// The golden example stored in the artifact (empty for a plain TorchScript file).
+  const std::vector<at::Tensor>& golden_inputs() const;
+  const std::vector<at::Tensor>& golden_outputs() const;
+
+  /// Runs the golden inputs and compares with the golden outputs at the manifest's tolerance.
+  SelftestReport selftest() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Reads a .npy file (float16/32/64, int8/16/32/64, uint8, bool; C or Fortran order).
+/// Throws Error(kInput) for a missing, truncated or malformed file or an unsupported dtype.
+at::Tensor read_npy(const std::string& path);
+at::Tensor parse_npy(const std::string& bytes, const std::string& what);
+
+/// Writes a tensor as .npy (moved to CPU, made contiguous). Writes to a temporary file and
+/// renames it into place, so a failed write leaves an existing file untouched.
+void write_npy(const std::string& path, const at::Tensor& tensor);
+std::string to_npy_bytes(const at::Tensor& tensor);
+
+/// "float32", "int64", ... as numpy and the manifest spell them; Error(kInvalidArgument) if unknown.
+std::string dtype_name(at::ScalarType dtype);
+at::ScalarType dtype_from_name(const std::string& name);
+
+}  // namespace torchbridge

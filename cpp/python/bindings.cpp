@@ -1,0 +1,156 @@
+// torchbridge._C: a thin pybind11 layer over torchbridge::Runtime. Tensors cross as DLPack
+// capsules (zero-copy both ways); python/torchbridge/runtime.py wraps this into torch.Tensors.
+#include <ATen/DLConvertor.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <torch/version.h>
+
+#include "torchbridge/runtime.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+PyObject* error_type = nullptr;  // torchbridge._C.Error, created once at import
+
+const char* code_name(torchbridge::ErrorCode code) {
+  switch (code) {
+    case torchbridge::ErrorCode::kInvalidArgument: return "invalid_argument";
+    case torchbridge::ErrorCode::kArtifact: return "artifact";
+    case torchbridge::ErrorCode::kInput: return "input";
+    case torchbridge::ErrorCode::kRuntime: return "runtime";
+  }
+  return "runtime";
+}
+
+at::Tensor from_capsule(const py::capsule& capsule) {
+  const char* name = capsule.name();
+  if (name == nullptr || std::string(name) != "dltensor")
+    throw torchbridge::Error(torchbridge::ErrorCode::kInput, "expected an unused DLPack capsule ('dltensor')");
+  auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule.ptr(), "dltensor"));
+  at::Tensor tensor = at::fromDLPack(managed);
+  PyCapsule_SetName(capsule.ptr(), "used_dltensor");  // ownership moved into `tensor`
+  return tensor;
+}
+
+void delete_unused_capsule(PyObject* object) {
+  if (PyCapsule_IsValid(object, "dltensor")) {
+    auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(object, "dltensor"));
+    if (managed->deleter) managed->deleter(managed);
+  }
+}
+
+py::capsule to_capsule(at::Tensor tensor) {
+  if (tensor.is_quantized()) tensor = tensor.dequantize();  // DLPack has no quantized dtypes
+  return py::capsule(at::toDLPack(tensor), "dltensor", &delete_unused_capsule);
+}
+
+std::vector<at::Tensor> from_capsules(const std::vector<py::capsule>& capsules) {
+  std::vector<at::Tensor> tensors;
+  tensors.reserve(capsules.size());
+  for (const auto& capsule : capsules) tensors.push_back(from_capsule(capsule));
+  return tensors;
+}
+
+py::list to_capsules(std::vector<at::Tensor> tensors) {
+  py::list out;
+  for (auto& tensor : tensors) out.append(to_capsule(std::move(tensor)));
+  return out;
+}
+
+py::dict comparison_dict(const torchbridge::Comparison& c) {
+  py::dict out;
+  out["passed"] = c.passed;
+  out["max_abs"] = c.max_abs;
+  out["max_rel"] = c.max_rel;
+  out["note"] = c.note;
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "torchbridge native runtime (LibTorch); use torchbridge.Runtime";
+
+  error_type = PyErr_NewException("torchbridge._C.Error", PyExc_RuntimeError, nullptr);
+  m.add_object("Error", py::handle(error_type));
+  py::register_exception_translator([](std::exception_ptr pointer) {
+    try {
+      if (pointer) std::rethrow_exception(pointer);
+    } catch (const torchbridge::Error& error) {
+      py::object instance = py::reinterpret_borrow<py::object>(error_type)(error.what());
+      instance.attr("code") = code_name(error.code());
+      PyErr_SetObject(error_type, instance.ptr());
+    }
+  });
+
+  m.def("version", &torchbridge::version);
+  m.attr("torch_version") = TORCH_VERSION;
+  m.def("read_npy", [](const std::string& path) { return to_capsule(torchbridge::read_npy(path)); });
+  m.def("write_npy", [](const std::string& path, const py::capsule& tensor) {
+    torchbridge::write_npy(path, from_capsule(tensor));
+  });
+  m.def("compare", [](const py::capsule& actual, const py::capsule& expected, double rtol, double atol) {
+    return comparison_dict(torchbridge::compare(from_capsule(actual), from_capsule(expected), rtol, atol));
+  });
+
+  py::class_<torchbridge::Runtime>(m, "Runtime")
+      .def(py::init([](const std::string& path, const std::string& device, int threads, int warmup_runs) {
+             torchbridge::RuntimeOptions options;
+             options.device = device;
+             options.threads = threads;
+             options.warmup_runs = warmup_runs;
+             py::gil_scoped_release release;
+             return std::make_unique<torchbridge::Runtime>(path, options);
+           }),
+           py::arg("path"), py::arg("device") = "cpu", py::arg("threads") = 0, py::arg("warmup_runs") = 3)
+      .def("forward",
+           [](const torchbridge::Runtime& self, const std::vector<py::capsule>& inputs) {
+             std::vector<at::Tensor> tensors = from_capsules(inputs);
+             std::vector<at::Tensor> outputs;
+             {
+               py::gil_scoped_release release;
+               outputs = self.forward(tensors);
+             }
+             return to_capsules(std::move(outputs));
+           })
+      .def("forward_submodule",
+           [](const torchbridge::Runtime& self, const std::string& name, const std::vector<py::capsule>& inputs) {
+             std::vector<at::Tensor> tensors = from_capsules(inputs);
+             std::vector<at::Tensor> outputs;
+             {
+               py::gil_scoped_release release;
+               outputs = self.forward_submodule(name, tensors);
+             }
+             return to_capsules(std::move(outputs));
+           })
+      .def("submodule_names", &torchbridge::Runtime::submodule_names)
+      .def("validate", [](const torchbridge::Runtime& self, const std::vector<py::capsule>& inputs) {
+        self.validate(from_capsules(inputs));
+      })
+      .def("example_inputs",
+           [](const torchbridge::Runtime& self, int64_t dynamic_size, uint64_t seed) {
+             return to_capsules(self.example_inputs(dynamic_size, seed));
+           },
+           py::arg("dynamic_size") = 1, py::arg("seed") = 0)
+      .def("golden_inputs", [](const torchbridge::Runtime& self) { return to_capsules(self.golden_inputs()); })
+      .def("golden_outputs", [](const torchbridge::Runtime& self) { return to_capsules(self.golden_outputs()); })
+      .def("selftest",
+           [](const torchbridge::Runtime& self) {
+             torchbridge::SelftestReport report;
+             {
+               py::gil_scoped_release release;
+               report = self.selftest();
+             }
+             py::dict out;
+             out["passed"] = report.passed;
+             py::list outputs;
+             for (const auto& c : report.outputs) outputs.append(comparison_dict(c));
+             out["outputs"] = outputs;
+             return out;
+           })
+      .def_property_readonly("path", &torchbridge::Runtime::path)
+      .def_property_readonly("device", [](const torchbridge::Runtime& self) { return self.device().str(); })
+      .def_property_readonly("manifest_json",
+                             [](const torchbridge::Runtime& self) { return self.manifest().json; });
+}

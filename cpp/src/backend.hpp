@@ -1,0 +1,22 @@
+// The artifact formats behind torchbridge::Runtime. Runtime owns validation, devices, threads
+// and the manifest; a Backend only runs a loaded model.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+#include <vector>
+
+namespace torchbridge {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  // Inputs are already validated and on the runtime's device; called under c10::InferenceMode.
+  virtual std::vector<at::Tensor> forward(const std::vector<at::Tensor>& inputs) const = 0;
+  virtual std::vector<at::Tensor> forward_submodule(const std::string& name,
+                                                    const std::vector<at::Tensor>& inputs) const = 0;
+  virtual std::vector<std::string> submodule_names() const = 0;
+};
+
+}  // namespace torchbridge

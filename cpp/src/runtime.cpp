@@ -1,0 +1,424 @@
+#include "torchbridge/runtime.hpp"
+
+#include <ATen/Parallel.h>
+#include <caffe2/serialize/inline_container.h>
+#include <torch/cuda.h>
+#include <torch/script.h>
+#include <torch/version.h>
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "backend.hpp"
+#include "json.hpp"
+
+#ifndef TORCHBRIDGE_VERSION
+#define TORCHBRIDGE_VERSION "0.0.0"
+#endif
+
+namespace torchbridge {
+
+const char* version() { return TORCHBRIDGE_VERSION; }
+
+namespace {
+
+constexpr char kManifestRecord[] = "extra/torchbridge/manifest.json";
+
+std::string shape_string(c10::IntArrayRef shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) out += ", ";
+    out += shape[i] < 0 ? "?" : std::to_string(shape[i]);
+  }
+  return out + "]";
+}
+
+std::string tensor_string(const at::Tensor& tensor) {
+  if (!tensor.defined()) return "an undefined tensor";
+  std::string dtype;
+  try {
+    dtype = dtype_name(tensor.scalar_type());
+  } catch (const Error&) {
+    dtype = c10::toString(tensor.scalar_type());
+  }
+  return dtype + shape_string(tensor.sizes());
+}
+
+TensorSpec parse_spec(const json::Value& value, const std::string& what) {
+  TensorSpec spec;
+  spec.name = value.has("name") ? value.at("name").as_string(what + ".name") : "";
+  spec.dtype = dtype_from_name(value.at("dtype").as_string(what + ".dtype"));
+  for (const auto& dim : value.at("shape").as_array(what + ".shape")) {
+    spec.shape.push_back(dim.is_null() ? -1 : static_cast<int64_t>(dim.as_number(what + ".shape")));
+  }
+  return spec;
+}
+
+Manifest parse_manifest(const std::string& text, const std::string& path) {
+  Manifest manifest;
+  manifest.present = true;
+  manifest.json = text;
+  try {
+    const json::Value root = json::parse(text);
+    manifest.format_version = static_cast<int>(root.at("format_version").as_number("format_version"));
+    if (manifest.format_version != 1)
+      throw std::runtime_error("format_version " + std::to_string(manifest.format_version) +
+                               " is newer than this runtime understands (1); upgrade torchbridge");
+    manifest.format = root.at("format").as_string("format");
+    manifest.torchbridge_version = root.at("torchbridge_version").as_string("torchbridge_version");
+    manifest.torch_version = root.at("torch_version").as_string("torch_version");
+    manifest.method = root.has("method") ? root.at("method").as_string("method") : "";
+    manifest.model = root.has("model") ? root.at("model").as_string("model") : "";
+    if (root.has("quantized_engine") && !root.at("quantized_engine").is_null())
+      manifest.quantized_engine = root.at("quantized_engine").as_string("quantized_engine");
+    const auto& inputs = root.at("inputs").as_array("inputs");
+    for (size_t i = 0; i < inputs.size(); ++i) manifest.inputs.push_back(parse_spec(inputs[i], "inputs[" + std::to_string(i) + "]"));
+    const auto& outputs = root.at("outputs").as_array("outputs");
+    for (size_t i = 0; i < outputs.size(); ++i) manifest.outputs.push_back(parse_spec(outputs[i], "outputs[" + std::to_string(i) + "]"));
+    if (root.has("tolerance")) {
+      manifest.rtol = root.at("tolerance").at("rtol").as_number("tolerance.rtol");
+      manifest.atol = root.at("tolerance").at("atol").as_number("tolerance.atol");
+    }
+  } catch (const Error& error) {
+    throw Error(ErrorCode::kArtifact, path + ": bad torchbridge manifest: " + error.what());
+  } catch (const std::exception& error) {
+    throw Error(ErrorCode::kArtifact, path + ": bad torchbridge manifest: " + error.what());
+  }
+  return manifest;
+}
+
+std::string read_record(caffe2::serialize::PyTorchStreamReader& reader, const std::string& name) {
+  auto [data, size] = reader.getRecord(name);
+  return std::string(static_cast<const char*>(data.get()), size);
+}
+
+std::vector<std::string> golden_names(const json::Value& root, const char* key) {
+  std::vector<std::string> names;
+  if (!root.has("golden")) return names;
+  for (const auto& name : root.at("golden").at(key).as_array(std::string("golden.") + key))
+    names.push_back(name.as_string("golden entry"));
+  return names;
+}
+
+at::QEngine qengine_from_name(const std::string& name, const std::string& path) {
+  static const std::vector<std::pair<std::string, at::QEngine>> engines = {
+      {"x86", at::QEngine::X86}, {"fbgemm", at::QEngine::FBGEMM}, {"qnnpack", at::QEngine::QNNPACK},
+      {"onednn", at::QEngine::ONEDNN}};
+  std::string available;
+  for (at::QEngine engine : at::globalContext().supportedQEngines()) {
+    for (const auto& [engine_name, value] : engines) {
+      if (value != engine) continue;
+      if (engine_name == name) return value;
+      available += (available.empty() ? "" : ", ") + engine_name;
+    }
+  }
+  throw Error(ErrorCode::kInvalidArgument, path + ": artifact needs quantized engine '" + name +
+                                               "', which this LibTorch lacks (available: " +
+                                               (available.empty() ? "none" : available) + ")");
+}
+
+void flatten_outputs(const c10::IValue& value, std::vector<at::Tensor>& out) {
+  if (value.isTensor()) {
+    out.push_back(value.toTensor());
+  } else if (value.isTuple()) {
+    for (const auto& element : value.toTupleRef().elements()) flatten_outputs(element, out);
+  } else if (value.isList()) {
+    for (const auto& element : value.toListRef()) flatten_outputs(element, out);
+  } else {
+    throw Error(ErrorCode::kRuntime, std::string("model returned a ") + value.tagKind() +
+                                         "; torchbridge expects a tensor or a tuple/list of tensors");
+  }
+}
+
+// Loads TorchScript archives. The .pt2 (AOTInductor) format will sit beside it behind Backend.
+class TorchScriptBackend final : public Backend {
+ public:
+  TorchScriptBackend(const std::string& path, const at::Device& device) {
+    module_ = torch::jit::load(path, device);
+    module_.eval();
+  }
+
+  std::vector<at::Tensor> forward(const std::vector<at::Tensor>& inputs) const override {
+    return call(module_, inputs);
+  }
+
+  std::vector<at::Tensor> forward_submodule(const std::string& name,
+                                            const std::vector<at::Tensor>& inputs) const override {
+    if (name.empty()) return forward(inputs);
+    for (const auto& item : module_.named_modules()) {
+      if (item.name == name) return call(item.value, inputs);
+    }
+    throw Error(ErrorCode::kInput, "no submodule named '" + name +
+                                       "' in the artifact (it may have been inlined by tracing or freezing)");
+  }
+
+  std::vector<std::string> submodule_names() const override {
+    std::vector<std::string> names;
+    for (const auto& item : module_.named_modules())
+      if (!item.name.empty()) names.push_back(item.name);
+    return names;
+  }
+
+ private:
+  static std::vector<at::Tensor> call(torch::jit::Module module, const std::vector<at::Tensor>& inputs) {
+    std::vector<c10::IValue> arguments(inputs.begin(), inputs.end());
+    std::vector<at::Tensor> outputs;
+    flatten_outputs(module.forward(std::move(arguments)), outputs);
+    return outputs;
+  }
+
+  // torch::jit::Module is a handle; its methods are not const, but running forward does not
+  // mutate the module in eval mode, and the graph executor serializes its own compilation.
+  mutable torch::jit::Module module_;
+};
+
+}  // namespace
+
+std::string TensorSpec::to_string() const {
+  return (name.empty() ? std::string() : name + ": ") + dtype_name(dtype) + shape_string(shape);
+}
+
+bool TensorSpec::matches(const at::Tensor& tensor) const {
+  if (!tensor.defined() || tensor.scalar_type() != dtype || tensor.dim() != static_cast<int64_t>(shape.size()))
+    return false;
+  for (size_t i = 0; i < shape.size(); ++i)
+    if (shape[i] >= 0 && tensor.size(static_cast<int64_t>(i)) != shape[i]) return false;
+  return true;
+}
+
+Comparison compare(const at::Tensor& actual_in, const at::Tensor& expected_in, double rtol, double atol) {
+  Comparison result;
+  if (!actual_in.defined() || !expected_in.defined()) {
+    result.note = "undefined tensor";
+    return result;
+  }
+  at::Tensor actual = actual_in.detach().to(at::kCPU);
+  at::Tensor expected = expected_in.detach().to(at::kCPU);
+  if (actual.is_quantized()) actual = actual.dequantize();
+  if (expected.is_quantized()) expected = expected.dequantize();
+  if (actual.sizes() != expected.sizes()) {
+    result.note = "shape " + shape_string(actual.sizes()) + " != expected " + shape_string(expected.sizes());
+    return result;
+  }
+  if (actual.scalar_type() != expected.scalar_type()) {
+    result.note = "dtype " + tensor_string(actual) + " != expected " + tensor_string(expected);
+    return result;
+  }
+  if (actual.numel() == 0) {
+    result.passed = true;
+    return result;
+  }
+  actual = actual.to(at::kDouble);
+  expected = expected.to(at::kDouble);
+  const at::Tensor actual_finite = at::isfinite(actual);
+  const at::Tensor expected_finite = at::isfinite(expected);
+  // Non-finite values must sit at the same positions with the same value (NaN matches NaN).
+  const at::Tensor same_special = (actual == expected) | (at::isnan(actual) & at::isnan(expected));
+  const bool specials_agree = (actual_finite == expected_finite).all().item<bool>() &&
+                              (actual_finite | same_special).all().item<bool>();
+  const at::Tensor both_finite = actual_finite & expected_finite;
+  const at::Tensor difference = at::where(both_finite, (actual - expected).abs(), at::zeros_like(actual));
+  const at::Tensor magnitude = at::where(both_finite, expected.abs(), at::zeros_like(expected));
+  result.max_abs = difference.max().item<double>();
+  const double scale = magnitude.max().item<double>();
+  result.max_rel = scale > 0 ? result.max_abs / scale : (result.max_abs > 0 ? INFINITY : 0.0);
+  const bool within = (difference <= atol + rtol * magnitude).all().item<bool>();
+  result.passed = within && specials_agree;
+  if (!specials_agree) result.note = "NaN/Inf positions differ";
+  return result;
+}
+
+struct Runtime::Impl {
+  std::string path;
+  RuntimeOptions options;
+  Manifest manifest;
+  at::Device device{at::kCPU};
+  std::unique_ptr<Backend> backend;
+  std::vector<at::Tensor> golden_inputs;
+  std::vector<at::Tensor> golden_outputs;
+};
+
+Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_(std::make_unique<Impl>()) {
+  impl_->path = path;
+  impl_->options = options;
+
+  try {
+    impl_->device = at::Device(options.device);
+  } catch (const c10::Error&) {
+    throw Error(ErrorCode::kInvalidArgument, "unknown device '" + options.device + "' (expected cpu, cuda or cuda:N)");
+  }
+  if (impl_->device.is_cuda() && !torch::cuda::is_available())
+    throw Error(ErrorCode::kInvalidArgument, "device '" + options.device +
+                                                 "' requested but CUDA is not available here (no GPU, or a CPU-only LibTorch)");
+  if (!impl_->device.is_cpu() && !impl_->device.is_cuda())
+    throw Error(ErrorCode::kInvalidArgument, "device '" + options.device + "' is not supported (expected cpu or cuda)");
+  if (options.threads < 0)
+    throw Error(ErrorCode::kInvalidArgument, "threads must be >= 0 (0 keeps the default), got " + std::to_string(options.threads));
+
+  {
+    std::ifstream file(path, std::ios::binary);
+    if (!file) throw Error(ErrorCode::kArtifact, path + ": cannot open artifact (no such file, or unreadable)");
+    char magic[4] = {0, 0, 0, 0};
+    file.read(magic, 4);
+    if (file.gcount() < 4 || std::string(magic, 4) != std::string("PK\x03\x04", 4))
+      throw Error(ErrorCode::kArtifact, path + ": not a TorchScript artifact (expected a zip archive written by "
+                                               "torchbridge export / torch.jit.save)");
+  }
+
+  // Read the manifest and golden example straight from the archive, before LibTorch parses code.
+  json::Value manifest_root;
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    const bool has_code = reader.hasRecord("constants.pkl");
+    if (!has_code) {
+      if (reader.hasRecord("data.pkl"))
+        throw Error(ErrorCode::kArtifact, path + ": this is a torch.save checkpoint, not a TorchScript artifact; "
+                                                 "export the model first (torchbridge export / torchbridge.export)");
+      throw Error(ErrorCode::kArtifact, path + ": zip archive without TorchScript code (expected a file written by "
+                                               "torchbridge export / torch.jit.save)");
+    }
+    if (reader.hasRecord(kManifestRecord)) {
+      impl_->manifest = parse_manifest(read_record(reader, kManifestRecord), path);
+      manifest_root = json::parse(impl_->manifest.json);
+      for (const auto& name : golden_names(manifest_root, "inputs"))
+        impl_->golden_inputs.push_back(parse_npy(read_record(reader, "extra/" + name), path + ":" + name));
+      for (const auto& name : golden_names(manifest_root, "outputs"))
+        impl_->golden_outputs.push_back(parse_npy(read_record(reader, "extra/" + name), path + ":" + name));
+    }
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& error) {
+    std::string message = error.what();
+    message = message.substr(0, message.find('\n'));
+    throw Error(ErrorCode::kArtifact, path + ": corrupt or truncated artifact: " + message);
+  }
+
+  if (!impl_->manifest.quantized_engine.empty()) {
+    if (!impl_->device.is_cpu())
+      throw Error(ErrorCode::kInvalidArgument, path + ": quantized artifacts run on the CPU only (got device '" +
+                                                   options.device + "')");
+    // Packed weights are rebuilt at load for the current engine, so select it first.
+    at::globalContext().setQEngine(qengine_from_name(impl_->manifest.quantized_engine, path));
+  }
+  if (options.threads > 0) at::set_num_threads(options.threads);
+
+  try {
+    impl_->backend = std::make_unique<TorchScriptBackend>(path, impl_->device);
+  } catch (const std::exception& error) {
+    std::string message = error.what();
+    message = message.substr(0, message.find("\nException raised from"));
+    throw Error(ErrorCode::kArtifact, path + ": LibTorch " + TORCH_VERSION + " cannot load this TorchScript (" +
+                                          (impl_->manifest.present ? "exported with torch " + impl_->manifest.torch_version
+                                                                   : std::string("no torchbridge manifest")) +
+                                          "): " + message);
+  }
+
+  // The profiling executor optimizes on the first calls; pay that here, not in the user's first call.
+  if (options.warmup_runs > 0 && impl_->manifest.present) {
+    const std::vector<at::Tensor> warmup = impl_->golden_inputs.empty() ? example_inputs() : impl_->golden_inputs;
+    for (int i = 0; i < options.warmup_runs; ++i) forward(warmup);
+  }
+}
+
+Runtime::~Runtime() = default;
+Runtime::Runtime(Runtime&&) noexcept = default;
+Runtime& Runtime::operator=(Runtime&&) noexcept = default;
+
+const std::string& Runtime::path() const { return impl_->path; }
+const RuntimeOptions& Runtime::options() const { return impl_->options; }
+const Manifest& Runtime::manifest() const { return impl_->manifest; }
+at::Device Runtime::device() const { return impl_->device; }
+const std::vector<at::Tensor>& Runtime::golden_inputs() const { return impl_->golden_inputs; }
+const std::vector<at::Tensor>& Runtime::golden_outputs() const { return impl_->golden_outputs; }
+
+void Runtime::validate(const std::vector<at::Tensor>& inputs) const {
+  const Manifest& manifest = impl_->manifest;
+  if (!manifest.present) return;
+  auto expected_list = [&] {
+    std::string out;
+    for (const auto& spec : manifest.inputs) out += (out.empty() ? "" : ", ") + spec.to_string();
+    return out;
+  };
+  if (inputs.size() != manifest.inputs.size())
+    throw Error(ErrorCode::kInput, "expected " + std::to_string(manifest.inputs.size()) + " input(s) (" + expected_list() +
+                                       "), got " + std::to_string(inputs.size()));
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const TensorSpec& spec = manifest.inputs[i];
+    if (!spec.matches(inputs[i]))
+      throw Error(ErrorCode::kInput, "input " + std::to_string(i) + " must be " + spec.to_string() + " (? = any size), got " +
+                                         tensor_string(inputs[i]));
+  }
+}
+
+std::vector<at::Tensor> Runtime::forward(const std::vector<at::Tensor>& inputs) const {
+  validate(inputs);
+  c10::InferenceMode guard;
+  std::vector<at::Tensor> moved;
+  moved.reserve(inputs.size());
+  for (const auto& input : inputs) moved.push_back(input.device() == impl_->device ? input : input.to(impl_->device));
+  try {
+    return impl_->backend->forward(moved);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& error) {
+    std::string message = error.what();
+    throw Error(ErrorCode::kRuntime, impl_->path + ": forward failed: " + message.substr(0, message.find("\nException raised from")));
+  }
+}
+
+std::vector<at::Tensor> Runtime::forward_submodule(const std::string& name, const std::vector<at::Tensor>& inputs) const {
+  c10::InferenceMode guard;
+  std::vector<at::Tensor> moved;
+  for (const auto& input : inputs) moved.push_back(input.to(impl_->device));
+  try {
+    return impl_->backend->forward_submodule(name, moved);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& error) {
+    std::string message = error.what();
+    throw Error(ErrorCode::kRuntime, impl_->path + ": forward of submodule '" + name +
+                                         "' failed: " + message.substr(0, message.find("\nException raised from")));
+  }
+}
+
+std::vector<std::string> Runtime::submodule_names() const { return impl_->backend->submodule_names(); }
+
+std::vector<at::Tensor> Runtime::example_inputs(int64_t dynamic_size, uint64_t seed) const {
+  const Manifest& manifest = impl_->manifest;
+  if (!manifest.present)
+    throw Error(ErrorCode::kInput, impl_->path + ": no torchbridge manifest, so input shapes are unknown; pass inputs explicitly");
+  at::Generator generator = at::detail::createCPUGenerator(seed);
+  std::vector<at::Tensor> inputs;
+  for (const auto& spec : manifest.inputs) {
+    std::vector<int64_t> shape;
+    for (int64_t dim : spec.shape) shape.push_back(dim < 0 ? dynamic_size : dim);
+    if (at::isFloatingType(spec.dtype)) {
+      inputs.push_back(at::randn(shape, generator, at::TensorOptions().dtype(at::kFloat)).to(spec.dtype));
+    } else {
+      inputs.push_back(at::randint(0, 2, shape, generator, at::TensorOptions().dtype(at::kLong)).to(spec.dtype));
+    }
+  }
+  return inputs;
+}
+
+SelftestReport Runtime::selftest() const {
+  if (impl_->golden_inputs.empty())
+    throw Error(ErrorCode::kArtifact, impl_->path + ": artifact carries no golden example (export it with torchbridge)");
+  const std::vector<at::Tensor> outputs = forward(impl_->golden_inputs);
+  SelftestReport report;
+  report.passed = outputs.size() == impl_->golden_outputs.size();
+  for (size_t i = 0; i < impl_->golden_outputs.size(); ++i) {
+    Comparison comparison;
+    if (i < outputs.size()) {
+      comparison = compare(outputs[i], impl_->golden_outputs[i], impl_->manifest.rtol, impl_->manifest.atol);
+    } else {
+      comparison.note = "model returned only " + std::to_string(outputs.size()) + " output(s)";
+    }
+    report.passed = report.passed && comparison.passed;
+    report.outputs.push_back(comparison);
+  }
+  return report;
+}
+
+}  // namespace torchbridge

@@ -1,0 +1,1 @@
+from torchbridge import _C  # noqa
