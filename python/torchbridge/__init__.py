@@ -1,1 +1,45 @@
-from torchbridge import _C  # noqa
+"""torchbridge: train, compress and export PyTorch models; run them in C++ with proven parity.
+
+    import torchbridge as tb
+    model = tb.models.digits_cnn()
+    tb.train(model, tb.data.DigitsDataModule(), max_epochs=5)
+    tb.export(model, example_inputs=(x,), path="model.pt")
+    y = tb.Runtime("model.pt", threads=2)(x)
+    tb.verify(model, "model.pt")
+"""
+
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
+import torch  # noqa: F401  (loads LibTorch before the native module)
+
+from torchbridge import data, models
+from torchbridge.errors import ExportError, ParityError, TorchbridgeError
+from torchbridge.export import Artifact, TensorSpec, export, load_manifest
+from torchbridge.runtime import Runtime, read_npy
+from torchbridge.train import TrainResult, evaluate, train
+from torchbridge.verify import ParityReport, verify
+
+try:
+    __version__ = _version("torchbridge")
+except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0.0.0"
+
+__all__ = [
+    "Artifact",
+    "ExportError",
+    "ParityError",
+    "ParityReport",
+    "Runtime",
+    "TensorSpec",
+    "TorchbridgeError",
+    "TrainResult",
+    "data",
+    "evaluate",
+    "export",
+    "load_manifest",
+    "models",
+    "read_npy",
+    "train",
+    "verify",
+]

@@ -1,0 +1,112 @@
+"""torchbridge.Runtime: the C++ runtime (LibTorch) driven from Python through pybind11.
+
+Tensors cross the boundary as DLPack capsules, without copies where the layout allows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from torchbridge import _C
+from torchbridge.errors import TorchbridgeError
+
+
+def _to_capsule(value, index: int):
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    if not isinstance(value, torch.Tensor):
+        error = TorchbridgeError(f"input {index} must be a torch.Tensor or numpy array, got {type(value).__name__}")
+        error.code = "input"
+        raise error
+    return value.detach().__dlpack__()
+
+
+def _from_capsules(capsules) -> list[torch.Tensor]:
+    return [torch.from_dlpack(c) for c in capsules]
+
+
+class Runtime:
+    """A loaded artifact, run by the C++ runtime.
+
+    >>> rt = Runtime("model.pt", device="cpu", threads=2)
+    >>> y = rt(x)                 # a tensor, or a tuple for several outputs
+
+    `threads` sets LibTorch's intra-op thread count for the whole process (Python's torch
+    included); None keeps the current setting. Every error raises TorchbridgeError with the C++
+    message; its `code` is 'artifact', 'input', 'invalid_argument' or 'runtime'.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None, warmup_runs: int = 3):
+        self.path = Path(path)
+        self._native = _C.Runtime(os.fspath(path), device, int(threads or 0), int(warmup_runs))
+        text = self._native.manifest_json
+        self.manifest: dict[str, Any] | None = json.loads(text) if text else None
+
+    @property
+    def device(self) -> str:
+        return self._native.device
+
+    @property
+    def input_specs(self) -> list[str]:
+        from torchbridge.export import TensorSpec
+
+        return [str(TensorSpec.from_json(s)) for s in (self.manifest or {}).get("inputs", [])]
+
+    def forward(self, *inputs) -> list[torch.Tensor]:
+        """All outputs as a list of tensors (on the runtime's device)."""
+        capsules = [_to_capsule(x, i) for i, x in enumerate(inputs)]
+        return _from_capsules(self._native.forward(capsules))
+
+    def __call__(self, *inputs):
+        outputs = self.forward(*inputs)
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def forward_submodule(self, name: str, *inputs) -> list[torch.Tensor]:
+        """Run one submodule ("layer1.0.conv1") of the artifact on the given inputs."""
+        capsules = [_to_capsule(x, i) for i, x in enumerate(inputs)]
+        return _from_capsules(self._native.forward_submodule(name, capsules))
+
+    def submodule_names(self) -> list[str]:
+        return list(self._native.submodule_names())
+
+    def validate(self, *inputs) -> None:
+        self._native.validate([_to_capsule(x, i) for i, x in enumerate(inputs)])
+
+    def example_inputs(self, dynamic_size: int = 1, seed: int = 0) -> list[torch.Tensor]:
+        return _from_capsules(self._native.example_inputs(dynamic_size, seed))
+
+    def golden(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return _from_capsules(self._native.golden_inputs()), _from_capsules(self._native.golden_outputs())
+
+    def selftest(self) -> dict[str, Any]:
+        """Run the golden example stored in the artifact: {'passed': bool, 'outputs': [...]}."""
+        return self._native.selftest()
+
+    def __repr__(self) -> str:
+        return f"Runtime('{self.path}', device='{self.device}', inputs={self.input_specs})"
+
+
+def read_npy(path: str | os.PathLike) -> torch.Tensor:
+    """Read a .npy file with the C++ reader the CLI uses."""
+    return torch.from_dlpack(_C.read_npy(os.fspath(path)))
+
+
+def cli_path() -> Path:
+    """The torchbridge-run executable installed with this package."""
+    candidates = [Path(sys.executable).parent / "torchbridge-run", Path(sysconfig.get_path("scripts")) / "torchbridge-run"]
+    found = shutil.which("torchbridge-run")
+    if found:
+        candidates.append(Path(found))
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise TorchbridgeError("torchbridge-run not found next to this Python or on PATH; reinstall torchbridge")

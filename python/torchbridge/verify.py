@@ -1,0 +1,161 @@
+"""Prove that Python and C++ give the same outputs for one artifact.
+
+Paths compared, on the golden example stored in the artifact plus fresh random inputs:
+  eager        the Python model (or, without one, the golden outputs it produced at export)
+  torchscript  the artifact loaded by torch.jit.load in this process
+  cpp          the C++ runtime through the bindings (torchbridge.Runtime)
+  cli          the torchbridge-run process (.npy in, .npy out)
+torchscript vs cpp/cli must agree exactly (same artifact, same thread count); eager vs the
+others within the artifact's tolerance.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from torchbridge._warnings import expected_deprecations
+from torchbridge.errors import ParityError, TorchbridgeError
+from torchbridge.export import _run, fresh_inputs, max_errors, open_artifact, within_tolerance
+from torchbridge.runtime import Runtime, cli_path
+
+
+@dataclass
+class Comparison:
+    inputs: str  # "golden" or "fresh 1 (batch 3)"
+    reference: str
+    candidate: str
+    output: int
+    max_abs: float
+    max_rel: float
+    rtol: float
+    atol: float
+    passed: bool
+
+
+@dataclass
+class ParityReport:
+    artifact: str
+    threads: int
+    rows: list[Comparison] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.rows) and all(r.passed for r in self.rows)
+
+    def worst(self, reference: str, candidate: str) -> tuple[float, float]:
+        """(max abs, max rel) over all inputs and outputs of one comparison."""
+        rows = [r for r in self.rows if r.reference == reference and r.candidate == candidate]
+        return max((r.max_abs for r in rows), default=0.0), max((r.max_rel for r in rows), default=0.0)
+
+    def table(self) -> str:
+        header = f"{'inputs':<20} {'reference':<12} {'candidate':<12} {'out':>3} {'max abs':>10} {'max rel':>10} {'tolerance':>18}  result"
+        lines = [header, "-" * len(header)]
+        for r in self.rows:
+            tolerance = "exact" if r.rtol == 0 and r.atol == 0 else f"rtol {r.rtol:g} atol {r.atol:.1g}"
+            lines.append(
+                f"{r.inputs:<20} {r.reference:<12} {r.candidate:<12} {r.output:>3} {r.max_abs:>10.3g} "
+                f"{r.max_rel:>10.3g} {tolerance:>18}  {'ok' if r.passed else 'FAIL'}"
+            )
+        lines.append(f"parity {'PASSED' if self.passed else 'FAILED'} ({self.artifact}, {self.threads} threads)")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"artifact": self.artifact, "threads": self.threads, "passed": self.passed, "rows": [asdict(r) for r in self.rows]}
+
+
+def run_cli(artifact: Path, inputs: list[torch.Tensor], threads: int, workdir: Path) -> list[torch.Tensor]:
+    """Run the torchbridge-run process on `inputs` and read its outputs back."""
+    from torchbridge.export import _npy_bytes
+
+    command = [str(cli_path()), str(artifact), "--threads", str(threads)]
+    for i, tensor in enumerate(inputs):
+        path = workdir / f"input_{i}.npy"
+        path.write_bytes(_npy_bytes(tensor))
+        command += ["--input", str(path)]
+    count = len(open_artifact(artifact).manifest["outputs"])
+    outputs = [workdir / f"output_{i}.npy" for i in range(count)]
+    for path in outputs:
+        command += ["--output", str(path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise TorchbridgeError(f"torchbridge-run exited with {result.returncode}: {result.stderr.strip()}")
+    return [torch.from_numpy(np.load(p, allow_pickle=False)) for p in outputs]
+
+
+def verify(
+    model: nn.Module | None,
+    artifact: str | os.PathLike,
+    threads: int | None = None,
+    fresh: int = 2,
+    cli: bool = True,
+    raise_on_failure: bool = True,
+) -> ParityReport:
+    """Compare eager Python, TorchScript in Python and the C++ runtime on one artifact.
+
+    model: the eager model the artifact came from; None compares against the golden outputs
+      stored in the artifact (the eager outputs at export) on the golden example only.
+    threads: intra-op threads for every path (default: torch's current setting).
+    fresh: random input sets in addition to the golden example (dynamic dims resized).
+    cli: also run the torchbridge-run process.
+    Raises ParityError (with .report) when any comparison fails, unless raise_on_failure=False.
+    """
+    art = open_artifact(artifact)
+    manifest = art.manifest
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rtol, atol = manifest["tolerance"]["rtol"], manifest["tolerance"]["atol"]
+    golden_inputs, golden_outputs = art.golden()
+    if model is not None:
+        model = model.cpu().eval()
+
+    runtime = Runtime(art.path, threads=threads)
+    with expected_deprecations():
+        scripted = torch.jit.load(str(art.path))
+    # Same warm-up as the C++ runtime, so both profiling executors run their optimized graphs.
+    with torch.inference_mode():
+        for _ in range(3):
+            scripted(*golden_inputs)
+
+    input_sets: list[tuple[str, list[torch.Tensor]]] = [("golden", golden_inputs)]
+    dynamic_dims = [[d for d, s in enumerate(spec["shape"]) if s is None] for spec in manifest["inputs"]]
+    if model is not None:
+        for k in range(1, fresh + 1):
+            size = 1 + 2 * k if dynamic_dims and dynamic_dims[0] else None
+            label = f"fresh {k}" + (f" (batch {size})" if size else "")
+            input_sets.append((label, list(fresh_inputs(golden_inputs, dynamic_dims, seed=100 + k, dynamic_size=size))))
+
+    report = ParityReport(artifact=str(art.path), threads=threads)
+    with tempfile.TemporaryDirectory(prefix="torchbridge-verify-") as workdir:
+        for label, inputs in input_sets:
+            outputs: dict[str, list[torch.Tensor]] = {}
+            outputs["eager"] = _run(model, inputs) if model is not None else golden_outputs
+            with torch.inference_mode():
+                outputs["torchscript"] = _run(scripted, inputs)
+            outputs["cpp"] = [t.cpu() for t in runtime.forward(*inputs)]
+            if cli:
+                outputs["cli"] = run_cli(art.path, inputs, threads, Path(workdir))
+            checks = [("eager", "torchscript", rtol, atol), ("eager", "cpp", rtol, atol), ("torchscript", "cpp", 0.0, 0.0)]
+            if cli:
+                checks.append(("torchscript", "cli", 0.0, 0.0))
+            for reference, candidate, r_tol, a_tol in checks:
+                expected, actual = outputs[reference], outputs[candidate]
+                if len(expected) != len(actual):
+                    report.rows.append(Comparison(label, reference, candidate, -1, float("inf"), float("inf"), r_tol, a_tol, False))
+                    continue
+                for i, (e, a) in enumerate(zip(expected, actual)):
+                    e = e.dequantize() if e.is_quantized else e
+                    max_abs, max_rel = max_errors(a, e)
+                    passed = within_tolerance(a, e, r_tol, a_tol)
+                    report.rows.append(Comparison(label, reference, candidate, i, max_abs, max_rel, r_tol, a_tol, passed))
+    if raise_on_failure and not report.passed:
+        raise ParityError(f"parity failed for {art.path}:\n{report.table()}", report)
+    return report
