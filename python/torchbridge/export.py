@@ -237,6 +237,27 @@ def _trace_checked(model, example, dynamic_dims, rtol, atol, checks: int):
     return traced
 
 
+def _optimized(module, golden, eager_golden, rtol, atol, notes: list[str]):
+    """The first of freeze + optimize_for_inference, then freeze alone, that survives a save/load
+    round trip with parity (optimize_for_inference can produce graphs that fail to load back)."""
+    candidates = [
+        ("freeze+optimize_for_inference", lambda: torch.jit.optimize_for_inference(torch.jit.freeze(module))),
+        ("freeze", lambda: torch.jit.freeze(module)),
+    ]
+    for name, make in candidates:
+        try:
+            buffer = io.BytesIO()
+            torch.jit.save(make(), buffer)
+            buffer.seek(0)
+            reloaded = torch.jit.load(buffer)
+            _compare_or_raise(name, _run(reloaded, golden), eager_golden, rtol, atol, "")
+            notes.append(f"optimized with {name}")
+            return reloaded, True
+        except Exception as error:
+            notes.append(f"{name} dropped: {str(error).splitlines()[0]}")
+    return module, False
+
+
 def export(
     model: nn.Module,
     example_inputs,
@@ -314,12 +335,7 @@ def export(
 
         optimized = False
         if optimize and not quantized:
-            candidate = torch.jit.optimize_for_inference(torch.jit.freeze(module))
-            try:
-                _compare_or_raise("optimized", _run(candidate, golden), eager_golden, rtol, atol, "")
-                module, optimized = candidate, True
-            except ExportError as error:
-                notes.append(f"optimization dropped: {error}")
+            module, optimized = _optimized(module, golden, eager_golden, rtol, atol, notes)
 
         # Output specs: dims that change with the dynamic input size are dynamic.
         outputs_dynamic = [set() for _ in eager_golden]

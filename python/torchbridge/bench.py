@@ -1,0 +1,115 @@
+"""Latency of the paths that can run one artifact, measured in one process run.
+
+Each path is timed in rounds that interleave the paths, after warm-up, so a noisy neighbour
+slows all of them alike; the medians (p50) and their ratios are the figures to compare.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from torchbridge._warnings import expected_deprecations
+from torchbridge.errors import TorchbridgeError
+from torchbridge.runtime import Runtime, cli_path
+
+
+@dataclass
+class Latency:
+    path: str
+    batch: int
+    runs: int
+    p50_ms: float
+    p90_ms: float
+    mean_ms: float
+    throughput_per_s: float
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    position = q * (len(sorted_values) - 1)
+    low = int(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def summarize(path: str, batch: int, samples_ms: list[float]) -> Latency:
+    ordered = sorted(samples_ms)
+    mean = statistics.fmean(ordered)
+    return Latency(path, batch, len(ordered), _percentile(ordered, 0.5), _percentile(ordered, 0.9), mean, batch * 1000.0 / mean)
+
+
+def time_interleaved(paths: dict[str, Callable[[], object]], runs: int, warmup: int) -> dict[str, list[float]]:
+    """Run every path `warmup` times, then `runs` rounds of one call per path; ms per call."""
+    for fn in paths.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(runs):
+        for name, fn in paths.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1000.0)
+    return samples
+
+
+def cli_bench(artifact: Path, batch: int, runs: int, warmup: int, threads: int) -> dict:
+    """`torchbridge-run --bench --json` in its own process (random inputs from the manifest)."""
+    command = [str(cli_path()), str(artifact), "--bench", str(runs), "--warmup", str(warmup)]
+    command += ["--batch", str(batch), "--threads", str(threads), "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    if result.returncode != 0:
+        raise TorchbridgeError(f"torchbridge-run --bench failed ({result.returncode}): {result.stderr.strip()}")
+    return json.loads(result.stdout)
+
+
+def quick_bench(
+    model: nn.Module | None,
+    artifact: str | Path,
+    batch_sizes=(1, 32),
+    threads: int = 2,
+    runs: int = 50,
+    warmup: int = 10,
+) -> list[Latency]:
+    """p50/p90 latency of eager PyTorch, TorchScript in Python, the C++ runtime through the
+    bindings (interleaved in this process) and the torchbridge-run process, per batch size."""
+    artifact = Path(artifact)
+    torch.set_num_threads(threads)
+    runtime = Runtime(artifact, threads=threads)
+    with expected_deprecations():
+        scripted = torch.jit.load(str(artifact))
+    results: list[Latency] = []
+    for batch in batch_sizes:
+        inputs = runtime.example_inputs(dynamic_size=batch, seed=0)
+        paths: dict[str, Callable[[], object]] = {}
+        if model is not None:
+            model.eval()
+            paths["eager"] = lambda: model(*inputs)
+        paths["torchscript"] = lambda: scripted(*inputs)
+        paths["cpp"] = lambda: runtime.forward(*inputs)
+        with torch.inference_mode():
+            samples = time_interleaved(paths, runs, warmup)
+        results += [summarize(name, batch, values) for name, values in samples.items()]
+        process = cli_bench(artifact, batch, runs, warmup, threads)["bench"]
+        results.append(
+            Latency("cli", batch, runs, process["p50_ms"], process["p90_ms"], process["mean_ms"], process["throughput_per_s"])
+        )
+    return results
+
+
+def latency_table(results: list[Latency]) -> str:
+    lines = [f"{'path':<12} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'samples/s':>11}"]
+    for r in results:
+        lines.append(f"{r.path:<12} {r.batch:>5} {r.p50_ms:>9.3f} {r.p90_ms:>9.3f} {r.throughput_per_s:>11.1f}")
+    return "\n".join(lines)
+
+
+def as_dicts(results: list[Latency]) -> list[dict]:
+    return [asdict(r) for r in results]

@@ -1,0 +1,141 @@
+"""The main job: train on the digits, export, verify in C++, benchmark, and write a report."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchbridge import bench, models
+from torchbridge.data import DigitsDataModule
+from torchbridge.errors import TorchbridgeError
+from torchbridge.export import export
+from torchbridge.runtime import Runtime, cli_path
+from torchbridge.train import train
+from torchbridge.verify import verify
+
+
+def new_run_dir(base: str | Path = "runs", prefix: str = "pipeline") -> Path:
+    """A fresh folder runs/pipeline-YYYYmmdd-HHMMSS[-N]; never one that already exists."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    candidate = Path(base) / f"{prefix}-{stamp}"
+    n = 2
+    while candidate.exists():
+        candidate = Path(base) / f"{prefix}-{stamp}-{n}"
+        n += 1
+    candidate.mkdir(parents=True)
+    return candidate
+
+
+def claim_output_dir(out: str | Path | None) -> Path:
+    if out is None:
+        return new_run_dir()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise TorchbridgeError(f"{out} already holds files; refusing to overwrite an earlier run (choose a new --out)")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _step(number: int, total: int, text: str) -> None:
+    print(f"\n[{number}/{total}] {text}", flush=True)
+
+
+def run_pipeline(
+    out: str | Path | None = None,
+    model_name: str = "digits_cnn",
+    epochs: int = 5,
+    threads: int = 2,
+    bench_runs: int = 50,
+    batch_sizes: tuple[int, ...] = (1, 32),
+    progress_bar: bool = True,
+) -> dict[str, Any]:
+    out = claim_output_dir(out)
+    total = 5
+    print(f"torchbridge pipeline: writing to {out}", flush=True)
+
+    _step(1, total, f"train {model_name} on the scikit-learn digits for {epochs} epochs (Lightning)")
+    datamodule = DigitsDataModule()
+    model = models.create(model_name)
+    trained = train(model, datamodule, max_epochs=epochs, root_dir=out / "train", progress_bar=progress_bar)
+    print(f"test accuracy (eager): {trained.test_accuracy:.4f}")
+
+    _step(2, total, "export TorchScript with manifest and golden example")
+    artifact = export(model, (datamodule.example_batch(4),), out / "model.pt")
+    print(f"{artifact.path}: {artifact.size_bytes / 1024:.1f} KiB, method {artifact.manifest['method']}, "
+          f"inputs {', '.join(map(str, artifact.inputs))}")
+
+    _step(3, total, f"verify Python vs C++ (bindings and torchbridge-run), {threads} threads")
+    parity = verify(model, artifact.path, threads=threads)
+    print(parity.table())
+    selftest = subprocess.run([str(cli_path()), str(artifact.path), "--selftest", "--json"], capture_output=True, text=True)
+    if selftest.returncode != 0:
+        raise TorchbridgeError(f"torchbridge-run --selftest failed: {selftest.stderr.strip()}")
+    runtime = Runtime(artifact.path, threads=threads)
+    images, labels = datamodule.dataset("test").tensors
+    cpp_accuracy = float((runtime(images).argmax(dim=1) == labels).float().mean())
+    print(f"test accuracy (C++ runtime): {cpp_accuracy:.4f}")
+
+    _step(4, total, f"benchmark: {bench_runs} runs per path, batch sizes {', '.join(map(str, batch_sizes))}")
+    latencies = bench.quick_bench(model, artifact.path, batch_sizes=batch_sizes, threads=threads, runs=bench_runs)
+    print(bench.latency_table(latencies))
+
+    _step(5, total, "report")
+    report = {
+        "model": model_name,
+        "epochs": epochs,
+        "accuracy": {"eager": trained.test_accuracy, "cpp": cpp_accuracy, "val_best": trained.val_accuracy},
+        "artifact": {"path": str(artifact.path), "bytes": artifact.size_bytes, "manifest": artifact.manifest},
+        "parity": parity.as_dict(),
+        "selftest": json.loads(selftest.stdout)["selftest"],
+        "latency": bench.as_dicts(latencies),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "threads": threads,
+        },
+        "checkpoint": trained.best_checkpoint,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.md").write_text(_markdown(report, parity.table(), bench.latency_table(latencies)))
+    print(f"wrote {out / 'report.md'} and {out / 'report.json'}")
+    return report
+
+
+def _markdown(report: dict[str, Any], parity_table: str, latency_table: str) -> str:
+    accuracy = report["accuracy"]
+    machine = report["machine"]
+    return f"""# torchbridge pipeline report
+
+Model `{report['model']}`, {report['epochs']} epochs on the scikit-learn digits (360 test images).
+
+| | value |
+|---|---|
+| test accuracy, eager PyTorch | {accuracy['eager']:.4f} |
+| test accuracy, C++ runtime | {accuracy['cpp']:.4f} |
+| artifact | `{report['artifact']['path']}`, {report['artifact']['bytes'] / 1024:.1f} KiB |
+| parity | {'passed' if report['parity']['passed'] else 'FAILED'} |
+| selftest (torchbridge-run) | {'passed' if report['selftest']['passed'] else 'FAILED'} |
+
+## Parity
+
+```
+{parity_table}
+```
+
+## Latency
+
+Measured in one run on {machine['processor']}, {machine['platform']}, torch {machine['torch']},
+{machine['threads']} threads; eager, TorchScript and the C++ bindings interleaved in one process,
+`torchbridge-run` in its own.
+
+```
+{latency_table}
+```
+"""
