@@ -21,7 +21,9 @@ def torchvision_available() -> bool:
         return False
 
 
-requires_torchvision = pytest.mark.skipif(not torchvision_available(), reason="torchvision not importable beside this torch")
+requires_torchvision = pytest.mark.skipif(
+    not torchvision_available(), reason="torchvision not importable beside this torch"
+)
 
 
 class Branchy(nn.Module):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import THREADS, digits, run_cli, seeded
 
 import torchbridge as tb
+from conftest import THREADS, digits, run_cli, seeded
 
 # torchbridge-run exit statuses
 USAGE, BAD_INPUT, LOAD_FAILURE, MISMATCH = 2, 3, 4, 5

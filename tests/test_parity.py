@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import THREADS, Branchy, TwoInTwoOut, digits, requires_torchvision, run_cli, seeded
 
 import torchbridge as tb
+from conftest import THREADS, Branchy, TwoInTwoOut, digits, requires_torchvision, run_cli, seeded
 
 
 def _resnet18():
@@ -24,9 +24,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=requires_torchvision) if n == "resnet18" else n for n in CASES]
-)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=requires_torchvision) if n == "resnet18" else n for n in CASES])
 def test_cpp_matches_python(name, tmp_path):
     make_model, make_inputs = CASES[name]
     model, inputs = make_model(), make_inputs()
@@ -67,8 +65,15 @@ def test_cli_writes_one_npy_per_output(tmp_path):
     np.save(tmp_path / "image.npy", inputs[0].numpy())
     np.save(tmp_path / "features.npy", inputs[1].numpy())
     result = run_cli(
-        tmp_path / "two.pt", "--input", tmp_path / "image.npy", "--input", tmp_path / "features.npy",
-        "--output", tmp_path / "p.npy", "--output", tmp_path / "label.npy",
+        tmp_path / "two.pt",
+        "--input",
+        tmp_path / "image.npy",
+        "--input",
+        tmp_path / "features.npy",
+        "--output",
+        tmp_path / "p.npy",
+        "--output",
+        tmp_path / "label.npy",
     )
     assert result.returncode == 0, result.stderr
     with torch.no_grad():

@@ -1,14 +1,15 @@
 // check.hpp: the few lines of test harness the C++ tests share; no framework needed.
 //
 //   TEST(reads_a_numpy_file) {
-//     CHECK(tensor.dim() == 2);
-//     CHECK_EQ(tensor.size(0), 3);
-//     CHECK_ERROR(torchbridge::read_npy("missing.npy"), torchbridge::ErrorCode::kInput, "missing.npy");
+//     REQUIRE(tensor.dim() == 2);
+//     REQUIRE_EQ(tensor.size(0), 3);
+//     REQUIRE_ERROR(torchbridge::read_npy("missing.npy"), torchbridge::ErrorCode::kInput, "missing.npy");
 //   }
 //   int main() { return tbtest::run_all(); }
 //
-// A failed check prints file:line and what it saw, then ends that test; the other tests still run
-// and main returns 1. An exception escaping a test fails it too, with its message.
+// A failed REQUIRE prints file:line and what it saw, then ends that test; the other tests still run
+// and main returns 1. An exception escaping a test fails it too, with its message. (Not named CHECK:
+// c10's logging header defines glog-style CHECK macros.)
 #pragma once
 
 #include <cstdlib>
@@ -106,44 +107,44 @@ inline void write_file(const std::string& path, const std::string& bytes) {
 
 }  // namespace tbtest
 
-#define TEST(name)                                                 \
-  static void name();                                              \
-  static const tbtest::Registrar name##_registrar(#name, &name);   \
+#define TEST(name)                                               \
+  static void name();                                            \
+  static const tbtest::Registrar name##_registrar(#name, &name); \
   static void name()
 
-#define CHECK(condition)                                                         \
-  do {                                                                           \
-    if (!(condition)) tbtest::fail(__FILE__, __LINE__, "CHECK(" #condition ")"); \
+#define REQUIRE(condition)                                                         \
+  do {                                                                             \
+    if (!(condition)) tbtest::fail(__FILE__, __LINE__, "REQUIRE(" #condition ")"); \
   } while (0)
 
-#define CHECK_EQ(actual, expected)                                                              \
-  do {                                                                                          \
-    const auto& tb_actual_ = (actual);                                                          \
-    const auto& tb_expected_ = (expected);                                                      \
-    if (!(tb_actual_ == tb_expected_)) {                                                        \
-      std::ostringstream tb_message_;                                                           \
-      tb_message_ << "CHECK_EQ(" #actual ", " #expected "): got " << tb_actual_ << ", expected " \
-                  << tb_expected_;                                                              \
-      tbtest::fail(__FILE__, __LINE__, tb_message_.str());                                      \
-    }                                                                                           \
+#define REQUIRE_EQ(actual, expected)                                                               \
+  do {                                                                                             \
+    const auto& tb_actual_ = (actual);                                                             \
+    const auto& tb_expected_ = (expected);                                                         \
+    if (!(tb_actual_ == tb_expected_)) {                                                           \
+      std::ostringstream tb_message_;                                                              \
+      tb_message_ << "REQUIRE_EQ(" #actual ", " #expected "): got " << tb_actual_ << ", expected " \
+                  << tb_expected_;                                                                 \
+      tbtest::fail(__FILE__, __LINE__, tb_message_.str());                                         \
+    }                                                                                              \
   } while (0)
 
 // `statement` must throw torchbridge::Error with `expected_code` and a message containing `text`.
-#define CHECK_ERROR(statement, expected_code, text)                                                          \
-  do {                                                                                                       \
-    bool tb_threw_ = false;                                                                                  \
-    try {                                                                                                    \
-      statement;                                                                                             \
-    } catch (const torchbridge::Error& tb_error_) {                                                          \
-      tb_threw_ = true;                                                                                      \
-      const std::string tb_what_ = tb_error_.what();                                                         \
-      if (tb_error_.code() != (expected_code))                                                               \
-        tbtest::fail(__FILE__, __LINE__,                                                                     \
+#define REQUIRE_ERROR(statement, expected_code, text)                                                          \
+  do {                                                                                                         \
+    bool tb_threw_ = false;                                                                                    \
+    try {                                                                                                      \
+      statement;                                                                                               \
+    } catch (const torchbridge::Error& tb_error_) {                                                            \
+      tb_threw_ = true;                                                                                        \
+      const std::string tb_what_ = tb_error_.what();                                                           \
+      if (tb_error_.code() != (expected_code))                                                                 \
+        tbtest::fail(__FILE__, __LINE__,                                                                       \
                      std::string(#statement " threw ") + tbtest::code_name(tb_error_.code()) + ", expected " + \
-                         tbtest::code_name(expected_code) + ": " + tb_what_);                                \
-      if (tb_what_.find(text) == std::string::npos)                                                          \
-        tbtest::fail(__FILE__, __LINE__,                                                                     \
-                     std::string(#statement ": message lacks '") + (text) + "': " + tb_what_);               \
-    }                                                                                                        \
-    if (!tb_threw_) tbtest::fail(__FILE__, __LINE__, #statement " did not throw torchbridge::Error");        \
+                         tbtest::code_name(expected_code) + ": " + tb_what_);                                  \
+      if (tb_what_.find(text) == std::string::npos)                                                            \
+        tbtest::fail(__FILE__, __LINE__,                                                                       \
+                     std::string(#statement ": message lacks '") + (text) + "': " + tb_what_);                 \
+    }                                                                                                          \
+    if (!tb_threw_) tbtest::fail(__FILE__, __LINE__, #statement " did not throw torchbridge::Error");          \
   } while (0)

@@ -70,58 +70,58 @@ TEST(every_supported_dtype_round_trips_bit_for_bit) {
   for (const auto& [dtype, descr] : dtypes) {
     const at::Tensor original = sample(dtype);
     const std::string bytes = torchbridge::to_npy_bytes(original);
-    CHECK(bytes.find(descr) != std::string::npos);
-    CHECK_EQ((bytes.size() - original.nbytes()) % 64, 0u);  // numpy aligns the data to 64 bytes
-    CHECK(same_bits(torchbridge::parse_npy(bytes, "memory"), original));
+    REQUIRE(bytes.find(descr) != std::string::npos);
+    REQUIRE_EQ((bytes.size() - original.nbytes()) % 64, 0u);  // numpy aligns the data to 64 bytes
+    REQUIRE(same_bits(torchbridge::parse_npy(bytes, "memory"), original));
 
     const std::string path = (kScratch / (torchbridge::dtype_name(dtype) + ".npy")).string();
     torchbridge::write_npy(path, original);
-    CHECK(same_bits(torchbridge::read_npy(path), original));
+    REQUIRE(same_bits(torchbridge::read_npy(path), original));
   }
 }
 
 TEST(scalars_and_empty_tensors_round_trip) {
   const at::Tensor scalar = at::scalar_tensor(2.5, at::kFloat);
   const at::Tensor read_scalar = torchbridge::parse_npy(torchbridge::to_npy_bytes(scalar), "scalar");
-  CHECK_EQ(read_scalar.dim(), 0);
-  CHECK_EQ(read_scalar.item<float>(), 2.5f);
+  REQUIRE_EQ(read_scalar.dim(), 0);
+  REQUIRE_EQ(read_scalar.item<float>(), 2.5f);
 
   const at::Tensor empty = at::empty({0, 3}, at::kLong);
   const at::Tensor read_empty = torchbridge::parse_npy(torchbridge::to_npy_bytes(empty), "empty");
-  CHECK(read_empty.sizes() == empty.sizes());
-  CHECK(read_empty.scalar_type() == at::kLong);
+  REQUIRE(read_empty.sizes() == empty.sizes());
+  REQUIRE(read_empty.scalar_type() == at::kLong);
 
   const at::Tensor vector = at::arange(5, at::kInt);
   const std::string bytes = torchbridge::to_npy_bytes(vector);
-  CHECK(bytes.find("'shape': (5,)") != std::string::npos);  // numpy's spelling of a 1-tuple
-  CHECK(same_bits(torchbridge::parse_npy(bytes, "vector"), vector));
+  REQUIRE(bytes.find("'shape': (5,)") != std::string::npos);  // numpy's spelling of a 1-tuple
+  REQUIRE(same_bits(torchbridge::parse_npy(bytes, "vector"), vector));
 }
 
 TEST(writes_views_as_their_values) {
   const at::Tensor matrix = at::arange(6, at::kFloat).reshape({2, 3});
   const at::Tensor transposed = matrix.t();  // a non-contiguous view
   const at::Tensor read = torchbridge::parse_npy(torchbridge::to_npy_bytes(transposed), "view");
-  CHECK(read.sizes() == transposed.sizes());
-  CHECK(at::equal(read, transposed));
+  REQUIRE(read.sizes() == transposed.sizes());
+  REQUIRE(at::equal(read, transposed));
 }
 
 TEST(write_replaces_an_existing_file) {
   const std::string path = (kScratch / "replaced.npy").string();
   tbtest::write_file(path, "old contents");
   torchbridge::write_npy(path, at::ones({2}, at::kFloat));
-  CHECK(at::equal(torchbridge::read_npy(path), at::ones({2}, at::kFloat)));
-  CHECK(!std::filesystem::exists(path + ".tmp-torchbridge"));
+  REQUIRE(at::equal(torchbridge::read_npy(path), at::ones({2}, at::kFloat)));
+  REQUIRE(!std::filesystem::exists(path + ".tmp-torchbridge"));
 }
 
 TEST(reads_files_numpy_wrote) {
   const at::Tensor x = torchbridge::read_npy(tbtest::data_path("tiny_mlp_input.npy"));
-  CHECK(x.scalar_type() == at::kFloat);
-  CHECK(x.sizes() == at::IntArrayRef({3, 4}));
-  CHECK(at::isfinite(x).all().item<bool>());
+  REQUIRE(x.scalar_type() == at::kFloat);
+  REQUIRE(x.sizes() == at::IntArrayRef({3, 4}));
+  REQUIRE(at::isfinite(x).all().item<bool>());
 
   const at::Tensor index = torchbridge::read_npy(tbtest::data_path("two_io_input_1.npy"));
-  CHECK(index.scalar_type() == at::kLong);
-  CHECK(at::equal(index, at::tensor({0, 4, 2}, at::kLong)));
+  REQUIRE(index.scalar_type() == at::kLong);
+  REQUIRE(at::equal(index, at::tensor({0, 4, 2}, at::kLong)));
 }
 
 TEST(fortran_order_is_transposed_into_place) {
@@ -130,84 +130,84 @@ TEST(fortran_order_is_transposed_into_place) {
   const std::string bytes = make_npy("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }",
                                      raw_bytes(at::tensor({0.f, 3.f, 1.f, 4.f, 2.f, 5.f})));
   const at::Tensor read = torchbridge::parse_npy(bytes, "fortran 2-d");
-  CHECK(read.sizes() == expected.sizes());
-  CHECK(read.is_contiguous());
-  CHECK(at::equal(read, expected));
+  REQUIRE(read.sizes() == expected.sizes());
+  REQUIRE(read.is_contiguous());
+  REQUIRE(at::equal(read, expected));
 
   const at::Tensor cube = at::arange(24, at::kLong).reshape({2, 3, 4});
   const std::string cube_bytes = make_npy("{'descr': '<i8', 'fortran_order': True, 'shape': (2, 3, 4), }",
                                           raw_bytes(cube.permute({2, 1, 0})));
-  CHECK(at::equal(torchbridge::parse_npy(cube_bytes, "fortran 3-d"), cube));
+  REQUIRE(at::equal(torchbridge::parse_npy(cube_bytes, "fortran 3-d"), cube));
 }
 
 TEST(reads_format_version_2_headers) {
   const std::string bytes =
       make_npy("{'descr': '<i4', 'fortran_order': False, 'shape': (3,), }", raw_bytes(at::tensor({7, 8, 9})), 2);
-  CHECK(at::equal(torchbridge::parse_npy(bytes, "version 2"), at::tensor({7, 8, 9})));
+  REQUIRE(at::equal(torchbridge::parse_npy(bytes, "version 2"), at::tensor({7, 8, 9})));
 }
 
 TEST(missing_file_is_an_input_error_naming_the_path) {
   const std::string path = (kScratch / "no_such_file.npy").string();
-  CHECK_ERROR(torchbridge::read_npy(path), ErrorCode::kInput, path);
+  REQUIRE_ERROR(torchbridge::read_npy(path), ErrorCode::kInput, path);
 }
 
 TEST(wrong_magic_is_an_input_error) {
   const std::string path = (kScratch / "not_numpy.npy").string();
   tbtest::write_file(path, "x,y\n1,2\n3,4\n");
-  CHECK_ERROR(torchbridge::read_npy(path), ErrorCode::kInput, "magic");
-  CHECK_ERROR(torchbridge::read_npy(path), ErrorCode::kInput, path);
+  REQUIRE_ERROR(torchbridge::read_npy(path), ErrorCode::kInput, "magic");
+  REQUIRE_ERROR(torchbridge::read_npy(path), ErrorCode::kInput, path);
   tbtest::write_file(path, "");
-  CHECK_ERROR(torchbridge::read_npy(path), ErrorCode::kInput, "magic");
+  REQUIRE_ERROR(torchbridge::read_npy(path), ErrorCode::kInput, "magic");
   // An artifact is a zip, not a .npy.
-  CHECK_ERROR(torchbridge::read_npy(tbtest::data_path("tiny_mlp.pt")), ErrorCode::kInput, "magic");
+  REQUIRE_ERROR(torchbridge::read_npy(tbtest::data_path("tiny_mlp.pt")), ErrorCode::kInput, "magic");
 }
 
 TEST(truncated_file_is_an_input_error) {
-  CHECK_ERROR(torchbridge::read_npy(tbtest::data_path("tiny_mlp_input_truncated.npy")), ErrorCode::kInput,
+  REQUIRE_ERROR(torchbridge::read_npy(tbtest::data_path("tiny_mlp_input_truncated.npy")), ErrorCode::kInput,
               "truncated data: header promises 48 bytes, file holds 38");
 
   const std::string whole = torchbridge::to_npy_bytes(at::ones({4}, at::kDouble));
-  CHECK_ERROR(torchbridge::parse_npy(whole.substr(0, 30), "cut in header"), ErrorCode::kInput, "truncated header");
-  CHECK_ERROR(torchbridge::parse_npy(whole.substr(0, whole.size() - 1), "cut in data"), ErrorCode::kInput,
+  REQUIRE_ERROR(torchbridge::parse_npy(whole.substr(0, 30), "cut in header"), ErrorCode::kInput, "truncated header");
+  REQUIRE_ERROR(torchbridge::parse_npy(whole.substr(0, whole.size() - 1), "cut in data"), ErrorCode::kInput,
               "truncated data");
 }
 
 TEST(unsupported_dtype_is_an_input_error_listing_the_supported_ones) {
   const std::string complex64 = make_npy("{'descr': '<c8', 'fortran_order': False, 'shape': (1,), }", std::string(8, '\0'));
-  CHECK_ERROR(torchbridge::parse_npy(complex64, "complex.npy"), ErrorCode::kInput, "unsupported .npy dtype '<c8'");
-  CHECK_ERROR(torchbridge::parse_npy(complex64, "complex.npy"), ErrorCode::kInput, "float16, float32");
+  REQUIRE_ERROR(torchbridge::parse_npy(complex64, "complex.npy"), ErrorCode::kInput, "unsupported .npy dtype '<c8'");
+  REQUIRE_ERROR(torchbridge::parse_npy(complex64, "complex.npy"), ErrorCode::kInput, "float16, float32");
 
   const std::string strings = make_npy("{'descr': '<U3', 'fortran_order': False, 'shape': (1,), }", std::string(12, 'a'));
-  CHECK_ERROR(torchbridge::parse_npy(strings, "strings.npy"), ErrorCode::kInput, "unsupported");
+  REQUIRE_ERROR(torchbridge::parse_npy(strings, "strings.npy"), ErrorCode::kInput, "unsupported");
 
   const std::string big_endian = make_npy("{'descr': '>f4', 'fortran_order': False, 'shape': (1,), }", std::string(4, '\0'));
-  CHECK_ERROR(torchbridge::parse_npy(big_endian, "big.npy"), ErrorCode::kInput, "big-endian");
+  REQUIRE_ERROR(torchbridge::parse_npy(big_endian, "big.npy"), ErrorCode::kInput, "big-endian");
 }
 
 TEST(malformed_headers_are_input_errors) {
   const std::string no_descr = make_npy("{'fortran_order': False, 'shape': (1,), }", std::string(4, '\0'));
-  CHECK_ERROR(torchbridge::parse_npy(no_descr, "h.npy"), ErrorCode::kInput, "header lacks 'descr'");
+  REQUIRE_ERROR(torchbridge::parse_npy(no_descr, "h.npy"), ErrorCode::kInput, "header lacks 'descr'");
   const std::string bad_shape = make_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, -1), }", "");
-  CHECK_ERROR(torchbridge::parse_npy(bad_shape, "h.npy"), ErrorCode::kInput, "bad shape");
+  REQUIRE_ERROR(torchbridge::parse_npy(bad_shape, "h.npy"), ErrorCode::kInput, "bad shape");
   std::string bad_version = torchbridge::to_npy_bytes(at::ones({1}));
   bad_version[6] = 9;
-  CHECK_ERROR(torchbridge::parse_npy(bad_version, "h.npy"), ErrorCode::kInput, "unknown format version 9");
+  REQUIRE_ERROR(torchbridge::parse_npy(bad_version, "h.npy"), ErrorCode::kInput, "unknown format version 9");
 }
 
 TEST(writing_a_dtype_numpy_lacks_is_refused) {
-  CHECK_ERROR(torchbridge::to_npy_bytes(at::ones({2}, at::kBFloat16)), ErrorCode::kInvalidArgument, "BFloat16");
+  REQUIRE_ERROR(torchbridge::to_npy_bytes(at::ones({2}, at::kBFloat16)), ErrorCode::kInvalidArgument, "BFloat16");
   const std::string path = (kScratch / "bfloat16.npy").string();
-  CHECK_ERROR(torchbridge::write_npy(path, at::ones({2}, at::kBFloat16)), ErrorCode::kInvalidArgument, "to .npy");
-  CHECK(!std::filesystem::exists(path));
+  REQUIRE_ERROR(torchbridge::write_npy(path, at::ones({2}, at::kBFloat16)), ErrorCode::kInvalidArgument, "to .npy");
+  REQUIRE(!std::filesystem::exists(path));
 }
 
 TEST(dtype_names_match_numpy) {
   for (at::ScalarType dtype : {at::kHalf, at::kFloat, at::kDouble, at::kChar, at::kShort, at::kInt, at::kLong,
                                at::kByte, at::kBool, at::kBFloat16})
-    CHECK(torchbridge::dtype_from_name(torchbridge::dtype_name(dtype)) == dtype);
-  CHECK_EQ(torchbridge::dtype_name(at::kFloat), std::string("float32"));
-  CHECK_EQ(torchbridge::dtype_name(at::kChar), std::string("int8"));
-  CHECK_ERROR(torchbridge::dtype_from_name("complex64"), ErrorCode::kInvalidArgument, "unknown dtype 'complex64'");
+    REQUIRE(torchbridge::dtype_from_name(torchbridge::dtype_name(dtype)) == dtype);
+  REQUIRE_EQ(torchbridge::dtype_name(at::kFloat), std::string("float32"));
+  REQUIRE_EQ(torchbridge::dtype_name(at::kChar), std::string("int8"));
+  REQUIRE_ERROR(torchbridge::dtype_from_name("complex64"), ErrorCode::kInvalidArgument, "unknown dtype 'complex64'");
 }
 
 int main(int argc, char** argv) { return tbtest::run_all(argc, argv); }

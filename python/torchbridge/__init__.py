@@ -1,11 +1,11 @@
 """torchbridge: train, compress and export PyTorch models; run them in C++ with proven parity.
 
-    import torchbridge as tb
-    model = tb.models.digits_cnn()
-    tb.train(model, tb.data.DigitsDataModule(), max_epochs=5)
-    tb.export(model, example_inputs=(x,), path="model.pt")
-    y = tb.Runtime("model.pt", threads=2)(x)
-    tb.verify(model, "model.pt")
+import torchbridge as tb
+model = tb.models.digits_cnn()
+tb.train(model, tb.data.DigitsDataModule(), max_epochs=5)
+tb.export(model, example_inputs=(x,), path="model.pt")
+y = tb.Runtime("model.pt", threads=2)(x)
+tb.verify(model, "model.pt")
 """
 
 from importlib.metadata import PackageNotFoundError

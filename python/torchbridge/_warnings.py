@@ -21,7 +21,7 @@ QUANTIZATION_MESSAGES = (
 @contextlib.contextmanager
 def expected_deprecations():
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=TORCHSCRIPT_MESSAGE, category=FutureWarning)
+        warnings.filterwarnings("ignore", message=TORCHSCRIPT_MESSAGE)  # Future- or DeprecationWarning
         for message in QUANTIZATION_MESSAGES:
             warnings.filterwarnings("ignore", message=message)
         yield

@@ -43,7 +43,9 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 def summarize(path: str, batch: int, samples_ms: list[float]) -> Latency:
     ordered = sorted(samples_ms)
     mean = statistics.fmean(ordered)
-    return Latency(path, batch, len(ordered), _percentile(ordered, 0.5), _percentile(ordered, 0.9), mean, batch * 1000.0 / mean)
+    return Latency(
+        path, batch, len(ordered), _percentile(ordered, 0.5), _percentile(ordered, 0.9), mean, batch * 1000.0 / mean
+    )
 
 
 def time_interleaved(paths: dict[str, Callable[[], object]], runs: int, warmup: int) -> dict[str, list[float]]:
@@ -91,15 +93,23 @@ def quick_bench(
         paths: dict[str, Callable[[], object]] = {}
         if model is not None:
             model.eval()
-            paths["eager"] = lambda: model(*inputs)
-        paths["torchscript"] = lambda: scripted(*inputs)
-        paths["cpp"] = lambda: runtime.forward(*inputs)
+            paths["eager"] = lambda inputs=inputs: model(*inputs)
+        paths["torchscript"] = lambda inputs=inputs: scripted(*inputs)
+        paths["cpp"] = lambda inputs=inputs: runtime.forward(*inputs)
         with torch.inference_mode():
             samples = time_interleaved(paths, runs, warmup)
         results += [summarize(name, batch, values) for name, values in samples.items()]
         process = cli_bench(artifact, batch, runs, warmup, threads)["bench"]
         results.append(
-            Latency("cli", batch, runs, process["p50_ms"], process["p90_ms"], process["mean_ms"], process["throughput_per_s"])
+            Latency(
+                "cli",
+                batch,
+                runs,
+                process["p50_ms"],
+                process["p90_ms"],
+                process["mean_ms"],
+                process["throughput_per_s"],
+            )
         )
     return results
 

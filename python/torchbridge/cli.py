@@ -6,7 +6,6 @@ import argparse
 import importlib
 import json
 import sys
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -155,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
-    p = sub.add_parser("pipeline", help="train digits CNN -> export -> verify in C++ -> bench -> report", formatter_class=fmt)
+    p = sub.add_parser(
+        "pipeline", help="train digits CNN -> export -> verify in C++ -> bench -> report", formatter_class=fmt
+    )
     p.add_argument("--out", help="output folder (default: a new runs/pipeline-<time>)")
     p.add_argument("--model", default="digits_cnn", help="digits_cnn, digits_mlp or a torchvision name")
     p.add_argument("--epochs", type=int, default=5)
@@ -177,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="export a model to a TorchScript artifact", formatter_class=fmt)
-    p.add_argument("--model", default="digits_cnn", help="digits_cnn, digits_mlp, a torchvision name, or module:factory")
+    p.add_argument(
+        "--model", default="digits_cnn", help="digits_cnn, digits_mlp, a torchvision name, or module:factory"
+    )
     p.add_argument("--weights", help="a .ckpt from train, or a state dict (.pt)")
     p.add_argument("--out", required=True, help="artifact path, e.g. model.pt")
     p.add_argument("--method", choices=["auto", "script", "trace"], default="auto")

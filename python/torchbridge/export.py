@@ -120,7 +120,8 @@ def flatten_outputs(value) -> list[torch.Tensor]:
     if isinstance(value, (tuple, list)):
         return [t for item in value for t in flatten_outputs(item)]
     raise TorchbridgeError(
-        f"model returned {type(value).__name__}; torchbridge exports models returning a tensor or a tuple/list of tensors"
+        f"model returned {type(value).__name__}; "
+        "torchbridge exports models returning a tensor or a tuple/list of tensors"
     )
 
 
@@ -340,7 +341,9 @@ def export(
         # Output specs: dims that change with the dynamic input size are dynamic.
         outputs_dynamic = [set() for _ in eager_golden]
         if any(dynamic_dims):
-            resized = fresh_inputs(golden, dynamic_dims, seed=0, dynamic_size=golden[0].shape[0] + 1 if dynamic_dims[0] else None)
+            resized = fresh_inputs(
+                golden, dynamic_dims, seed=0, dynamic_size=golden[0].shape[0] + 1 if dynamic_dims[0] else None
+            )
             for i, (a, b) in enumerate(zip(_run(model, resized), eager_golden)):
                 outputs_dynamic[i] = {d for d in range(min(a.dim(), b.dim())) if a.shape[d] != b.shape[d]}
 
@@ -350,7 +353,11 @@ def export(
             for i, (t, dims) in enumerate(zip(example, dynamic_dims))
         ]
         outputs_spec = [
-            TensorSpec(f"output_{i}", dtype_name(t.dtype), [None if d in outputs_dynamic[i] else s for d, s in enumerate(t.shape)])
+            TensorSpec(
+                f"output_{i}",
+                dtype_name(t.dtype),
+                [None if d in outputs_dynamic[i] else s for d, s in enumerate(t.shape)],
+            )
             for i, t in enumerate(eager_golden)
         ]
         from torchbridge import __version__
@@ -448,5 +455,7 @@ def open_artifact(path: str | os.PathLike) -> Artifact:
     path = Path(path)
     manifest = load_manifest(path)
     if manifest is None:
-        raise TorchbridgeError(f"{path}: a TorchScript file without a torchbridge manifest (export it with torchbridge)")
+        raise TorchbridgeError(
+            f"{path}: a TorchScript file without a torchbridge manifest (export it with torchbridge)"
+        )
     return Artifact(path=path, manifest=manifest)

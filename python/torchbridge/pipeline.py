@@ -67,13 +67,17 @@ def run_pipeline(
 
     _step(2, total, "export TorchScript with manifest and golden example")
     artifact = export(model, (datamodule.example_batch(4),), out / "model.pt")
-    print(f"{artifact.path}: {artifact.size_bytes / 1024:.1f} KiB, method {artifact.manifest['method']}, "
-          f"inputs {', '.join(map(str, artifact.inputs))}")
+    print(
+        f"{artifact.path}: {artifact.size_bytes / 1024:.1f} KiB, method {artifact.manifest['method']}, "
+        f"inputs {', '.join(map(str, artifact.inputs))}"
+    )
 
     _step(3, total, f"verify Python vs C++ (bindings and torchbridge-run), {threads} threads")
     parity = verify(model, artifact.path, threads=threads)
     print(parity.table())
-    selftest = subprocess.run([str(cli_path()), str(artifact.path), "--selftest", "--json"], capture_output=True, text=True)
+    selftest = subprocess.run(
+        [str(cli_path()), str(artifact.path), "--selftest", "--json"], capture_output=True, text=True
+    )
     if selftest.returncode != 0:
         raise TorchbridgeError(f"torchbridge-run --selftest failed: {selftest.stderr.strip()}")
     runtime = Runtime(artifact.path, threads=threads)
@@ -113,15 +117,15 @@ def _markdown(report: dict[str, Any], parity_table: str, latency_table: str) -> 
     machine = report["machine"]
     return f"""# torchbridge pipeline report
 
-Model `{report['model']}`, {report['epochs']} epochs on the scikit-learn digits (360 test images).
+Model `{report["model"]}`, {report["epochs"]} epochs on the scikit-learn digits (360 test images).
 
 | | value |
 |---|---|
-| test accuracy, eager PyTorch | {accuracy['eager']:.4f} |
-| test accuracy, C++ runtime | {accuracy['cpp']:.4f} |
-| artifact | `{report['artifact']['path']}`, {report['artifact']['bytes'] / 1024:.1f} KiB |
-| parity | {'passed' if report['parity']['passed'] else 'FAILED'} |
-| selftest (torchbridge-run) | {'passed' if report['selftest']['passed'] else 'FAILED'} |
+| test accuracy, eager PyTorch | {accuracy["eager"]:.4f} |
+| test accuracy, C++ runtime | {accuracy["cpp"]:.4f} |
+| artifact | `{report["artifact"]["path"]}`, {report["artifact"]["bytes"] / 1024:.1f} KiB |
+| parity | {"passed" if report["parity"]["passed"] else "FAILED"} |
+| selftest (torchbridge-run) | {"passed" if report["selftest"]["passed"] else "FAILED"} |
 
 ## Parity
 
@@ -131,8 +135,8 @@ Model `{report['model']}`, {report['epochs']} epochs on the scikit-learn digits 
 
 ## Latency
 
-Measured in one run on {machine['processor']}, {machine['platform']}, torch {machine['torch']},
-{machine['threads']} threads; eager, TorchScript and the C++ bindings interleaved in one process,
+Measured in one run on {machine["processor"]}, {machine["platform"]}, torch {machine["torch"]},
+{machine["threads"]} threads; eager, TorchScript and the C++ bindings interleaved in one process,
 `torchbridge-run` in its own.
 
 ```

@@ -102,7 +102,10 @@ def read_npy(path: str | os.PathLike) -> torch.Tensor:
 
 def cli_path() -> Path:
     """The torchbridge-run executable installed with this package."""
-    candidates = [Path(sys.executable).parent / "torchbridge-run", Path(sysconfig.get_path("scripts")) / "torchbridge-run"]
+    candidates = [
+        Path(sys.executable).parent / "torchbridge-run",
+        Path(sysconfig.get_path("scripts")) / "torchbridge-run",
+    ]
     found = shutil.which("torchbridge-run")
     if found:
         candidates.append(Path(found))

@@ -143,7 +143,9 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
 
     path = Path(path)
     if not path.is_file():
-        raise TorchbridgeError(f"{path}: no such weights file (expected a .ckpt from torchbridge train or a state dict)")
+        raise TorchbridgeError(
+            f"{path}: no such weights file (expected a .ckpt from torchbridge train or a state dict)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:

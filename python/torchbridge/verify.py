@@ -57,7 +57,10 @@ class ParityReport:
         return max((r.max_abs for r in rows), default=0.0), max((r.max_rel for r in rows), default=0.0)
 
     def table(self) -> str:
-        header = f"{'inputs':<20} {'reference':<12} {'candidate':<12} {'out':>3} {'max abs':>10} {'max rel':>10} {'tolerance':>18}  result"
+        header = (
+            f"{'inputs':<20} {'reference':<12} {'candidate':<12} {'out':>3} "
+            f"{'max abs':>10} {'max rel':>10} {'tolerance':>18}  result"
+        )
         lines = [header, "-" * len(header)]
         for r in self.rows:
             tolerance = "exact" if r.rtol == 0 and r.atol == 0 else f"rtol {r.rtol:g} atol {r.atol:.1g}"
@@ -69,7 +72,12 @@ class ParityReport:
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"artifact": self.artifact, "threads": self.threads, "passed": self.passed, "rows": [asdict(r) for r in self.rows]}
+        return {
+            "artifact": self.artifact,
+            "threads": self.threads,
+            "passed": self.passed,
+            "rows": [asdict(r) for r in self.rows],
+        }
 
 
 def run_cli(artifact: Path, inputs: list[torch.Tensor], threads: int, workdir: Path) -> list[torch.Tensor]:
@@ -143,19 +151,27 @@ def verify(
             outputs["cpp"] = [t.cpu() for t in runtime.forward(*inputs)]
             if cli:
                 outputs["cli"] = run_cli(art.path, inputs, threads, Path(workdir))
-            checks = [("eager", "torchscript", rtol, atol), ("eager", "cpp", rtol, atol), ("torchscript", "cpp", 0.0, 0.0)]
+            checks = [
+                ("eager", "torchscript", rtol, atol),
+                ("eager", "cpp", rtol, atol),
+                ("torchscript", "cpp", 0.0, 0.0),
+            ]
             if cli:
                 checks.append(("torchscript", "cli", 0.0, 0.0))
             for reference, candidate, r_tol, a_tol in checks:
                 expected, actual = outputs[reference], outputs[candidate]
                 if len(expected) != len(actual):
-                    report.rows.append(Comparison(label, reference, candidate, -1, float("inf"), float("inf"), r_tol, a_tol, False))
+                    report.rows.append(
+                        Comparison(label, reference, candidate, -1, float("inf"), float("inf"), r_tol, a_tol, False)
+                    )
                     continue
                 for i, (e, a) in enumerate(zip(expected, actual)):
                     e = e.dequantize() if e.is_quantized else e
                     max_abs, max_rel = max_errors(a, e)
                     passed = within_tolerance(a, e, r_tol, a_tol)
-                    report.rows.append(Comparison(label, reference, candidate, i, max_abs, max_rel, r_tol, a_tol, passed))
+                    report.rows.append(
+                        Comparison(label, reference, candidate, i, max_abs, max_rel, r_tol, a_tol, passed)
+                    )
     if raise_on_failure and not report.passed:
         raise ParityError(f"parity failed for {art.path}:\n{report.table()}", report)
     return report

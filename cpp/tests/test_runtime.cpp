@@ -1,0 +1,298 @@
+// torchbridge::Runtime on the samples in data/ (see data/make_samples.py): what a C++ user does
+// with an artifact, and every way a bad artifact or a bad input must fail.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/cuda.h>
+
+#include <algorithm>
+#include <atomic>
+#include <thread>
+
+#include "check.hpp"
+
+using torchbridge::ErrorCode;
+using torchbridge::Runtime;
+
+namespace {
+
+const std::filesystem::path kScratch = tbtest::scratch_dir("runtime");
+
+const std::string kTinyMlp = tbtest::data_path("tiny_mlp.pt");
+const std::string kTwoIo = tbtest::data_path("two_io.pt");
+
+void require_close(const char* file, int line, const at::Tensor& actual, const at::Tensor& expected, double rtol,
+                   double atol) {
+  const torchbridge::Comparison comparison = torchbridge::compare(actual, expected, rtol, atol);
+  if (!comparison.passed) {
+    std::ostringstream message;
+    message << "outputs differ: max abs " << comparison.max_abs << ", max rel " << comparison.max_rel << " (rtol "
+            << rtol << ", atol " << atol << ") " << comparison.note;
+    tbtest::fail(file, line, message.str());
+  }
+}
+#define REQUIRE_CLOSE(actual, expected, rtol, atol) require_close(__FILE__, __LINE__, actual, expected, rtol, atol)
+
+std::string scratch_file(const std::string& name, const std::string& bytes) {
+  const std::string path = (kScratch / name).string();
+  tbtest::write_file(path, bytes);
+  return path;
+}
+
+}  // namespace
+
+TEST(loads_the_sample_and_reads_its_manifest) {
+  const Runtime runtime(kTinyMlp);
+  const torchbridge::Manifest& manifest = runtime.manifest();
+  REQUIRE(manifest.present);
+  REQUIRE_EQ(manifest.format_version, 1);
+  REQUIRE_EQ(manifest.format, std::string("torchscript"));
+  REQUIRE_EQ(manifest.method, std::string("script"));
+  REQUIRE_EQ(manifest.model, std::string("TinyMLP"));
+  REQUIRE_EQ(manifest.torch_version.rfind("2.", 0), 0u);
+  REQUIRE(manifest.quantized_engine.empty());
+  REQUIRE_EQ(manifest.inputs.size(), 1u);
+  REQUIRE_EQ(manifest.inputs[0].to_string(), std::string("x: float32[?, 4]"));
+  REQUIRE_EQ(manifest.outputs.size(), 1u);
+  REQUIRE_EQ(manifest.outputs[0].to_string(), std::string("output_0: float32[?, 3]"));
+  REQUIRE_EQ(manifest.rtol, 1e-5);
+  REQUIRE(manifest.atol > 0 && manifest.atol < 1e-4);
+  REQUIRE(manifest.json.find("\"golden\"") != std::string::npos);
+
+  REQUIRE_EQ(runtime.path(), kTinyMlp);
+  REQUIRE(runtime.device() == at::Device(at::kCPU));
+  REQUIRE_EQ(runtime.golden_inputs().size(), 1u);
+  REQUIRE(runtime.golden_inputs()[0].sizes() == at::IntArrayRef({2, 4}));  // export keeps 2 samples
+  REQUIRE_EQ(runtime.golden_outputs().size(), 1u);
+  REQUIRE(runtime.golden_outputs()[0].sizes() == at::IntArrayRef({2, 3}));
+}
+
+TEST(forward_matches_the_eager_output_saved_by_python) {
+  const Runtime runtime(kTinyMlp);
+  const at::Tensor x = torchbridge::read_npy(tbtest::data_path("tiny_mlp_input.npy"));
+  const std::vector<at::Tensor> outputs = runtime.forward({x});
+  REQUIRE_EQ(outputs.size(), 1u);
+  REQUIRE(outputs[0].sizes() == at::IntArrayRef({3, 3}));
+  REQUIRE_CLOSE(outputs[0], torchbridge::read_npy(tbtest::data_path("tiny_mlp_output.npy")), runtime.manifest().rtol,
+                runtime.manifest().atol);
+}
+
+TEST(selftest_passes_on_the_golden_example) {
+  const Runtime runtime(kTinyMlp);
+  const torchbridge::SelftestReport report = runtime.selftest();
+  REQUIRE(report.passed);
+  REQUIRE_EQ(report.outputs.size(), 1u);
+  REQUIRE(report.outputs[0].passed);
+  REQUIRE(report.outputs[0].max_abs <= runtime.manifest().atol);
+}
+
+TEST(wrong_input_count_names_the_expected_spec) {
+  const Runtime runtime(kTinyMlp);
+  const at::Tensor x = at::zeros({2, 4});
+  REQUIRE_ERROR(runtime.forward({}), ErrorCode::kInput, "expected 1 input(s) (x: float32[?, 4]), got 0");
+  REQUIRE_ERROR(runtime.forward({x, x}), ErrorCode::kInput, "expected 1 input(s) (x: float32[?, 4]), got 2");
+}
+
+TEST(wrong_input_dtype_or_shape_names_the_expected_spec) {
+  const Runtime runtime(kTinyMlp);
+  REQUIRE_ERROR(runtime.forward({at::zeros({2, 4}, at::kDouble)}), ErrorCode::kInput,
+              "input 0 must be x: float32[?, 4] (? = any size), got float64[2, 4]");
+  REQUIRE_ERROR(runtime.forward({at::zeros({2, 5})}), ErrorCode::kInput, "input 0 must be x: float32[?, 4]");
+  REQUIRE_ERROR(runtime.forward({at::zeros({2, 5})}), ErrorCode::kInput, "got float32[2, 5]");
+  REQUIRE_ERROR(runtime.forward({at::zeros({4})}), ErrorCode::kInput, "got float32[4]");
+  REQUIRE_ERROR(runtime.forward({at::Tensor()}), ErrorCode::kInput, "got an undefined tensor");
+  REQUIRE_ERROR(runtime.validate({at::zeros({1, 4}, at::kHalf)}), ErrorCode::kInput, "got float16[1, 4]");
+  runtime.validate({at::zeros({7, 4})});  // the batch dimension is dynamic
+}
+
+TEST(example_inputs_satisfy_the_manifest) {
+  const Runtime runtime(kTinyMlp);
+  const std::vector<at::Tensor> inputs = runtime.example_inputs(5, 42);
+  REQUIRE_EQ(inputs.size(), 1u);
+  REQUIRE(inputs[0].sizes() == at::IntArrayRef({5, 4}));
+  REQUIRE(at::equal(inputs[0], runtime.example_inputs(5, 42)[0]));  // seeded
+  REQUIRE(!at::equal(inputs[0], runtime.example_inputs(5, 43)[0]));
+  REQUIRE(runtime.forward(inputs)[0].sizes() == at::IntArrayRef({5, 3}));
+}
+
+TEST(forward_from_four_threads_at_once_gives_identical_results) {
+  const Runtime runtime(kTinyMlp);
+  constexpr int kThreads = 4;
+  constexpr int kCalls = 50;
+  std::vector<at::Tensor> inputs, expected;
+  for (int i = 0; i < kThreads; ++i) {
+    inputs.push_back(at::randn({i + 1, 4}));
+    expected.push_back(runtime.forward({inputs.back()})[0]);
+  }
+  std::atomic<int> mismatches{0};
+  std::atomic<int> exceptions{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      while (!go.load()) std::this_thread::yield();
+      for (int call = 0; call < kCalls; ++call) {
+        try {
+          if (!at::equal(runtime.forward({inputs[t]})[0], expected[t])) ++mismatches;
+        } catch (const std::exception& error) {
+          if (exceptions++ == 0) std::cerr << "thread " << t << ": " << error.what() << "\n";
+        }
+      }
+    });
+  }
+  go = true;
+  for (auto& thread : threads) thread.join();
+  REQUIRE_EQ(exceptions.load(), 0);
+  REQUIRE_EQ(mismatches.load(), 0);
+}
+
+TEST(forward_submodule_runs_one_layer) {
+  const Runtime runtime(kTinyMlp);
+  REQUIRE(runtime.submodule_names() == std::vector<std::string>({"hidden", "act", "head"}));
+  const at::Tensor x = torchbridge::read_npy(tbtest::data_path("tiny_mlp_input.npy"));
+  const at::Tensor hidden = runtime.forward_submodule("hidden", {x})[0];
+  REQUIRE(hidden.sizes() == at::IntArrayRef({3, 8}));
+  const at::Tensor activated = runtime.forward_submodule("act", {hidden})[0];
+  REQUIRE(at::equal(activated, hidden.clamp_min(0)));
+  const at::Tensor composed = runtime.forward_submodule("head", {activated})[0];
+  REQUIRE(at::equal(composed, runtime.forward({x})[0]));
+  REQUIRE(at::equal(runtime.forward_submodule("", {x})[0], runtime.forward({x})[0]));
+  REQUIRE_ERROR(runtime.forward_submodule("layer9", {x}), ErrorCode::kInput, "no submodule named 'layer9'");
+  REQUIRE_ERROR(runtime.forward_submodule("head", {hidden.narrow(1, 0, 5)}), ErrorCode::kRuntime,
+              "forward of submodule 'head' failed");
+}
+
+TEST(runtime_is_movable) {
+  Runtime first(kTinyMlp);
+  Runtime second(std::move(first));
+  REQUIRE_EQ(second.path(), kTinyMlp);
+  REQUIRE(second.selftest().passed);
+  Runtime third(kTwoIo);
+  third = std::move(second);
+  REQUIRE_EQ(third.manifest().model, std::string("TinyMLP"));
+}
+
+TEST(two_inputs_two_outputs) {
+  const Runtime runtime(kTwoIo);
+  const torchbridge::Manifest& manifest = runtime.manifest();
+  REQUIRE_EQ(manifest.inputs.size(), 2u);
+  REQUIRE_EQ(manifest.inputs[0].to_string(), std::string("x: float32[?, 4]"));
+  REQUIRE_EQ(manifest.inputs[1].to_string(), std::string("index: int64[?]"));
+  REQUIRE_EQ(manifest.outputs.size(), 2u);
+  REQUIRE_EQ(manifest.outputs[0].to_string(), std::string("output_0: float32[?, 3]"));
+  REQUIRE_EQ(manifest.outputs[1].to_string(), std::string("output_1: float32[?]"));
+
+  const at::Tensor x = torchbridge::read_npy(tbtest::data_path("two_io_input_0.npy"));
+  const at::Tensor index = torchbridge::read_npy(tbtest::data_path("two_io_input_1.npy"));
+  const std::vector<at::Tensor> outputs = runtime.forward({x, index});
+  REQUIRE_EQ(outputs.size(), 2u);
+  REQUIRE_CLOSE(outputs[0], torchbridge::read_npy(tbtest::data_path("two_io_output_0.npy")), manifest.rtol, manifest.atol);
+  REQUIRE_CLOSE(outputs[1], torchbridge::read_npy(tbtest::data_path("two_io_output_1.npy")), manifest.rtol, manifest.atol);
+
+  const torchbridge::SelftestReport report = runtime.selftest();
+  REQUIRE(report.passed);
+  REQUIRE_EQ(report.outputs.size(), 2u);
+  REQUIRE_ERROR(runtime.forward({x, index.to(at::kInt)}), ErrorCode::kInput, "input 1 must be index: int64[?]");
+  REQUIRE_ERROR(runtime.forward({x}), ErrorCode::kInput, "(x: float32[?, 4], index: int64[?]), got 1");
+}
+
+TEST(plain_torchscript_without_manifest_loads) {
+  const Runtime runtime(tbtest::data_path("tiny_mlp_plain.pt"));
+  REQUIRE(!runtime.manifest().present);
+  REQUIRE(runtime.manifest().inputs.empty());
+  REQUIRE(runtime.golden_inputs().empty());
+  const at::Tensor x = torchbridge::read_npy(tbtest::data_path("tiny_mlp_input.npy"));
+  REQUIRE_CLOSE(runtime.forward({x})[0], torchbridge::read_npy(tbtest::data_path("tiny_mlp_output.npy")), 1e-5, 1e-6);
+  REQUIRE_ERROR(runtime.selftest(), ErrorCode::kArtifact, "no golden example");
+  REQUIRE_ERROR(runtime.example_inputs(), ErrorCode::kInput, "no torchbridge manifest");
+}
+
+TEST(missing_artifact_is_an_artifact_error) {
+  const std::string path = (kScratch / "no_such_model.pt").string();
+  REQUIRE_ERROR(Runtime runtime(path), ErrorCode::kArtifact, path + ": cannot open artifact");
+}
+
+TEST(non_zip_files_are_artifact_errors) {
+  REQUIRE_ERROR(Runtime runtime(scratch_file("text.pt", "this is not a model\n")), ErrorCode::kArtifact,
+              "not a TorchScript artifact");
+  REQUIRE_ERROR(Runtime runtime(scratch_file("empty.pt", "")), ErrorCode::kArtifact, "not a TorchScript artifact");
+  REQUIRE_ERROR(Runtime runtime(tbtest::data_path("tiny_mlp_input.npy")), ErrorCode::kArtifact,
+              "not a TorchScript artifact");
+  REQUIRE_ERROR(Runtime runtime(kScratch.string()), ErrorCode::kArtifact, kScratch.string());  // a directory
+}
+
+TEST(truncated_artifacts_are_artifact_errors) {
+  const std::string whole = tbtest::read_file(kTinyMlp);
+  for (size_t keep : {size_t{4}, size_t{100}, whole.size() / 2, whole.size() - 30, whole.size() - 1}) {
+    const std::string path = scratch_file("truncated_" + std::to_string(keep) + ".pt", whole.substr(0, keep));
+    REQUIRE_ERROR(Runtime runtime(path), ErrorCode::kArtifact, path);
+  }
+}
+
+TEST(corrupted_artifacts_are_artifact_errors) {
+  const std::string whole = tbtest::read_file(kTinyMlp);
+
+  // Garbage in the model's compressed code: the zip directory is intact, the entry is not.
+  std::string bytes = whole;
+  const size_t name = bytes.find("code/__torch__.py");
+  REQUIRE(name != std::string::npos);
+  const size_t next_entry = bytes.find("PK\x03\x04", name);
+  REQUIRE(next_entry != std::string::npos && next_entry > name + 200);
+  std::fill(bytes.begin() + static_cast<std::ptrdiff_t>(next_entry - 100),
+            bytes.begin() + static_cast<std::ptrdiff_t>(next_entry), '\xff');
+  const std::string garbled = scratch_file("garbled_code.pt", bytes);
+  REQUIRE_ERROR(Runtime runtime(garbled), ErrorCode::kArtifact, garbled);
+
+  // A manifest (stored uncompressed) from a future format: the runtime must refuse, not guess.
+  bytes = whole;
+  const size_t version = bytes.find("\"format_version\": 1");
+  REQUIRE(version != std::string::npos);
+  bytes[version + 18] = '9';
+  const std::string future = scratch_file("future_manifest.pt", bytes);
+  REQUIRE_ERROR(Runtime runtime(future), ErrorCode::kArtifact, future);
+}
+
+TEST(torch_save_checkpoint_is_refused_with_a_hint) {
+  REQUIRE_ERROR(Runtime runtime(tbtest::data_path("tiny_mlp_state_dict.pt")), ErrorCode::kArtifact,
+              "torch.save checkpoint, not a TorchScript artifact");
+}
+
+TEST(bad_options_are_invalid_argument_errors) {
+  torchbridge::RuntimeOptions options;
+  options.device = "tpu";
+  REQUIRE_ERROR(Runtime runtime(kTinyMlp, options), ErrorCode::kInvalidArgument, "unknown device 'tpu'");
+  options.device = "cpu";
+  options.threads = -1;
+  REQUIRE_ERROR(Runtime runtime(kTinyMlp, options), ErrorCode::kInvalidArgument, "threads must be >= 0");
+  if (!torch::cuda::is_available()) {
+    options.threads = 0;
+    options.device = "cuda";
+    REQUIRE_ERROR(Runtime runtime(kTinyMlp, options), ErrorCode::kInvalidArgument, "CUDA is not available");
+  }
+}
+
+TEST(threads_option_sets_the_process_thread_count) {
+  const int before = at::get_num_threads();
+  torchbridge::RuntimeOptions options;
+  options.threads = 1;
+  options.warmup_runs = 0;
+  const Runtime runtime(kTinyMlp, options);
+  REQUIRE_EQ(at::get_num_threads(), 1);
+  REQUIRE(runtime.selftest().passed);
+  at::set_num_threads(before);
+}
+
+TEST(compare_checks_shape_dtype_tolerance_and_nan_positions) {
+  const at::Tensor a = at::tensor({1.0f, 2.0f, 3.0f});
+  REQUIRE(torchbridge::compare(a, a.clone(), 0, 0).passed);
+  const torchbridge::Comparison off = torchbridge::compare(a + 1e-3, a, 1e-5, 1e-6);
+  REQUIRE(!off.passed);
+  REQUIRE(std::abs(off.max_abs - 1e-3) < 1e-6);
+  REQUIRE(torchbridge::compare(a + 1e-3, a, 0, 2e-3).passed);
+  REQUIRE(torchbridge::compare(a.reshape({3, 1}), a, 1, 1).note.find("shape") != std::string::npos);
+  REQUIRE(torchbridge::compare(a.to(at::kDouble), a, 1, 1).note.find("dtype") != std::string::npos);
+  const at::Tensor with_nan = at::tensor({1.0f, NAN, 3.0f});
+  REQUIRE(torchbridge::compare(with_nan, with_nan.clone(), 0, 0).passed);
+  REQUIRE(!torchbridge::compare(with_nan, a, 1, 1).passed);
+}
+
+int main(int argc, char** argv) { return tbtest::run_all(argc, argv); }

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Set-up and the everyday jobs in one place. Each command creates the virtual environment and
+# builds torchbridge on first use (a few minutes on 2 cores), then reuses both.
+#
+#   scripts/dev.sh pipeline [args]   the main job: train -> export -> verify in C++ -> bench -> report
+#   scripts/dev.sh test              C++ tests (ctest) and the pytest suite, torch 2.14.1
+#   scripts/dev.sh test-cpu          the same against torch 2.13.0+cpu, C++ built from CMAKE_PREFIX_PATH
+#   scripts/dev.sh setup             only create .venv and build
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+JOBS=${JOBS:-2}
+
+setup() {  # setup VENV REQUIREMENTS
+  local venv=$1 requirements=$2
+  if [ ! -x "$venv/bin/python" ]; then
+    echo "== creating $venv"
+    "$PYTHON" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --upgrade pip
+  fi
+  echo "== installing $requirements into $venv"
+  "$venv/bin/python" -m pip install -q -r "$requirements"
+  echo "== building torchbridge (C++ runtime, torchbridge-run, bindings) into $venv"
+  # --no-build-isolation: the native parts must link the torch installed in this environment.
+  "$venv/bin/python" -m pip install -q --no-build-isolation --no-deps .
+}
+
+ctest_build() {  # ctest_build VENV BUILD_DIR: a pure CMake build, LibTorch given by CMAKE_PREFIX_PATH
+  local venv=$1 build=$2 torch_dir
+  torch_dir=$("$venv/bin/python" -c "import os, torch; print(os.path.dirname(torch.__file__))")
+  echo "== C++ build against $torch_dir (no Python in the build)"
+  PATH="$venv/bin:$PATH" cmake -S . -B "$build" -G Ninja -DCMAKE_PREFIX_PATH="$torch_dir" > "$build.configure.log" \
+    || { cat "$build.configure.log"; return 1; }
+  PATH="$venv/bin:$PATH" cmake --build "$build" -j "$JOBS"
+  PATH="$venv/bin:$PATH" ctest --test-dir "$build" --output-on-failure
+}
+
+command=${1:-}
+shift || true
+case "$command" in
+  setup)
+    setup .venv requirements-dev.txt
+    ;;
+  pipeline)
+    setup .venv requirements-dev.txt
+    exec .venv/bin/torchbridge pipeline "$@"
+    ;;
+  test)
+    setup .venv requirements-dev.txt
+    mkdir -p build
+    ctest_build .venv build/cpp
+    .venv/bin/ruff check python tests examples
+    .venv/bin/python -m pytest "$@"
+    ;;
+  test-cpu)
+    setup .venv-cpu requirements-cpu.txt
+    mkdir -p build
+    ctest_build .venv-cpu build/cpp-cpu
+    .venv-cpu/bin/python -m pytest "$@"
+    ;;
+  *)
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac
