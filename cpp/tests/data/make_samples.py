@@ -13,6 +13,8 @@ Rerun this only when the artifact format changes; seeds keep the numbers the sam
   tiny_mlp_plain.pt                plain torch.jit.save, no torchbridge manifest
   two_io.pt                        TwoInTwoOut, (x: float32[?, 4], index: int64[?]) -> two outputs
   two_io_input_0.npy, two_io_input_1.npy, two_io_output_0.npy, two_io_output_1.npy
+  tiny_mlp_app_output.txt, two_io_app_output.txt
+                                   what examples/cpp_app must print for those inputs, from Python
 """
 
 from __future__ import annotations
@@ -57,6 +59,19 @@ def save(name: str, tensor: torch.Tensor) -> None:
     np.save(HERE / name, tensor.detach().numpy(), allow_pickle=False)
 
 
+def app_printout(outputs: list[torch.Tensor]) -> str:
+    """The outputs as examples/cpp_app prints them: a header per output, then one row per line."""
+    lines = []
+    for i, output in enumerate(outputs):
+        array = output.detach().numpy()
+        lines.append(f"output {i}: {array.dtype}[{', '.join(str(d) for d in array.shape)}]")
+        rows = array.reshape(-1, array.shape[-1] if array.ndim else 1)
+        if array.size:
+            for row in rows:
+                lines.append(" ".join(f"{v:.6f}" if array.dtype.kind == "f" else str(int(v)) for v in row))
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     # TorchScript is deprecated upstream (see README); torchbridge still builds on it.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -69,7 +84,9 @@ def main() -> None:
     tb.export(mlp, (x,), HERE / "tiny_mlp.pt", method="script")
     save("tiny_mlp_input.npy", x)
     with torch.no_grad():
-        save("tiny_mlp_output.npy", mlp(x))
+        y = mlp(x)
+    save("tiny_mlp_output.npy", y)
+    (HERE / "tiny_mlp_app_output.txt").write_text(app_printout([y]))
     data = (HERE / "tiny_mlp_input.npy").read_bytes()
     (HERE / "tiny_mlp_input_truncated.npy").write_bytes(data[: len(data) - 10])
     torch.save(mlp.state_dict(), HERE / "tiny_mlp_state_dict.pt")
@@ -85,9 +102,10 @@ def main() -> None:
         scores, norms = two(x2, index)
     save("two_io_output_0.npy", scores)
     save("two_io_output_1.npy", norms)
+    (HERE / "two_io_app_output.txt").write_text(app_printout([scores, norms]))
 
     for path in sorted(HERE.iterdir()):
-        if path.suffix in (".pt", ".npy"):
+        if path.suffix in (".pt", ".npy", ".txt"):
             print(f"{path.name:32s} {path.stat().st_size:6d} bytes")
 
 
