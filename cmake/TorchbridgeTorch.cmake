@@ -6,7 +6,8 @@
 # libtorch.so), so it needs headers and three libraries, found the same way for every LibTorch:
 #
 #   1. TORCHBRIDGE_TORCH_ROOT, a folder with include/torch/script.h and lib/ (a LibTorch);
-#   2. a LibTorch on CMAKE_PREFIX_PATH (the LibTorch folder itself, or its share/cmake/Torch);
+#   2. a LibTorch on CMAKE_PREFIX_PATH (the LibTorch folder itself, its share/cmake/Torch, or the
+#      share/cmake that torch.utils.cmake_prefix_path names);
 #   3. the torch package of Python_EXECUTABLE (set by scikit-build-core), else of python3 on PATH.
 function(torchbridge_find_torch)
   if(TARGET torchbridge::libtorch)
@@ -16,7 +17,8 @@ function(torchbridge_find_torch)
   set(root "${TORCHBRIDGE_TORCH_ROOT}")
   if(NOT root)
     foreach(prefix IN LISTS CMAKE_PREFIX_PATH)
-      foreach(candidate "${prefix}" "${prefix}/../../.." "${prefix}/torch")
+      # The LibTorch folder, torch.utils.cmake_prefix_path (torch/share/cmake), or share/cmake/Torch.
+      foreach(candidate "${prefix}" "${prefix}/../.." "${prefix}/../../.." "${prefix}/torch")
         if(EXISTS "${candidate}/include/torch/script.h")
           get_filename_component(root "${candidate}" ABSOLUTE)
           break()
@@ -30,7 +32,9 @@ function(torchbridge_find_torch)
   if(NOT root)
     set(python "${Python_EXECUTABLE}")
     if(NOT python)
-      find_program(python NAMES python3 python)
+      # Not find_program(python ...): the normal variable set above would hide its result.
+      find_program(python_on_path NAMES python3 python NO_CACHE)
+      set(python "${python_on_path}")
     endif()
     if(python)
       execute_process(

@@ -1,6 +1,6 @@
 """The torchbridge flow end to end: train on the digits, export, run in C++, prove parity.
 
-    python examples/flow.py [--epochs 5] [--out flow-output]
+python examples/flow.py [--epochs 5] [--out flow-output]
 """
 
 from __future__ import annotations

@@ -44,14 +44,16 @@ at::Tensor sample(at::ScalarType dtype) {
     case at::kFloat:
     case at::kDouble: {
       const double inf = std::numeric_limits<double>::infinity();
-      return at::tensor({-1.5, 0.0, 3.25, 1e-3, inf, -inf, std::nan(""), 65504.0}, at::kDouble).to(dtype).reshape({2, 4});
+      const at::Tensor values = at::tensor({-1.5, 0.0, 3.25, 1e-3, inf, -inf, std::nan(""), 65504.0}, at::kDouble);
+      return values.to(dtype).reshape({2, 4});
     }
     case at::kChar: return at::tensor({-128, -1, 0, 1, 2, 127}, at::kChar).reshape({3, 2});
     case at::kShort: return at::tensor({-32768, -1, 0, 7, 300, 32767}, at::kShort).reshape({2, 3});
     case at::kInt:
       return at::tensor({std::numeric_limits<int32_t>::min(), -1, 0, std::numeric_limits<int32_t>::max()}, at::kInt);
     case at::kLong:
-      return at::tensor({std::numeric_limits<int64_t>::min(), int64_t{-1}, int64_t{0}, std::numeric_limits<int64_t>::max()},
+      return at::tensor({std::numeric_limits<int64_t>::min(), int64_t{-1}, int64_t{0},
+                         std::numeric_limits<int64_t>::max()},
                         at::kLong)
           .reshape({2, 1, 2});
     case at::kByte: return at::tensor({0, 1, 128, 255}, at::kByte).reshape({4, 1});
@@ -173,14 +175,17 @@ TEST(truncated_file_is_an_input_error) {
 }
 
 TEST(unsupported_dtype_is_an_input_error_listing_the_supported_ones) {
-  const std::string complex64 = make_npy("{'descr': '<c8', 'fortran_order': False, 'shape': (1,), }", std::string(8, '\0'));
+  auto one_element = [](const std::string& descr, size_t bytes) {
+    return make_npy("{'descr': '" + descr + "', 'fortran_order': False, 'shape': (1,), }", std::string(bytes, '\0'));
+  };
+  const std::string complex64 = one_element("<c8", 8);
   REQUIRE_ERROR(torchbridge::parse_npy(complex64, "complex.npy"), ErrorCode::kInput, "unsupported .npy dtype '<c8'");
   REQUIRE_ERROR(torchbridge::parse_npy(complex64, "complex.npy"), ErrorCode::kInput, "float16, float32");
 
-  const std::string strings = make_npy("{'descr': '<U3', 'fortran_order': False, 'shape': (1,), }", std::string(12, 'a'));
+  const std::string strings = one_element("<U3", 12);
   REQUIRE_ERROR(torchbridge::parse_npy(strings, "strings.npy"), ErrorCode::kInput, "unsupported");
 
-  const std::string big_endian = make_npy("{'descr': '>f4', 'fortran_order': False, 'shape': (1,), }", std::string(4, '\0'));
+  const std::string big_endian = one_element(">f4", 4);
   REQUIRE_ERROR(torchbridge::parse_npy(big_endian, "big.npy"), ErrorCode::kInput, "big-endian");
 }
 

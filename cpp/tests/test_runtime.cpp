@@ -185,8 +185,10 @@ TEST(two_inputs_two_outputs) {
   const at::Tensor index = torchbridge::read_npy(tbtest::data_path("two_io_input_1.npy"));
   const std::vector<at::Tensor> outputs = runtime.forward({x, index});
   REQUIRE_EQ(outputs.size(), 2u);
-  REQUIRE_CLOSE(outputs[0], torchbridge::read_npy(tbtest::data_path("two_io_output_0.npy")), manifest.rtol, manifest.atol);
-  REQUIRE_CLOSE(outputs[1], torchbridge::read_npy(tbtest::data_path("two_io_output_1.npy")), manifest.rtol, manifest.atol);
+  const at::Tensor expected_scores = torchbridge::read_npy(tbtest::data_path("two_io_output_0.npy"));
+  const at::Tensor expected_norms = torchbridge::read_npy(tbtest::data_path("two_io_output_1.npy"));
+  REQUIRE_CLOSE(outputs[0], expected_scores, manifest.rtol, manifest.atol);
+  REQUIRE_CLOSE(outputs[1], expected_norms, manifest.rtol, manifest.atol);
 
   const torchbridge::SelftestReport report = runtime.selftest();
   REQUIRE(report.passed);

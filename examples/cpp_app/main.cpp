@@ -22,7 +22,8 @@ namespace {
 void print_output(size_t index, const at::Tensor& output) {
   const at::Tensor values = output.detach().to(at::kCPU).contiguous();
   std::printf("output %zu: %s[", index, torchbridge::dtype_name(values.scalar_type()).c_str());
-  for (int64_t d = 0; d < values.dim(); ++d) std::printf("%s%lld", d ? ", " : "", static_cast<long long>(values.size(d)));
+  for (int64_t d = 0; d < values.dim(); ++d)
+    std::printf("%s%lld", d ? ", " : "", static_cast<long long>(values.size(d)));
   std::printf("]\n");
   if (values.numel() == 0) return;
   const int64_t row_length = values.dim() == 0 ? 1 : values.size(-1);

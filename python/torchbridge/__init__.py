@@ -8,6 +8,7 @@ y = tb.Runtime("model.pt", threads=2)(x)
 tb.verify(model, "model.pt")
 """
 
+import os as _os
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
@@ -19,6 +20,9 @@ from torchbridge.export import Artifact, TensorSpec, export, load_manifest
 from torchbridge.runtime import Runtime, read_npy
 from torchbridge.train import TrainResult, evaluate, train
 from torchbridge.verify import ParityReport, verify
+
+#: For C++ projects: cmake -DCMAKE_PREFIX_PATH=<this> finds torchbridgeConfig.cmake (find_package(torchbridge)).
+cmake_prefix_path = _os.path.join(_os.path.dirname(__file__), "share", "cmake")
 
 try:
     __version__ = _version("torchbridge")
@@ -34,6 +38,7 @@ __all__ = [
     "TensorSpec",
     "TorchbridgeError",
     "TrainResult",
+    "cmake_prefix_path",
     "data",
     "evaluate",
     "export",

@@ -15,6 +15,7 @@ import inspect
 import io
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Sequence
@@ -389,15 +390,16 @@ def export(
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        # Saved under its final name (the archive's top folder is the file's stem) in a private
+        # folder beside the target, then moved into place once it loads back.
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
-            torch.jit.save(module, temporary, _extra_files=extra)
-            torch.jit.load(temporary)  # proves the file reads back before it replaces anything
+            temporary = staging / path.name
+            torch.jit.save(module, str(temporary), _extra_files=extra)
+            torch.jit.load(str(temporary))
             os.replace(temporary, path)
         finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
+            shutil.rmtree(staging, ignore_errors=True)
     return Artifact(path=path, manifest=manifest)
 
 
