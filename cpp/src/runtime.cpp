@@ -147,7 +147,13 @@ class TorchScriptBackend final : public Backend {
                                             const std::vector<at::Tensor>& inputs) const override {
     if (name.empty()) return forward(inputs);
     for (const auto& item : module_.named_modules()) {
-      if (item.name == name) return call(item.value, inputs);
+      if (item.name != name) continue;
+      // Tracing compiles forward only for the submodules it ran; calling another one must not
+      // read as the model failing.
+      if (!item.value.find_method("forward"))
+        throw Error(ErrorCode::kInput, "submodule '" + name +
+                                           "' has no forward method in the artifact (tracing keeps only the submodules it ran)");
+      return call(item.value, inputs);
     }
     throw Error(ErrorCode::kInput, "no submodule named '" + name +
                                        "' in the artifact (it may have been inlined by tracing or freezing)");

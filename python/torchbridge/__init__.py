@@ -14,8 +14,8 @@ from importlib.metadata import version as _version
 
 import torch  # noqa: F401  (loads LibTorch before the native module)
 
-from torchbridge import data, models
-from torchbridge.errors import ExportError, ParityError, TorchbridgeError
+from torchbridge import data, hooks, models
+from torchbridge.errors import ExportError, NonFiniteError, ParityError, TorchbridgeError
 from torchbridge.export import Artifact, TensorSpec, export, load_manifest
 from torchbridge.runtime import Runtime, read_npy
 from torchbridge.train import TrainResult, evaluate, train
@@ -32,6 +32,7 @@ except PackageNotFoundError:  # running from a source tree without installing
 __all__ = [
     "Artifact",
     "ExportError",
+    "NonFiniteError",
     "ParityError",
     "ParityReport",
     "Runtime",
@@ -42,6 +43,7 @@ __all__ = [
     "data",
     "evaluate",
     "export",
+    "hooks",
     "load_manifest",
     "models",
     "read_npy",

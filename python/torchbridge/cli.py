@@ -85,6 +85,8 @@ def cmd_train(args) -> int:
         devices=args.devices,
         strategy=args.strategy,
         progress_bar=not args.no_progress,
+        detect_anomalies=args.detect_anomalies,
+        activation_stats=args.activation_stats,
     )
     weights = out / "weights.pt"
     torch.save(model.state_dict(), weights)
@@ -119,9 +121,15 @@ def cmd_export(args) -> int:
 def cmd_verify(args) -> int:
     from torchbridge.verify import verify
 
+    if args.layers and not args.model:
+        raise TorchbridgeError(
+            "--layers needs --model (and --weights): the layer-wise diagnosis runs the eager model's submodules"
+        )
     model = resolve_model(args.model, args.weights) if args.model else None
     try:
-        report = verify(model, args.artifact, threads=args.threads, fresh=args.fresh, cli=not args.no_cli)
+        report = verify(
+            model, args.artifact, threads=args.threads, fresh=args.fresh, cli=not args.no_cli, layers=args.layers
+        )
     except ParityError as error:
         report = error.report
     if args.json:
@@ -175,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", default="auto", help="Lightning devices: auto, 1, 2, ...")
     p.add_argument("--strategy", default="auto", help="Lightning strategy: auto, ddp, ...")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--detect-anomalies", action="store_true", help="stop at the first NaN/Inf, naming the layer")
+    p.add_argument(
+        "--activation-stats", type=int, default=0, metavar="N", help="log layer output statistics every N steps"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="export a model to a TorchScript artifact", formatter_class=fmt)
@@ -198,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", type=int, default=2, help="random input sets besides the golden example")
     p.add_argument("--no-cli", action="store_true", help="skip the torchbridge-run process")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--layers", action="store_true", help="compare every submodule in C++ with eager (needs --model)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("info", help="print an artifact's manifest", formatter_class=fmt)

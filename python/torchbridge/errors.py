@@ -28,3 +28,34 @@ class ParityError(TorchbridgeError):
     def __init__(self, message: str, report=None):
         super().__init__(message)
         self.report = report
+
+
+class NonFiniteError(TorchbridgeError):
+    """A module's forward or backward produced NaN or Inf (raised by torchbridge.hooks.detect_anomalies).
+
+    module: qualified name of the module ("layer1.0.conv1"; "" for the model's input or the loss),
+    module_type, phase ("forward" or "backward"), tensor (which tensor), shape, kind ("NaN", "Inf"),
+    step (training step, or forward call count when no step is set).
+    """
+
+    code = "nonfinite"
+
+    def __init__(
+        self,
+        message: str,
+        module: str = "",
+        module_type: str = "",
+        phase: str = "forward",
+        tensor: str = "",
+        shape: tuple[int, ...] = (),
+        kind: str = "NaN",
+        step: int | None = None,
+    ):
+        super().__init__(message)
+        self.module = module
+        self.module_type = module_type
+        self.phase = phase
+        self.tensor = tensor
+        self.shape = tuple(shape)
+        self.kind = kind
+        self.step = step

@@ -160,6 +160,13 @@ def within_tolerance(actual: torch.Tensor, expected: torch.Tensor, rtol: float, 
     return bool(torch.isclose(actual.double(), expected.double(), rtol=rtol, atol=atol, equal_nan=True).all())
 
 
+def default_atol(expected: Sequence[torch.Tensor], rtol: float) -> float:
+    """The absolute tolerance paired with `rtol`: rtol x the largest |value| among the floating
+    tensors in `expected`, so that values near zero are judged on the tensor's own scale."""
+    scale = max((float(t.abs().max()) for t in expected if t.is_floating_point() and t.numel()), default=1.0)
+    return rtol * max(scale, 1e-6)
+
+
 def fresh_inputs(
     example: Sequence[torch.Tensor], dynamic_dims: Sequence[Sequence[int]], seed: int, dynamic_size: int | None = None
 ) -> tuple[torch.Tensor, ...]:
@@ -315,8 +322,7 @@ def export(
         dtype_name(tensor.dtype)
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ExportError(f"the model's output {i} on the example contains NaN/Inf; fix the model before export")
-    scale = max((float(t.abs().max()) for t in eager_golden if t.is_floating_point() and t.numel()), default=1.0)
-    atol = rtol * max(scale, 1e-6) if atol is None else atol
+    atol = default_atol(eager_golden, rtol) if atol is None else atol
 
     notes = []
     with expected_deprecations():

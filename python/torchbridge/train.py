@@ -15,6 +15,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
+from torchbridge import hooks
+
 
 class Classifier(L.LightningModule):
     """Wraps any nn.Module that maps inputs to class logits; trains it in place."""
@@ -82,6 +84,8 @@ def train(
     callbacks: list | None = None,
     progress_bar: bool = True,
     seed: int = 0,
+    detect_anomalies: bool = False,
+    activation_stats: int = 0,
     **trainer_kwargs,
 ) -> TrainResult:
     """Train `model` in place on `datamodule` (default: the digits) and report test accuracy.
@@ -90,6 +94,10 @@ def train(
     `model` before testing. `accelerator`, `devices` and `strategy` go to Lightning's Trainer
     unchanged (e.g. devices=2, strategy="ddp" on a multi-GPU machine). The model is returned to the
     CPU in eval mode, ready for export.
+    detect_anomalies: stop with NonFiniteError at the first NaN/Inf in a forward or backward,
+      naming the layer and step (torchbridge.hooks.NanSentinel).
+    activation_stats: every N training steps, log each leaf layer's output mean, std, max |x| and
+      zero fraction (torchbridge.hooks.ActivationStatistics); 0 disables.
     """
     from torchbridge.data import DigitsDataModule
 
@@ -97,6 +105,11 @@ def train(
     L.seed_everything(seed, verbose=False)
     module = Classifier(model, lr=lr)
     checkpoint = ModelCheckpoint(monitor="val_acc", mode="max", filename="best-{epoch}-{val_acc:.4f}")
+    callbacks = list(callbacks or [])
+    if detect_anomalies:
+        callbacks.append(hooks.NanSentinel())
+    if activation_stats:
+        callbacks.append(hooks.ActivationStatistics(every_n_steps=activation_stats))
     trainer = L.Trainer(
         max_epochs=max_epochs,
         accelerator=accelerator,
@@ -104,7 +117,7 @@ def train(
         strategy=strategy,
         default_root_dir=str(root_dir),
         logger=CSVLogger(str(root_dir), name="logs"),
-        callbacks=[checkpoint, *(callbacks or [])],
+        callbacks=[checkpoint, *callbacks],
         enable_progress_bar=progress_bar,
         log_every_n_steps=5,
         **trainer_kwargs,

@@ -25,6 +25,7 @@ from torch import nn
 from torchbridge._warnings import expected_deprecations
 from torchbridge.errors import ParityError, TorchbridgeError
 from torchbridge.export import _run, fresh_inputs, max_errors, open_artifact, within_tolerance
+from torchbridge.hooks import LayerReport, diagnose_layers
 from torchbridge.runtime import Runtime, cli_path
 
 
@@ -46,10 +47,12 @@ class ParityReport:
     artifact: str
     threads: int
     rows: list[Comparison] = field(default_factory=list)
+    layers: LayerReport | None = None  # verify(..., layers=True): submodule-by-submodule diagnosis
 
     @property
     def passed(self) -> bool:
-        return bool(self.rows) and all(r.passed for r in self.rows)
+        layers_passed = self.layers is None or self.layers.passed
+        return bool(self.rows) and all(r.passed for r in self.rows) and layers_passed
 
     def worst(self, reference: str, candidate: str) -> tuple[float, float]:
         """(max abs, max rel) over all inputs and outputs of one comparison."""
@@ -68,6 +71,8 @@ class ParityReport:
                 f"{r.inputs:<20} {r.reference:<12} {r.candidate:<12} {r.output:>3} {r.max_abs:>10.3g} "
                 f"{r.max_rel:>10.3g} {tolerance:>18}  {'ok' if r.passed else 'FAIL'}"
             )
+        if self.layers is not None:
+            lines += ["", self.layers.table(), ""]
         lines.append(f"parity {'PASSED' if self.passed else 'FAILED'} ({self.artifact}, {self.threads} threads)")
         return "\n".join(lines)
 
@@ -77,6 +82,7 @@ class ParityReport:
             "threads": self.threads,
             "passed": self.passed,
             "rows": [asdict(r) for r in self.rows],
+            "layers": self.layers.as_dict() if self.layers is not None else None,
         }
 
 
@@ -106,6 +112,7 @@ def verify(
     fresh: int = 2,
     cli: bool = True,
     raise_on_failure: bool = True,
+    layers: bool = False,
 ) -> ParityReport:
     """Compare eager Python, TorchScript in Python and the C++ runtime on one artifact.
 
@@ -114,8 +121,15 @@ def verify(
     threads: intra-op threads for every path (default: torch's current setting).
     fresh: random input sets in addition to the golden example (dynamic dims resized).
     cli: also run the torchbridge-run process.
+    layers: also run each submodule of the artifact in C++ on the inputs the eager model gave it
+      and compare layer by layer (torchbridge.hooks.diagnose_layers; needs `model`); the table
+      names the first layer beyond tolerance, and a failing layer fails the report.
     Raises ParityError (with .report) when any comparison fails, unless raise_on_failure=False.
     """
+    if layers and model is None:
+        raise TorchbridgeError(
+            "layers=True needs the eager model: the layer-wise diagnosis records its submodules' inputs and outputs"
+        )
     art = open_artifact(artifact)
     manifest = art.manifest
     threads = threads or torch.get_num_threads()
@@ -172,6 +186,8 @@ def verify(
                     report.rows.append(
                         Comparison(label, reference, candidate, i, max_abs, max_rel, r_tol, a_tol, passed)
                     )
+    if layers:
+        report.layers = diagnose_layers(model, art.path, inputs=golden_inputs, threads=threads, runtime=runtime)
     if raise_on_failure and not report.passed:
         raise ParityError(f"parity failed for {art.path}:\n{report.table()}", report)
     return report

@@ -130,7 +130,8 @@ class Runtime {
   std::vector<at::Tensor> forward(const std::vector<at::Tensor>& inputs) const;
 
   /// Runs forward on the submodule at a dotted path ("layer1.0.conv1"; "" is the model itself)
-  /// without validation against the manifest. Error(kInput) if no such submodule exists.
+  /// without validation against the manifest. Error(kInput) if no such submodule exists (tracing
+  /// or freezing may have inlined it) or it has no forward method (a traced submodule never run).
   std::vector<at::Tensor> forward_submodule(const std::string& name,
                                             const std::vector<at::Tensor>& inputs) const;
 
