@@ -74,7 +74,7 @@ def cmd_train(args) -> int:
     from torchbridge.train import train
 
     out = claim_output_dir(args.out) if args.out else new_run_dir(prefix="train")
-    model = resolve_model(args.model)
+    model = resolve_model(args.model).train()
     result = train(
         model,
         DigitsDataModule(batch_size=args.batch_size),
