@@ -4,6 +4,7 @@ import torchbridge as tb
 model = tb.models.digits_cnn()
 tb.train(model, tb.data.DigitsDataModule(), max_epochs=5)
 tb.export(model, example_inputs=(x,), path="model.pt")
+int8 = tb.quantize(model, mode="static")   # or "dynamic", "qat"; exports the same way
 y = tb.Runtime("model.pt", threads=2)(x)
 tb.verify(model, "model.pt")
 """
@@ -15,8 +16,9 @@ from importlib.metadata import version as _version
 import torch  # noqa: F401  (loads LibTorch before the native module)
 
 from torchbridge import data, hooks, models
-from torchbridge.errors import ExportError, NonFiniteError, ParityError, TorchbridgeError
+from torchbridge.errors import ExportError, NonFiniteError, ParityError, QuantizationError, TorchbridgeError
 from torchbridge.export import Artifact, TensorSpec, export, load_manifest
+from torchbridge.quantize import quantize
 from torchbridge.runtime import Runtime, read_npy
 from torchbridge.train import TrainResult, evaluate, train
 from torchbridge.verify import ParityReport, verify
@@ -35,6 +37,7 @@ __all__ = [
     "NonFiniteError",
     "ParityError",
     "ParityReport",
+    "QuantizationError",
     "Runtime",
     "TensorSpec",
     "TorchbridgeError",
@@ -46,6 +49,7 @@ __all__ = [
     "hooks",
     "load_manifest",
     "models",
+    "quantize",
     "read_npy",
     "train",
     "verify",

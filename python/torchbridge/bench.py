@@ -114,10 +114,35 @@ def quick_bench(
     return results
 
 
+def runtime_latencies(
+    artifacts: dict[str, str | Path], batch_sizes=(1, 32), threads: int = 2, runs: int = 50, warmup: int = 10
+) -> list[Latency]:
+    """p50/p90 latency of several artifacts (e.g. fp32 and int8) in the C++ runtime through the
+    bindings, interleaved in this process per batch size; inputs are random, made from each manifest."""
+    runtimes = {name: Runtime(path, threads=threads) for name, path in artifacts.items()}
+    results: list[Latency] = []
+    for batch in batch_sizes:
+        paths: dict[str, Callable[[], object]] = {}
+        for name, runtime in runtimes.items():
+            inputs = runtime.example_inputs(dynamic_size=batch, seed=0)
+            paths[name] = lambda runtime=runtime, inputs=inputs: runtime.forward(*inputs)
+        samples = time_interleaved(paths, runs, warmup)
+        results += [summarize(name, batch, values) for name, values in samples.items()]
+    return results
+
+
+def speedups(results: list[Latency], baseline: str, candidate: str) -> dict[int, float]:
+    """Per batch size, baseline p50 / candidate p50 (above 1: the candidate is faster)."""
+    p50 = {(r.path, r.batch): r.p50_ms for r in results}
+    batches = [b for (path, b) in p50 if path == candidate and (baseline, b) in p50]
+    return {b: p50[(baseline, b)] / p50[(candidate, b)] for b in batches}
+
+
 def latency_table(results: list[Latency]) -> str:
-    lines = [f"{'path':<12} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'samples/s':>11}"]
+    width = max([12, *(len(r.path) for r in results)])
+    lines = [f"{'path':<{width}} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'samples/s':>11}"]
     for r in results:
-        lines.append(f"{r.path:<12} {r.batch:>5} {r.p50_ms:>9.3f} {r.p90_ms:>9.3f} {r.throughput_per_s:>11.1f}")
+        lines.append(f"{r.path:<{width}} {r.batch:>5} {r.p50_ms:>9.3f} {r.p90_ms:>9.3f} {r.throughput_per_s:>11.1f}")
     return "\n".join(lines)
 
 

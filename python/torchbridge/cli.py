@@ -1,4 +1,4 @@
-"""The `torchbridge` command: pipeline, train, export, verify, info."""
+"""The `torchbridge` command: pipeline, train, export, quantize, verify, info."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from torch import nn
 from torchbridge.errors import ParityError, TorchbridgeError
 
 
-def resolve_model(spec: str, weights: str | None = None) -> nn.Module:
-    """'digits_cnn', 'digits_mlp', a torchvision name, or 'package.module:factory'."""
+def resolve_model(spec: str, weights: str | None = None, quantizable: bool = False) -> nn.Module:
+    """'digits_cnn', 'digits_mlp', 'digits_lstm', a torchvision name (quantizable=True: its
+    torchvision.models.quantization variant), or 'package.module:factory'."""
     from torchbridge import models
     from torchbridge.train import load_weights
 
@@ -28,7 +29,7 @@ def resolve_model(spec: str, weights: str | None = None) -> nn.Module:
         if not isinstance(model, nn.Module):
             raise TorchbridgeError(f"'{spec}' gave {type(model).__name__}, expected a torch.nn.Module")
     else:
-        model = models.create(spec)
+        model = models.create(spec, quantizable=quantizable)
     if weights:
         load_weights(model, weights)
     return model.eval()
@@ -64,8 +65,12 @@ def cmd_pipeline(args) -> int:
         threads=args.threads,
         bench_runs=args.bench_runs,
         progress_bar=not args.no_progress,
+        quantize=args.quantize,
+        engine=args.engine,
+        qat_epochs=args.qat_epochs,
     )
-    return 0 if report["parity"]["passed"] else 1
+    int8_passed = report["quantization"]["parity"]["passed"] if "quantization" in report else True
+    return 0 if report["parity"]["passed"] and int8_passed else 1
 
 
 def cmd_train(args) -> int:
@@ -116,6 +121,52 @@ def cmd_export(args) -> int:
     for note in artifact.manifest["notes"]:
         print(f"  note: {note}")
     return 0
+
+
+def cmd_quantize(args) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from torchbridge.data import DigitsDataModule
+    from torchbridge.export import export
+    from torchbridge.pipeline import new_run_dir
+    from torchbridge.quantize import quantize
+    from torchbridge.runtime import Runtime
+    from torchbridge.train import evaluate
+    from torchbridge.verify import verify
+
+    model = resolve_model(args.model, args.weights, quantizable=args.mode != "dynamic")
+    data = DigitsDataModule()
+    int8_model = quantize(
+        model,
+        args.mode,
+        data,
+        engine=args.engine,
+        calibration_batches=args.calibration_batches,
+        epochs=args.epochs,
+        lr=args.lr,
+        root_dir=new_run_dir(prefix="qat") if args.mode == "qat" else "runs/qat",
+        progress_bar=not args.no_progress,
+    )
+    example = data.example_batch(4)
+    artifact = export(int8_model, (example,), args.out, quantized_engine=args.engine)
+    with tempfile.TemporaryDirectory(prefix="torchbridge-fp32-") as folder:
+        fp32_bytes = export(model, (example,), Path(folder) / "fp32.pt").size_bytes
+    images, labels = data.dataset("test").tensors
+    runtime = Runtime(artifact.path, threads=args.threads)
+    int8_accuracy = float((runtime(images).argmax(dim=1) == labels).float().mean())
+    print(f"wrote {artifact.path} ({args.mode} int8, engine {artifact.manifest['quantized_engine']})")
+    print(
+        f"  size: {artifact.size_bytes / 1024:.1f} KiB (fp32 {fp32_bytes / 1024:.1f} KiB, "
+        f"{fp32_bytes / artifact.size_bytes:.2f}x smaller)"
+    )
+    print(f"  digits test accuracy: fp32 {evaluate(model, data):.4f}, int8 in C++ {int8_accuracy:.4f}")
+    try:
+        report = verify(int8_model, artifact.path, threads=args.threads, fresh=2)
+    except ParityError as error:
+        report = error.report
+    print(report.table())
+    return 0 if report.passed else 1
 
 
 def cmd_verify(args) -> int:
@@ -171,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bench-runs", type=int, default=50)
     p.add_argument("--no-progress", action="store_true", help="hide Lightning's progress bar")
+    p.add_argument("--quantize", choices=["dynamic", "static", "qat"], help="also make and compare an int8 artifact")
+    p.add_argument("--engine", choices=["x86", "fbgemm", "qnnpack"], default="x86", help="quantized engine")
+    p.add_argument("--qat-epochs", type=int, default=2, help="fine-tuning epochs for --quantize qat")
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("train", help="train a model on the digits with Lightning", formatter_class=fmt)
@@ -201,6 +255,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--static", action="store_true", help="fixed batch size (default: dim 0 is dynamic)")
     p.add_argument("--optimize", action="store_true", help="freeze + optimize_for_inference when parity holds")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "quantize", help="int8-quantize a model on the digits, export it, verify it in C++", formatter_class=fmt
+    )
+    p.add_argument("--model", default="digits_cnn", help="digits_cnn, digits_mlp, digits_lstm, a torchvision name")
+    p.add_argument("--weights", help="a .ckpt from train, or a state dict (.pt)")
+    p.add_argument("--mode", choices=["dynamic", "static", "qat"], default="static")
+    p.add_argument("--engine", choices=["x86", "fbgemm", "qnnpack"], default="x86", help="quantized engine")
+    p.add_argument("--out", required=True, help="int8 artifact path, e.g. model_int8.pt")
+    p.add_argument("--calibration-batches", type=int, default=16, help="static: training batches the observers see")
+    p.add_argument("--epochs", type=int, default=2, help="qat: fine-tuning epochs")
+    p.add_argument("--lr", type=float, default=1e-4, help="qat: fine-tuning learning rate")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("verify", help="compare eager, TorchScript and C++ outputs of an artifact", formatter_class=fmt)
     p.add_argument("artifact")

@@ -9,7 +9,7 @@ from torchbridge._C import Error as TorchbridgeError
 TorchbridgeError.__module__ = "torchbridge"
 TorchbridgeError.__doc__ = (
     "Raised by every torchbridge failure; `code` says the cause: 'invalid_argument', 'artifact', "
-    "'input', 'runtime' (from the C++ runtime), 'export' or 'parity'."
+    "'input', 'runtime' (from the C++ runtime), 'export', 'quantize' or 'parity'."
 )
 TorchbridgeError.code = "runtime"
 
@@ -18,6 +18,12 @@ class ExportError(TorchbridgeError):
     """The model cannot be exported faithfully (e.g. tracing lost a data-dependent branch)."""
 
     code = "export"
+
+
+class QuantizationError(TorchbridgeError):
+    """The model cannot be quantized as asked (no layer to quantize, calibration or int8 run fails)."""
+
+    code = "quantize"
 
 
 class ParityError(TorchbridgeError):

@@ -207,7 +207,8 @@ def _input_names(model: nn.Module, count: int) -> list[str]:
 
 
 def _is_quantized(model: nn.Module) -> bool:
-    return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules())
+    packages = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized")  # the latter: fused int8 modules
+    return any(type(m).__module__.startswith(packages) for m in model.modules())
 
 
 def _compare_or_raise(
@@ -311,6 +312,11 @@ def export(
     model.eval()
     quantized = _is_quantized(model)
     engine = quantized_engine or (torch.backends.quantized.engine if quantized else None)
+    if engine is not None and engine not in torch.backends.quantized.supported_engines:
+        raise TorchbridgeError(
+            f"quantized_engine '{engine}' is not one of this torch's engines "
+            f"({', '.join(torch.backends.quantized.supported_engines)})"
+        )
 
     # The golden example: at most GOLDEN_BATCH samples along a dynamic batch dim.
     golden = tuple(t[:GOLDEN_BATCH] if 0 in dims else t for t, dims in zip(example, dynamic_dims))

@@ -54,14 +54,19 @@ def run_pipeline(
     bench_runs: int = 50,
     batch_sizes: tuple[int, ...] = (1, 32),
     progress_bar: bool = True,
+    quantize: str | None = None,
+    engine: str = "x86",
+    qat_epochs: int = 2,
 ) -> dict[str, Any]:
+    """Train, export, verify and benchmark `model_name`; with `quantize` ("dynamic", "static" or
+    "qat") also make an int8 artifact and compare its accuracy, size and C++ latency with fp32."""
     out = claim_output_dir(out)
-    total = 5
+    total = 6 if quantize else 5
     print(f"torchbridge pipeline: writing to {out}", flush=True)
 
     _step(1, total, f"train {model_name} on the scikit-learn digits for {epochs} epochs (Lightning)")
     datamodule = DigitsDataModule()
-    model = models.create(model_name)
+    model = models.create(model_name, quantizable=quantize in ("static", "qat"))
     trained = train(model, datamodule, max_epochs=epochs, root_dir=out / "train", progress_bar=progress_bar)
     print(f"test accuracy (eager): {trained.test_accuracy:.4f}")
 
@@ -89,7 +94,25 @@ def run_pipeline(
     latencies = bench.quick_bench(model, artifact.path, batch_sizes=batch_sizes, threads=threads, runs=bench_runs)
     print(bench.latency_table(latencies))
 
-    _step(5, total, "report")
+    int8 = None
+    if quantize:
+        _step(5, total, f"quantize to int8 ({quantize}, engine {engine}) -> export -> verify -> compare with fp32")
+        int8 = _quantize_stage(
+            model,
+            datamodule,
+            artifact,
+            cpp_accuracy,
+            out,
+            mode=quantize,
+            engine=engine,
+            qat_epochs=qat_epochs,
+            threads=threads,
+            bench_runs=bench_runs,
+            batch_sizes=batch_sizes,
+            progress_bar=progress_bar,
+        )
+
+    _step(total, total, "report")
     report = {
         "model": model_name,
         "epochs": epochs,
@@ -106,15 +129,91 @@ def run_pipeline(
         },
         "checkpoint": trained.best_checkpoint,
     }
+    if int8 is not None:
+        report["quantization"] = int8
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(_markdown(report, parity.table(), bench.latency_table(latencies)))
     print(f"wrote {out / 'report.md'} and {out / 'report.json'}")
     return report
 
 
+def _quantize_stage(
+    model,
+    datamodule,
+    fp32_artifact,
+    fp32_accuracy: float,
+    out: Path,
+    *,
+    mode: str,
+    engine: str,
+    qat_epochs: int,
+    threads: int,
+    bench_runs: int,
+    batch_sizes: tuple[int, ...],
+    progress_bar: bool,
+) -> dict[str, Any]:
+    """int8 copy of the trained model: export, parity, C++ accuracy, size and C++ latency vs fp32."""
+    from torchbridge.quantize import quantize
+
+    int8_model = quantize(
+        model, mode, datamodule, engine=engine, epochs=qat_epochs, root_dir=out / "qat", progress_bar=progress_bar
+    )
+    int8_artifact = export(int8_model, (datamodule.example_batch(4),), out / "model_int8.pt", quantized_engine=engine)
+    parity = verify(int8_model, int8_artifact.path, threads=threads)
+    print(parity.table())
+    images, labels = datamodule.dataset("test").tensors
+    int8_accuracy = float((Runtime(int8_artifact.path, threads=threads)(images).argmax(dim=1) == labels).float().mean())
+    latencies = bench.runtime_latencies(
+        {"fp32": fp32_artifact.path, "int8": int8_artifact.path}, batch_sizes, threads=threads, runs=bench_runs
+    )
+    speedups = bench.speedups(latencies, "fp32", "int8")
+    sizes = {"fp32": fp32_artifact.size_bytes, "int8": int8_artifact.size_bytes}
+    print(f"test accuracy (C++ runtime): fp32 {fp32_accuracy:.4f}, int8 {int8_accuracy:.4f}")
+    print(f"artifact: fp32 {sizes['fp32'] / 1024:.1f} KiB, int8 {sizes['int8'] / 1024:.1f} KiB")
+    print(bench.latency_table(latencies))
+    return {
+        "mode": mode,
+        "engine": engine,
+        "accuracy": {"fp32": fp32_accuracy, "int8": int8_accuracy},
+        "artifact": {"path": str(int8_artifact.path), "bytes": sizes["int8"], "manifest": int8_artifact.manifest},
+        "bytes": sizes,
+        "size_ratio": sizes["fp32"] / sizes["int8"],
+        "parity": parity.as_dict(),
+        "parity_table": parity.table(),
+        "latency": bench.as_dicts(latencies),
+        "latency_table": bench.latency_table(latencies),
+        "speedup": {str(batch): ratio for batch, ratio in speedups.items()},
+    }
+
+
+def _quantization_markdown(int8: dict[str, Any]) -> str:
+    accuracy, sizes = int8["accuracy"], int8["bytes"]
+    speedups = ", ".join(f"batch {batch}: {ratio:.2f}x" for batch, ratio in int8["speedup"].items())
+    return f"""
+## Int8 quantization ({int8["mode"]}, engine {int8["engine"]})
+
+| | fp32 | int8 |
+|---|---|---|
+| test accuracy, C++ runtime | {accuracy["fp32"]:.4f} | {accuracy["int8"]:.4f} |
+| artifact size | {sizes["fp32"] / 1024:.1f} KiB | {sizes["int8"] / 1024:.1f} KiB ({int8["size_ratio"]:.2f}x smaller) |
+| parity (int8 eager vs TorchScript vs C++) | | {"passed" if int8["parity"]["passed"] else "FAILED"} |
+
+C++ latency, fp32 and int8 artifacts interleaved in one process (p50 fp32 / p50 int8: {speedups}):
+
+```
+{int8["latency_table"]}
+```
+
+```
+{int8["parity_table"]}
+```
+"""
+
+
 def _markdown(report: dict[str, Any], parity_table: str, latency_table: str) -> str:
     accuracy = report["accuracy"]
     machine = report["machine"]
+    int8 = _quantization_markdown(report["quantization"]) if "quantization" in report else ""
     return f"""# torchbridge pipeline report
 
 Model `{report["model"]}`, {report["epochs"]} epochs on the scikit-learn digits (360 test images).
@@ -142,4 +241,4 @@ Measured in one run on {machine["processor"]}, {machine["platform"]}, torch {mac
 ```
 {latency_table}
 ```
-"""
+{int8}"""
