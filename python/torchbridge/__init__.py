@@ -3,6 +3,7 @@
 import torchbridge as tb
 model = tb.models.digits_cnn()
 tb.train(model, tb.data.DigitsDataModule(), max_epochs=5)
+model = tb.prune_channels(model, (x,), amount=0.5).model   # or tb.prune(model, "l1_unstructured", 0.5)
 tb.export(model, example_inputs=(x,), path="model.pt")
 y = tb.Runtime("model.pt", threads=2)(x)
 tb.verify(model, "model.pt")
@@ -16,6 +17,7 @@ import torch  # noqa: F401  (loads LibTorch before the native module)
 from torchbridge import data, models
 from torchbridge.errors import ExportError, ParityError, TorchbridgeError
 from torchbridge.export import Artifact, TensorSpec, export, load_manifest
+from torchbridge.prune import SparsityReport, prune, prune_and_fine_tune, prune_channels
 from torchbridge.runtime import Runtime, read_npy
 from torchbridge.train import TrainResult, evaluate, train
 from torchbridge.verify import ParityReport, verify
@@ -31,6 +33,7 @@ __all__ = [
     "ParityError",
     "ParityReport",
     "Runtime",
+    "SparsityReport",
     "TensorSpec",
     "TorchbridgeError",
     "TrainResult",
@@ -39,6 +42,9 @@ __all__ = [
     "export",
     "load_manifest",
     "models",
+    "prune",
+    "prune_and_fine_tune",
+    "prune_channels",
     "read_npy",
     "train",
     "verify",

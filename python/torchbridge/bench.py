@@ -114,6 +114,29 @@ def quick_bench(
     return results
 
 
+def cpp_latencies(
+    artifacts: dict[str, Path],
+    batch_sizes=(1, 32),
+    threads: int = 2,
+    runs: int = 30,
+    warmup: int = 3,
+) -> list[Latency]:
+    """p50/p90 latency of several artifacts in the C++ runtime (through the bindings), their
+    calls interleaved in this process so that all of them see the same machine load; each
+    artifact gets random inputs made from its own manifest."""
+    torch.set_num_threads(threads)
+    runtimes = {name: Runtime(path, threads=threads) for name, path in artifacts.items()}
+    results: list[Latency] = []
+    for batch in batch_sizes:
+        paths: dict[str, Callable[[], object]] = {}
+        for name, runtime in runtimes.items():
+            inputs = runtime.example_inputs(dynamic_size=batch, seed=0)
+            paths[name] = lambda runtime=runtime, inputs=inputs: runtime.forward(*inputs)
+        samples = time_interleaved(paths, runs, warmup)
+        results += [summarize(name, batch, values) for name, values in samples.items()]
+    return results
+
+
 def latency_table(results: list[Latency]) -> str:
     lines = [f"{'path':<12} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'samples/s':>11}"]
     for r in results:
