@@ -3,6 +3,7 @@
 import torchbridge as tb
 model = tb.models.digits_cnn()
 tb.train(model, tb.data.DigitsDataModule(), max_epochs=5)
+model = tb.prune_channels(model, (x,), amount=0.5).model   # or tb.prune(model, "l1_unstructured", 0.5)
 tb.export(model, example_inputs=(x,), path="model.pt")
 int8 = tb.quantize(model, mode="static")   # or "dynamic", "qat"; exports the same way
 y = tb.Runtime("model.pt", threads=2)(x)
@@ -18,6 +19,7 @@ import torch  # noqa: F401  (loads LibTorch before the native module)
 from torchbridge import data, hooks, models
 from torchbridge.errors import ExportError, NonFiniteError, ParityError, QuantizationError, TorchbridgeError
 from torchbridge.export import Artifact, TensorSpec, export, load_manifest
+from torchbridge.prune import SparsityReport, prune, prune_and_fine_tune, prune_channels
 from torchbridge.quantize import quantize
 from torchbridge.runtime import Runtime, read_npy
 from torchbridge.train import TrainResult, evaluate, train
@@ -39,6 +41,7 @@ __all__ = [
     "ParityReport",
     "QuantizationError",
     "Runtime",
+    "SparsityReport",
     "TensorSpec",
     "TorchbridgeError",
     "TrainResult",
@@ -49,6 +52,9 @@ __all__ = [
     "hooks",
     "load_manifest",
     "models",
+    "prune",
+    "prune_and_fine_tune",
+    "prune_channels",
     "quantize",
     "read_npy",
     "train",

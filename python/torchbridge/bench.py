@@ -119,6 +119,7 @@ def runtime_latencies(
 ) -> list[Latency]:
     """p50/p90 latency of several artifacts (e.g. fp32 and int8) in the C++ runtime through the
     bindings, interleaved in this process per batch size; inputs are random, made from each manifest."""
+    torch.set_num_threads(threads)
     runtimes = {name: Runtime(path, threads=threads) for name, path in artifacts.items()}
     results: list[Latency] = []
     for batch in batch_sizes:

@@ -1,4 +1,4 @@
-"""The `torchbridge` command: pipeline, train, export, quantize, verify, info."""
+"""The `torchbridge` command: pipeline, train, export, prune, quantize, verify, info."""
 
 from __future__ import annotations
 
@@ -65,6 +65,10 @@ def cmd_pipeline(args) -> int:
         threads=args.threads,
         bench_runs=args.bench_runs,
         progress_bar=not args.no_progress,
+        prune=args.prune,
+        prune_amount=args.prune_amount,
+        prune_steps=args.prune_steps,
+        prune_epochs=args.prune_epochs,
         quantize=args.quantize,
         engine=args.engine,
         qat_epochs=args.qat_epochs,
@@ -190,6 +194,53 @@ def cmd_verify(args) -> int:
     return 0 if report.passed else 1
 
 
+def _amount(text: str) -> float | int:
+    """'0.5' is a fraction, '100' a count (as in torch.nn.utils.prune)."""
+    try:
+        return int(text) if text.isdigit() else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction like 0.5 or a count like 100, got '{text}'") from None
+
+
+def cmd_prune(args) -> int:
+    from torchbridge.data import DigitsDataModule
+    from torchbridge.pipeline import claim_output_dir, new_run_dir
+    from torchbridge.prune import comparison_table, prune_job
+
+    model = resolve_model(args.model, args.weights)
+    example = example_input(args.input_shape, "float32")
+    digits = tuple(args.input_shape[1:]) == DigitsDataModule.input_shape
+    if args.fine_tune_epochs and not digits:
+        raise TorchbridgeError(
+            f"fine-tuning trains on the digits (input shape N,1,8,8), not {args.input_shape}; pass --fine-tune-epochs 0"
+        )
+    out = claim_output_dir(args.out) if args.out else new_run_dir(prefix="prune")
+    print(f"torchbridge prune: {args.method}, amount {args.amount}, writing to {out}", flush=True)
+    result, report = prune_job(
+        model,
+        (example,),
+        out,
+        datamodule=DigitsDataModule() if digits else None,
+        method=args.method,
+        amount=args.amount,
+        steps=args.steps,
+        epochs_per_step=args.fine_tune_epochs,
+        lr=args.lr,
+        importance=args.importance,
+        layer_types=args.layers.split(","),
+        skip=args.skip,
+        dim=args.dim,
+        norm=args.norm,
+        threads=args.threads,
+        bench_runs=args.bench_runs,
+        progress_bar=not args.no_progress,
+    )
+    print(result.table())
+    print(comparison_table(report["comparison"]))
+    print(f"wrote {out / 'pruned.pt'}, {out / 'report.md'} and {out / 'report.json'}")
+    return 0
+
+
 def cmd_info(args) -> int:
     from torchbridge.export import load_manifest
 
@@ -203,6 +254,8 @@ def cmd_info(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from torchbridge import __version__
+    from torchbridge.prune import DEFAULT_LAYER_TYPES, IMPORTANCES
+    from torchbridge.prune import METHODS as PRUNE_METHODS
 
     parser = argparse.ArgumentParser(
         prog="torchbridge",
@@ -222,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bench-runs", type=int, default=50)
     p.add_argument("--no-progress", action="store_true", help="hide Lightning's progress bar")
+    p.add_argument("--prune", choices=PRUNE_METHODS, help="add a pruning stage after training (channels: real removal)")
+    p.add_argument("--prune-amount", type=_amount, default=0.5, help="fraction (0.5) or count (100) to prune")
+    p.add_argument("--prune-steps", type=int, default=2, help="pruning steps, each followed by fine-tuning")
+    p.add_argument("--prune-epochs", type=int, default=2, help="fine-tuning epochs after each pruning step")
     p.add_argument("--quantize", choices=["dynamic", "static", "qat"], help="also make and compare an int8 artifact")
     p.add_argument("--engine", choices=["x86", "fbgemm", "qnnpack"], default="x86", help="quantized engine")
     p.add_argument("--qat-epochs", type=int, default=2, help="fine-tuning epochs for --quantize qat")
@@ -281,6 +338,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--layers", action="store_true", help="compare every submodule in C++ with eager (needs --model)")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "prune",
+        help="prune a model (masks or real channel removal), fine-tune, export, verify, compare",
+        formatter_class=fmt,
+    )
+    p.add_argument(
+        "--model", default="digits_cnn", help="digits_cnn, digits_mlp, a torchvision name, or module:factory"
+    )
+    p.add_argument("--weights", help="a .ckpt from train, or a state dict (.pt)")
+    p.add_argument("--method", choices=PRUNE_METHODS, default="channels", help="channels removes them physically")
+    p.add_argument("--amount", type=_amount, default=0.5, help="fraction (0.5) or count (100) to prune")
+    p.add_argument("--steps", type=int, default=2, help="prune in this many equal steps, fine-tuning after each")
+    p.add_argument("--fine-tune-epochs", type=int, default=2, help="epochs on the digits after each step")
+    p.add_argument("--lr", type=float, default=3e-3, help="fine-tuning learning rate")
+    p.add_argument("--importance", choices=IMPORTANCES, default="l1", help="channel ranking (method channels)")
+    p.add_argument("--layers", default=",".join(DEFAULT_LAYER_TYPES), help="layer types to prune: conv, linear")
+    p.add_argument("--skip", action="append", default=[], help="module name to leave dense (repeatable)")
+    p.add_argument("--dim", type=int, default=0, help="structured methods: the dim whose slices are pruned")
+    p.add_argument("--norm", type=float, default=2, help="ln_structured: the n of the Ln norm")
+    p.add_argument("--input-shape", type=_shape, default=(2, 1, 8, 8), help="example input shape")
+    p.add_argument("--out", help="output folder (default: a new runs/prune-<time>)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bench-runs", type=int, default=30, help="C++ latency runs per batch size, before and after")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("info", help="print an artifact's manifest", formatter_class=fmt)
     p.add_argument("artifact")

@@ -57,11 +57,21 @@ def run_pipeline(
     quantize: str | None = None,
     engine: str = "x86",
     qat_epochs: int = 2,
+    prune: str | None = None,
+    prune_amount: float | int = 0.5,
+    prune_steps: int = 2,
+    prune_epochs: int = 2,
 ) -> dict[str, Any]:
-    """Train, export, verify and benchmark `model_name`; with `quantize` ("dynamic", "static" or
-    "qat") also make an int8 artifact and compare its accuracy, size and C++ latency with fp32."""
+    """Train, export, verify and benchmark `model_name`.
+
+    prune: a method of torchbridge.prune ('channels', 'l1_unstructured', ...) adds a stage after
+    training: prune by `prune_amount` in `prune_steps` steps with `prune_epochs` of fine-tuning each;
+    the pruned model is what the later stages export, verify and benchmark.
+    quantize: "dynamic", "static" or "qat" adds a stage that makes an int8 artifact and compares its
+    accuracy, size and C++ latency with fp32.
+    """
     out = claim_output_dir(out)
-    total = 6 if quantize else 5
+    total = 5 + bool(prune) + bool(quantize)
     print(f"torchbridge pipeline: writing to {out}", flush=True)
 
     _step(1, total, f"train {model_name} on the scikit-learn digits for {epochs} epochs (Lightning)")
@@ -70,14 +80,37 @@ def run_pipeline(
     trained = train(model, datamodule, max_epochs=epochs, root_dir=out / "train", progress_bar=progress_bar)
     print(f"test accuracy (eager): {trained.test_accuracy:.4f}")
 
-    _step(2, total, "export TorchScript with manifest and golden example")
+    eager_accuracy, pruning = trained.test_accuracy, None
+    if prune:
+        from torchbridge.prune import comparison_table, prune_job
+
+        _step(2, total, f"prune: {prune}, amount {prune_amount}, {prune_steps} step(s) of {prune_epochs} epoch(s)")
+        pruned, pruning = prune_job(
+            model,
+            (datamodule.example_batch(4),),
+            out / "prune",
+            datamodule=datamodule,
+            method=prune,
+            amount=prune_amount,
+            steps=prune_steps,
+            epochs_per_step=prune_epochs,
+            threads=threads,
+            bench_runs=bench_runs,
+            batch_sizes=batch_sizes,
+            progress_bar=progress_bar,
+        )
+        model, eager_accuracy = pruned.model, pruned.accuracy_after
+        print(comparison_table(pruning["comparison"]))
+    first = 3 if prune else 2
+
+    _step(first, total, "export TorchScript with manifest and golden example")
     artifact = export(model, (datamodule.example_batch(4),), out / "model.pt")
     print(
         f"{artifact.path}: {artifact.size_bytes / 1024:.1f} KiB, method {artifact.manifest['method']}, "
         f"inputs {', '.join(map(str, artifact.inputs))}"
     )
 
-    _step(3, total, f"verify Python vs C++ (bindings and torchbridge-run), {threads} threads")
+    _step(first + 1, total, f"verify Python vs C++ (bindings and torchbridge-run), {threads} threads")
     parity = verify(model, artifact.path, threads=threads)
     print(parity.table())
     selftest = subprocess.run(
@@ -90,13 +123,15 @@ def run_pipeline(
     cpp_accuracy = float((runtime(images).argmax(dim=1) == labels).float().mean())
     print(f"test accuracy (C++ runtime): {cpp_accuracy:.4f}")
 
-    _step(4, total, f"benchmark: {bench_runs} runs per path, batch sizes {', '.join(map(str, batch_sizes))}")
+    _step(first + 2, total, f"benchmark: {bench_runs} runs per path, batch sizes {', '.join(map(str, batch_sizes))}")
     latencies = bench.quick_bench(model, artifact.path, batch_sizes=batch_sizes, threads=threads, runs=bench_runs)
     print(bench.latency_table(latencies))
 
     int8 = None
     if quantize:
-        _step(5, total, f"quantize to int8 ({quantize}, engine {engine}) -> export -> verify -> compare with fp32")
+        _step(
+            first + 3, total, f"quantize to int8 ({quantize}, engine {engine}) -> export -> verify -> compare with fp32"
+        )
         int8 = _quantize_stage(
             model,
             datamodule,
@@ -116,7 +151,7 @@ def run_pipeline(
     report = {
         "model": model_name,
         "epochs": epochs,
-        "accuracy": {"eager": trained.test_accuracy, "cpp": cpp_accuracy, "val_best": trained.val_accuracy},
+        "accuracy": {"eager": eager_accuracy, "cpp": cpp_accuracy, "val_best": trained.val_accuracy},
         "artifact": {"path": str(artifact.path), "bytes": artifact.size_bytes, "manifest": artifact.manifest},
         "parity": parity.as_dict(),
         "selftest": json.loads(selftest.stdout)["selftest"],
@@ -131,8 +166,13 @@ def run_pipeline(
     }
     if int8 is not None:
         report["quantization"] = int8
+    if pruning is not None:
+        report["pruning"] = pruning
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(_markdown(report, parity.table(), bench.latency_table(latencies)))
+    markdown = _markdown(report, parity.table(), bench.latency_table(latencies))
+    if pruning is not None:
+        markdown += f"\n## Pruning ({prune}, amount {prune_amount})\n\n{comparison_table(pruning['comparison'])}\n"
+    (out / "report.md").write_text(markdown)
     print(f"wrote {out / 'report.md'} and {out / 'report.json'}")
     return report
 

@@ -103,6 +103,9 @@ def train(
 
     datamodule = datamodule if datamodule is not None else DigitsDataModule()
     L.seed_everything(seed, verbose=False)
+    # Lightning keeps the modes modules arrive in: a model in eval mode (as loaded for export, or
+    # returned by an earlier train) would otherwise train with frozen BatchNorm statistics.
+    model.train()
     module = Classifier(model, lr=lr)
     checkpoint = ModelCheckpoint(monitor="val_acc", mode="max", filename="best-{epoch}-{val_acc:.4f}")
     callbacks = list(callbacks or [])
