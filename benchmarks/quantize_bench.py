@@ -44,7 +44,7 @@ def resnet18():
     quantizable = torchvision.models.quantization.resnet18(weights=None, quantize=False).eval()
     quantizable.load_state_dict(fp32.state_dict())  # the same network, with FloatFunctional skip adds
     generator = torch.Generator().manual_seed(0)
-    calibration = [torch.rand(4, 3, 224, 224, generator=generator) for _ in range(4)]
+    calibration = [torch.rand(2, 3, 224, 224, generator=generator) for _ in range(2)]
     return "ResNet-18 3x224x224 (static)", fp32, quantizable, "static", calibration, calibration[0][:2], {1: 40, 32: 6}
 
 
@@ -58,6 +58,7 @@ def measure(make, folder: Path, scale: float) -> dict:
     torch.manual_seed(0)
     title, fp32_model, quantizable, mode, data, example, runs = make()
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     int8_model = tb.quantize(quantizable, mode, data, calibration_batches=4, progress_bar=False)
     slug = title.split()[0].lower().replace("-", "")
     artifacts = {
@@ -79,6 +80,7 @@ def measure(make, folder: Path, scale: float) -> dict:
     print(f"{title}: {time.perf_counter() - started:.0f} s", flush=True)
     return {
         "title": title,
+        "load": (load_before, os.getloadavg()[0]),
         "sizes": {name: art.size_bytes for name, art in artifacts.items()},
         "optimized": artifacts["fp32 optimized"].manifest["optimized"],
         "latencies": latencies,
@@ -104,13 +106,14 @@ def markdown(results: list[dict], command: str, load: tuple[float, float]) -> st
         "# C++ latency: fp32 vs int8",
         "",
         f"Measured by `{command}` on {datetime.date.today().isoformat()}: {cpu_description()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}, quantized engine x86; load average "
-        f"{load[0]:.1f} before and {load[1]:.1f} after (the machine is shared). Latency is the median (p50) "
-        "per call in the C++ runtime, the three artifacts of a model interleaved round by round in one process; "
-        "speed-up = fp32 p50 / int8 p50.",
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, quantized engine x86. Latency is the "
+        "median (p50) per call in the C++ runtime, the three artifacts of a model interleaved round by round in "
+        "one process; speed-up = fp32 p50 / int8 p50. The machine is shared: the load column gives the 1-minute "
+        f"load average before and after each model ({load[0]:.1f} at the start, {load[1]:.1f} at the end of the "
+        "run); above the 2 cores, other work competes with the 2 threads measured.",
         "",
-        "| model | batch | fp32 ms | fp32 optimized ms | int8 ms | int8 speed-up vs fp32 | vs fp32 optimized |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | batch | fp32 ms | fp32 optimized ms | int8 ms | int8 speed-up vs fp32 | vs fp32 optimized | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         p50 = {(r.path, r.batch): r for r in result["latencies"]}
@@ -118,7 +121,8 @@ def markdown(results: list[dict], command: str, load: tuple[float, float]) -> st
             lines.append(
                 f"| {result['title']} | {batch} | {p50[('fp32', batch)].p50_ms:.3f} | "
                 f"{p50[('fp32 optimized', batch)].p50_ms:.3f} | {p50[('int8', batch)].p50_ms:.3f} | "
-                f"{result['speedup'][batch]:.2f}x | {result['speedup_vs_optimized'][batch]:.2f}x |"
+                f"{result['speedup'][batch]:.2f}x | {result['speedup_vs_optimized'][batch]:.2f}x | "
+                f"{result['load'][0]:.1f} → {result['load'][1]:.1f} |"
             )
     lines += ["", "| model | fp32 artifact | int8 artifact | smaller by |", "|---|---:|---:|---:|"]
     for result in results:

@@ -274,9 +274,8 @@ def test_pipeline_quantize_stage_reports_int8_against_fp32(tmp_path):
     assert int8["mode"] == "static" and int8["engine"] == "x86" and int8["parity"]["passed"]
     assert int8["accuracy"]["fp32"] == report["accuracy"]["cpp"]
     assert 0.0 < int8["accuracy"]["int8"] <= 1.0
-    assert (
-        int8["bytes"]["fp32"] == report["artifact"]["bytes"] and int8["size_ratio"] > 2.0
-    )  # an MLP this small carries fixed archive overhead
+    # The MLP's 26k weights shrink 4x; code and golden example do not (2.4x measured).
+    assert int8["bytes"]["fp32"] == report["artifact"]["bytes"] and int8["size_ratio"] > 2.0
     assert {(row["path"], row["batch"]) for row in int8["latency"]} == {
         (path, batch) for path in ("fp32", "int8") for batch in (1, 32)
     }
