@@ -355,7 +355,10 @@ def _qat(
         # them from a few noisy fake-quant batches loses more than it gains (measured on the digits).
         model.apply(freeze_bn_stats)
     callbacks = [_ObserveWhileTraining(), *train_options.pop("callbacks", [])]
-    train(model, data, progress_bar=progress_bar, callbacks=callbacks, **train_options)
+    with warnings.catch_warnings():
+        # The frozen batch norms are the eval-mode modules Lightning points out, on purpose.
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+        train(model, data, progress_bar=progress_bar, callbacks=callbacks, **train_options)
     converted = _convert(model.cpu().eval())
     _check_converted(converted, _first_input(next(iter(batch_source(data)))), "qat")
     return converted
