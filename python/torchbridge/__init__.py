@@ -3,7 +3,7 @@
 import torchbridge as tb
 model = tb.models.digits_cnn()
 tb.train(model, tb.data.DigitsDataModule(), max_epochs=5)
-tb.export(model, example_inputs=(x,), path="model.pt")
+tb.export(model, example_inputs=(x,), path="model.pt")   # or "model.pt2": torch.export + AOTInductor
 y = tb.Runtime("model.pt", threads=2)(x)
 tb.verify(model, "model.pt")
 """
@@ -14,7 +14,7 @@ from importlib.metadata import version as _version
 
 import torch  # noqa: F401  (loads LibTorch before the native module)
 
-from torchbridge import data, models
+from torchbridge import aoti, data, models
 from torchbridge.errors import ExportError, ParityError, TorchbridgeError
 from torchbridge.export import Artifact, TensorSpec, export, load_manifest
 from torchbridge.runtime import Runtime, read_npy
@@ -38,6 +38,7 @@ __all__ = [
     "TensorSpec",
     "TorchbridgeError",
     "TrainResult",
+    "aoti",
     "cmake_prefix_path",
     "data",
     "evaluate",
