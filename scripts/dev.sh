@@ -50,7 +50,7 @@ case "$command" in
     setup .venv requirements-dev.txt
     mkdir -p build
     ctest_build .venv build/cpp
-    .venv/bin/ruff check python tests examples
+    .venv/bin/ruff check python tests examples benchmarks
     .venv/bin/python -m pytest "$@"
     ;;
   test-cpu)

@@ -45,7 +45,7 @@ void print_help(std::ostream& out) {
   const Params defaults;
   out << "usage: torchbridge-run MODEL [options]\n"
          "\n"
-         "Runs a torchbridge artifact (TorchScript exported by `torchbridge export`) in C++.\n"
+         "Runs a torchbridge artifact (TorchScript .pt or AOTInductor .pt2 from `torchbridge export`) in C++.\n"
          "With no --input, random inputs are made from the artifact's manifest.\n"
          "\n"
          "options:\n"
@@ -203,25 +203,32 @@ int run(const Params& params) {
   const double load_ms = ms_since(load_start);
   const torchbridge::Manifest& manifest = runtime.manifest();
   std::ostringstream json;  // assembled as fields, printed as one object at the end
-  json << "{\"model\": \"" << json_escape(params.model) << "\", \"device\": \"" << json_escape(params.device)
+  json << "{\"model\": \"" << json_escape(params.model) << "\", \"format\": \"" << runtime.format()
+       << "\", \"device\": \"" << json_escape(params.device)
        << "\", \"threads\": " << at::get_num_threads() << ", \"load_ms\": " << json_number(load_ms);
 
   if (params.info) {
     if (params.json) {
       json << ", \"manifest\": " << (manifest.present ? manifest.json : "null");
     } else {
-      std::cout << "artifact: " << params.model << "\n";
+      const bool aoti = runtime.format() == "aoti";
+      std::cout << "artifact: " << params.model << (aoti ? " (AOTInductor package)" : " (TorchScript)") << "\n";
       if (!manifest.present) {
-        std::cout << "  (plain TorchScript: no torchbridge manifest)\n";
+        std::cout << "  (exported without torchbridge: no manifest)\n";
       } else {
         std::cout << "  exported by torchbridge " << manifest.torchbridge_version << " with torch "
                   << manifest.torch_version << " (" << manifest.method << ")\n  model: " << manifest.model << "\n";
-        for (const auto& spec : manifest.inputs) std::cout << "  input  " << spec.to_string() << "\n";
+        for (const auto& spec : manifest.inputs) {
+          std::cout << "  input  " << spec.to_string();
+          for (size_t d = 0; d < spec.min_shape.size(); ++d)
+            if (spec.shape[d] < 0) std::cout << "  dim " << d << " in " << spec.min_shape[d] << ".." << spec.max_shape[d];
+          std::cout << "\n";
+        }
         for (const auto& spec : manifest.outputs) std::cout << "  output " << spec.to_string() << "\n";
         std::cout << "  tolerance: rtol " << manifest.rtol << ", atol " << manifest.atol << "\n";
         if (!manifest.quantized_engine.empty()) std::cout << "  quantized engine: " << manifest.quantized_engine << "\n";
       }
-      std::cout << "  submodules: " << runtime.submodule_names().size() << "\n";
+      if (!aoti) std::cout << "  submodules: " << runtime.submodule_names().size() << "\n";
     }
   }
 

@@ -150,6 +150,7 @@ PYBIND11_MODULE(_C, m) {
              return out;
            })
       .def_property_readonly("path", &torchbridge::Runtime::path)
+      .def_property_readonly("format", &torchbridge::Runtime::format)
       .def_property_readonly("device", [](const torchbridge::Runtime& self) { return self.device().str(); })
       .def_property_readonly("manifest_json",
                              [](const torchbridge::Runtime& self) { return self.manifest().json; });

@@ -3,7 +3,9 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -18,5 +20,8 @@ class Backend {
                                                     const std::vector<at::Tensor>& inputs) const = 0;
   virtual std::vector<std::string> submodule_names() const = 0;
 };
+
+// An AOTInductor package (.pt2); aoti_backend.cpp. Throws what LibTorch's loader throws.
+std::unique_ptr<Backend> make_aoti_backend(const std::string& path, const at::Device& device);
 
 }  // namespace torchbridge

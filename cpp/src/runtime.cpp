@@ -1,12 +1,14 @@
 #include "torchbridge/runtime.hpp"
 
 #include <ATen/Parallel.h>
+#include <ATen/cpu/Utils.h>
 #include <caffe2/serialize/inline_container.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
 #include <torch/version.h>
 
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 
@@ -23,7 +25,10 @@ const char* version() { return TORCHBRIDGE_VERSION; }
 
 namespace {
 
+// Both formats are zip archives read by PyTorchStreamReader; the manifest sits under extra/ in both.
 constexpr char kManifestRecord[] = "extra/torchbridge/manifest.json";
+constexpr char kTorchScriptRecord[] = "constants.pkl";  // written by torch.jit.save
+constexpr char kPt2FormatRecord[] = "archive_format";   // "pt2" in a torch.export / AOTInductor package
 
 std::string shape_string(c10::IntArrayRef shape) {
   std::string out = "[";
@@ -51,6 +56,14 @@ TensorSpec parse_spec(const json::Value& value, const std::string& what) {
   spec.dtype = dtype_from_name(value.at("dtype").as_string(what + ".dtype"));
   for (const auto& dim : value.at("shape").as_array(what + ".shape")) {
     spec.shape.push_back(dim.is_null() ? -1 : static_cast<int64_t>(dim.as_number(what + ".shape")));
+  }
+  if (value.has("min_shape") && value.has("max_shape")) {
+    for (const auto& dim : value.at("min_shape").as_array(what + ".min_shape"))
+      spec.min_shape.push_back(static_cast<int64_t>(dim.as_number(what + ".min_shape")));
+    for (const auto& dim : value.at("max_shape").as_array(what + ".max_shape"))
+      spec.max_shape.push_back(static_cast<int64_t>(dim.as_number(what + ".max_shape")));
+    if (spec.min_shape.size() != spec.shape.size() || spec.max_shape.size() != spec.shape.size())
+      throw std::runtime_error(what + ": min_shape/max_shape must have one entry per dimension");
   }
   return spec;
 }
@@ -118,6 +131,52 @@ at::QEngine qengine_from_name(const std::string& name, const std::string& path) 
                                                (available.empty() ? "none" : available) + ")");
 }
 
+// "2.14.1+cu130" -> {2, 14}; {-1, -1} when unreadable.
+std::pair<int, int> major_minor(const std::string& version) {
+  int major = -1, minor = -1;
+  if (std::sscanf(version.c_str(), "%d.%d", &major, &minor) != 2) return {-1, -1};
+  return {major, minor};
+}
+
+// An AOTInductor package is native code built against one torch release and one CPU family;
+// refuse what would otherwise fail inside the loader or crash (SIGILL) on the first forward.
+void check_aoti_package(const Manifest& manifest, const json::Value& root, const at::Device& device,
+                        const std::string& path) {
+  if (!manifest.present) return;  // a .pt2 exported without torchbridge: nothing recorded to check
+  const auto [major, minor] = major_minor(manifest.torch_version);
+  if (major != TORCH_VERSION_MAJOR || minor != TORCH_VERSION_MINOR)
+    throw Error(ErrorCode::kArtifact,
+                path + ": this .pt2 was built with torch " + manifest.torch_version + ", but this runtime's LibTorch is " +
+                    TORCH_VERSION + "; an AOTInductor package holds native code compiled against one torch release, " +
+                    "so re-export it with torch " + std::to_string(TORCH_VERSION_MAJOR) + "." +
+                    std::to_string(TORCH_VERSION_MINOR));
+  if (!root.has("aoti")) return;
+  const json::Value& aoti = root.at("aoti");
+  if (aoti.has("device")) {
+    const std::string package_device = aoti.at("device").as_string("aoti.device");
+    if (package_device != c10::DeviceTypeName(device.type(), /*lower_case=*/true))
+      throw Error(ErrorCode::kInvalidArgument, path + ": this .pt2 was compiled for " + package_device +
+                                                   " and cannot run on device '" + device.str() +
+                                                   "' (export it again on a machine with that device)");
+  }
+  if (aoti.has("required_cpu_features")) {
+    const auto capabilities = at::cpu::get_cpu_capabilities();
+    std::string missing;
+    for (const auto& feature : aoti.at("required_cpu_features").as_array("aoti.required_cpu_features")) {
+      const std::string name = feature.as_string("aoti.required_cpu_features");
+      const auto found = capabilities.find(name);
+      if (found == capabilities.end() || !found->second.isBool() || !found->second.toBool())
+        missing += (missing.empty() ? "" : ", ") + name;
+    }
+    if (!missing.empty()) {
+      const std::string isa = aoti.has("isa") ? aoti.at("isa").as_string("aoti.isa") : "native";
+      throw Error(ErrorCode::kArtifact, path + ": this .pt2 was compiled (isa '" + isa +
+                                            "') for CPU features this CPU lacks: " + missing +
+                                            "; export it with isa='x86-64-v3' (any AVX2 CPU) or on this machine");
+    }
+  }
+}
+
 void flatten_outputs(const c10::IValue& value, std::vector<at::Tensor>& out) {
   if (value.isTensor()) {
     out.push_back(value.toTensor());
@@ -131,7 +190,7 @@ void flatten_outputs(const c10::IValue& value, std::vector<at::Tensor>& out) {
   }
 }
 
-// Loads TorchScript archives. The .pt2 (AOTInductor) format will sit beside it behind Backend.
+// Loads TorchScript archives; AOTInductor packages load in aoti_backend.cpp.
 class TorchScriptBackend final : public Backend {
  public:
   TorchScriptBackend(const std::string& path, const at::Device& device) {
@@ -190,7 +249,16 @@ bool TensorSpec::matches(const at::Tensor& tensor) const {
     return false;
   for (size_t i = 0; i < shape.size(); ++i)
     if (shape[i] >= 0 && tensor.size(static_cast<int64_t>(i)) != shape[i]) return false;
-  return true;
+  return out_of_range_dim(tensor) < 0;
+}
+
+int64_t TensorSpec::out_of_range_dim(const at::Tensor& tensor) const {
+  if (min_shape.empty() || !tensor.defined() || tensor.dim() != static_cast<int64_t>(min_shape.size())) return -1;
+  for (size_t i = 0; i < min_shape.size(); ++i) {
+    const int64_t size = tensor.size(static_cast<int64_t>(i));
+    if (size < min_shape[i] || size > max_shape[i]) return static_cast<int64_t>(i);
+  }
+  return -1;
 }
 
 Comparison compare(const at::Tensor& actual_in, const at::Tensor& expected_in, double rtol, double atol) {
@@ -237,6 +305,7 @@ Comparison compare(const at::Tensor& actual_in, const at::Tensor& expected_in, d
 
 struct Runtime::Impl {
   std::string path;
+  std::string format;  // "torchscript" or "aoti", from the archive's records
   RuntimeOptions options;
   Manifest manifest;
   at::Device device{at::kCPU};
@@ -268,29 +337,37 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
     char magic[4] = {0, 0, 0, 0};
     file.read(magic, 4);
     if (file.gcount() < 4 || std::string(magic, 4) != std::string("PK\x03\x04", 4))
-      throw Error(ErrorCode::kArtifact, path + ": not a TorchScript artifact (expected a zip archive written by "
-                                               "torchbridge export / torch.jit.save)");
+      throw Error(ErrorCode::kArtifact, path + ": not a torchbridge artifact (expected a zip archive: a TorchScript "
+                                               ".pt or an AOTInductor .pt2 written by torchbridge export)");
   }
 
   // Read the manifest and golden example straight from the archive, before LibTorch parses code.
   json::Value manifest_root;
   try {
+    // The format comes from the archive's records, not from the file name.
     caffe2::serialize::PyTorchStreamReader reader(path);
-    const bool has_code = reader.hasRecord("constants.pkl");
-    if (!has_code) {
+    if (reader.hasRecord(kTorchScriptRecord)) {
+      impl_->format = "torchscript";
+    } else if (reader.hasRecord(kPt2FormatRecord) && read_record(reader, kPt2FormatRecord) == "pt2") {
+      impl_->format = "aoti";
+    } else {
       if (reader.hasRecord("data.pkl"))
         throw Error(ErrorCode::kArtifact, path + ": this is a torch.save checkpoint, not a TorchScript artifact; "
                                                  "export the model first (torchbridge export / torchbridge.export)");
-      throw Error(ErrorCode::kArtifact, path + ": zip archive without TorchScript code (expected a file written by "
-                                               "torchbridge export / torch.jit.save)");
+      throw Error(ErrorCode::kArtifact, path + ": zip archive that is neither TorchScript nor an AOTInductor package "
+                                               "(expected a file written by torchbridge export)");
     }
     if (reader.hasRecord(kManifestRecord)) {
       impl_->manifest = parse_manifest(read_record(reader, kManifestRecord), path);
       manifest_root = json::parse(impl_->manifest.json);
+      // Under extra/ in TorchScript; at the top level in a .pt2 (torch's loader reads extra/ as text).
+      auto golden_record = [&](const std::string& name) {
+        return reader.hasRecord("extra/" + name) ? "extra/" + name : name;
+      };
       for (const auto& name : golden_names(manifest_root, "inputs"))
-        impl_->golden_inputs.push_back(parse_npy(read_record(reader, "extra/" + name), path + ":" + name));
+        impl_->golden_inputs.push_back(parse_npy(read_record(reader, golden_record(name)), path + ":" + name));
       for (const auto& name : golden_names(manifest_root, "outputs"))
-        impl_->golden_outputs.push_back(parse_npy(read_record(reader, "extra/" + name), path + ":" + name));
+        impl_->golden_outputs.push_back(parse_npy(read_record(reader, golden_record(name)), path + ":" + name));
     }
   } catch (const Error&) {
     throw;
@@ -307,14 +384,30 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
     // Packed weights are rebuilt at load for the current engine, so select it first.
     at::globalContext().setQEngine(qengine_from_name(impl_->manifest.quantized_engine, path));
   }
+  if (impl_->format == "aoti") {
+    try {
+      check_aoti_package(impl_->manifest, manifest_root, impl_->device, path);
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception& error) {  // a malformed "aoti" section
+      throw Error(ErrorCode::kArtifact, path + ": bad torchbridge manifest: " + error.what());
+    }
+  }
   if (options.threads > 0) at::set_num_threads(options.threads);
 
   try {
-    impl_->backend = std::make_unique<TorchScriptBackend>(path, impl_->device);
+    if (impl_->format == "aoti") {
+      impl_->backend = make_aoti_backend(path, impl_->device);
+    } else {
+      impl_->backend = std::make_unique<TorchScriptBackend>(path, impl_->device);
+    }
+  } catch (const Error&) {
+    throw;
   } catch (const std::exception& error) {
     std::string message = error.what();
     message = message.substr(0, message.find("\nException raised from"));
-    throw Error(ErrorCode::kArtifact, path + ": LibTorch " + TORCH_VERSION + " cannot load this TorchScript (" +
+    const std::string what = impl_->format == "aoti" ? "AOTInductor package" : "TorchScript";
+    throw Error(ErrorCode::kArtifact, path + ": LibTorch " + TORCH_VERSION + " cannot load this " + what + " (" +
                                           (impl_->manifest.present ? "exported with torch " + impl_->manifest.torch_version
                                                                    : std::string("no torchbridge manifest")) +
                                           "): " + message);
@@ -332,6 +425,7 @@ Runtime::Runtime(Runtime&&) noexcept = default;
 Runtime& Runtime::operator=(Runtime&&) noexcept = default;
 
 const std::string& Runtime::path() const { return impl_->path; }
+const std::string& Runtime::format() const { return impl_->format; }
 const RuntimeOptions& Runtime::options() const { return impl_->options; }
 const Manifest& Runtime::manifest() const { return impl_->manifest; }
 at::Device Runtime::device() const { return impl_->device; }
@@ -351,9 +445,24 @@ void Runtime::validate(const std::vector<at::Tensor>& inputs) const {
                                        "), got " + std::to_string(inputs.size()));
   for (size_t i = 0; i < inputs.size(); ++i) {
     const TensorSpec& spec = manifest.inputs[i];
-    if (!spec.matches(inputs[i]))
+    const int64_t outside = spec.out_of_range_dim(inputs[i]);
+    if (!spec.matches(inputs[i]) && outside < 0)
       throw Error(ErrorCode::kInput, "input " + std::to_string(i) + " must be " + spec.to_string() + " (? = any size), got " +
                                          tensor_string(inputs[i]));
+    if (outside >= 0) {
+      TensorSpec unbounded = spec;
+      unbounded.min_shape.clear();
+      unbounded.max_shape.clear();
+      if (!unbounded.matches(inputs[i]))  // wrong dtype or static dims too: name the spec first
+        throw Error(ErrorCode::kInput, "input " + std::to_string(i) + " must be " + spec.to_string() +
+                                           " (? = any size), got " + tensor_string(inputs[i]));
+      const auto d = static_cast<size_t>(outside);
+      throw Error(ErrorCode::kInput, "input " + std::to_string(i) + " (" + spec.to_string() + ") has size " +
+                                         std::to_string(inputs[i].size(outside)) + " in dim " + std::to_string(d) +
+                                         ", outside the range " + std::to_string(spec.min_shape[d]) + ".." +
+                                         std::to_string(spec.max_shape[d]) +
+                                         " declared at export (split the batch, or export with a wider dynamic_range)");
+    }
   }
 }
 

@@ -46,6 +46,7 @@ TEST(loads_the_sample_and_reads_its_manifest) {
   REQUIRE(manifest.present);
   REQUIRE_EQ(manifest.format_version, 1);
   REQUIRE_EQ(manifest.format, std::string("torchscript"));
+  REQUIRE_EQ(runtime.format(), std::string("torchscript"));  // read from the archive's records
   REQUIRE_EQ(manifest.method, std::string("script"));
   REQUIRE_EQ(manifest.model, std::string("TinyMLP"));
   REQUIRE_EQ(manifest.torch_version.rfind("2.", 0), 0u);
@@ -102,6 +103,24 @@ TEST(wrong_input_dtype_or_shape_names_the_expected_spec) {
   REQUIRE_ERROR(runtime.forward({at::Tensor()}), ErrorCode::kInput, "got an undefined tensor");
   REQUIRE_ERROR(runtime.validate({at::zeros({1, 4}, at::kHalf)}), ErrorCode::kInput, "got float16[1, 4]");
   runtime.validate({at::zeros({7, 4})});  // the batch dimension is dynamic
+}
+
+TEST(tensor_spec_enforces_the_declared_dynamic_range) {
+  // What a .pt2 manifest declares: dim 0 in 1..16, the other dims fixed.
+  torchbridge::TensorSpec spec;
+  spec.name = "x";
+  spec.shape = {-1, 4};
+  REQUIRE(spec.matches(at::zeros({1000, 4})));  // no range declared: any size
+  REQUIRE_EQ(spec.out_of_range_dim(at::zeros({1000, 4})), -1);
+  spec.min_shape = {1, 4};
+  spec.max_shape = {16, 4};
+  REQUIRE(spec.matches(at::zeros({16, 4})));
+  REQUIRE(spec.matches(at::zeros({1, 4})));
+  REQUIRE(!spec.matches(at::zeros({17, 4})));
+  REQUIRE_EQ(spec.out_of_range_dim(at::zeros({17, 4})), 0);
+  REQUIRE_EQ(spec.out_of_range_dim(at::zeros({0, 4})), 0);
+  REQUIRE(!spec.matches(at::zeros({8, 5})));
+  REQUIRE_EQ(spec.to_string(), std::string("x: float32[?, 4]"));
 }
 
 TEST(example_inputs_satisfy_the_manifest) {
@@ -215,10 +234,10 @@ TEST(missing_artifact_is_an_artifact_error) {
 
 TEST(non_zip_files_are_artifact_errors) {
   REQUIRE_ERROR(Runtime runtime(scratch_file("text.pt", "this is not a model\n")), ErrorCode::kArtifact,
-              "not a TorchScript artifact");
-  REQUIRE_ERROR(Runtime runtime(scratch_file("empty.pt", "")), ErrorCode::kArtifact, "not a TorchScript artifact");
+              "not a torchbridge artifact");
+  REQUIRE_ERROR(Runtime runtime(scratch_file("empty.pt", "")), ErrorCode::kArtifact, "not a torchbridge artifact");
   REQUIRE_ERROR(Runtime runtime(tbtest::data_path("tiny_mlp_input.npy")), ErrorCode::kArtifact,
-              "not a TorchScript artifact");
+              "not a torchbridge artifact");
   REQUIRE_ERROR(Runtime runtime(kScratch.string()), ErrorCode::kArtifact, kScratch.string());  // a directory
 }
 

@@ -4,7 +4,7 @@ import torchbridge as tb
 model = tb.models.digits_cnn()
 tb.train(model, tb.data.DigitsDataModule(), max_epochs=5)
 model = tb.prune_channels(model, (x,), amount=0.5).model   # or tb.prune(model, "l1_unstructured", 0.5)
-tb.export(model, example_inputs=(x,), path="model.pt")
+tb.export(model, example_inputs=(x,), path="model.pt")   # or "model.pt2": torch.export + AOTInductor
 int8 = tb.quantize(model, mode="static")   # or "dynamic", "qat"; exports the same way
 y = tb.Runtime("model.pt", threads=2)(x)
 tb.verify(model, "model.pt")
@@ -16,7 +16,7 @@ from importlib.metadata import version as _version
 
 import torch  # noqa: F401  (loads LibTorch before the native module)
 
-from torchbridge import data, hooks, models
+from torchbridge import aoti, data, hooks, models
 from torchbridge.errors import ExportError, NonFiniteError, ParityError, QuantizationError, TorchbridgeError
 from torchbridge.export import Artifact, TensorSpec, export, load_manifest
 from torchbridge.prune import SparsityReport, prune, prune_and_fine_tune, prune_channels
@@ -45,6 +45,7 @@ __all__ = [
     "TensorSpec",
     "TorchbridgeError",
     "TrainResult",
+    "aoti",
     "cmake_prefix_path",
     "data",
     "evaluate",

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from torchbridge._warnings import expected_deprecations
 from torchbridge.errors import TorchbridgeError
+from torchbridge.export import load_in_python
 from torchbridge.runtime import Runtime, cli_path
 
 
@@ -80,13 +80,13 @@ def quick_bench(
     runs: int = 50,
     warmup: int = 10,
 ) -> list[Latency]:
-    """p50/p90 latency of eager PyTorch, TorchScript in Python, the C++ runtime through the
-    bindings (interleaved in this process) and the torchbridge-run process, per batch size."""
+    """p50/p90 latency of eager PyTorch, the artifact loaded by torch in Python (TorchScript for a
+    .pt, AOTInductor for a .pt2), the C++ runtime through the bindings (interleaved in this
+    process) and the torchbridge-run process, per batch size."""
     artifact = Path(artifact)
     torch.set_num_threads(threads)
     runtime = Runtime(artifact, threads=threads)
-    with expected_deprecations():
-        scripted = torch.jit.load(str(artifact))
+    python_path, in_python = load_in_python(artifact)
     results: list[Latency] = []
     for batch in batch_sizes:
         inputs = runtime.example_inputs(dynamic_size=batch, seed=0)
@@ -94,7 +94,7 @@ def quick_bench(
         if model is not None:
             model.eval()
             paths["eager"] = lambda inputs=inputs: model(*inputs)
-        paths["torchscript"] = lambda inputs=inputs: scripted(*inputs)
+        paths[python_path] = lambda inputs=inputs: in_python(*inputs)
         paths["cpp"] = lambda inputs=inputs: runtime.forward(*inputs)
         with torch.inference_mode():
             samples = time_interleaved(paths, runs, warmup)
@@ -112,6 +112,65 @@ def quick_bench(
             )
         )
     return results
+
+
+@dataclass
+class ArtifactTiming:
+    """One artifact in compare_artifacts: its file, format, size and C++ load time."""
+
+    label: str
+    path: str
+    format: str
+    bytes: int
+    load_ms: float
+
+
+def compare_artifacts(
+    artifacts: dict[str, str | Path],
+    batch_sizes=(1, 32),
+    threads: int = 2,
+    runs: int = 100,
+    warmup: int = 10,
+) -> tuple[list[ArtifactTiming], list[Latency]]:
+    """Latency of several artifacts (e.g. model.pt and model.pt2) through the C++ runtime, the
+    calls interleaved in one process so that every artifact sees the same machine load.
+
+    artifacts: label -> path; every artifact must take the same inputs (random, from the first
+    one's manifest). Returns each artifact's load time and size, and p50/p90 per batch size.
+    """
+    if not artifacts:
+        raise TorchbridgeError("compare_artifacts needs at least one artifact")
+    torch.set_num_threads(threads)
+    runtimes: dict[str, Runtime] = {}
+    timings: list[ArtifactTiming] = []
+    for label, path in artifacts.items():
+        start = time.perf_counter()
+        runtimes[label] = Runtime(path, threads=threads)
+        load_ms = (time.perf_counter() - start) * 1000.0
+        timings.append(ArtifactTiming(label, str(path), runtimes[label].format, Path(path).stat().st_size, load_ms))
+    first = next(iter(runtimes.values()))
+    results: list[Latency] = []
+    for batch in batch_sizes:
+        inputs = first.example_inputs(dynamic_size=batch, seed=0)
+        paths = {label: (lambda rt=rt, inputs=inputs: rt.forward(*inputs)) for label, rt in runtimes.items()}
+        samples = time_interleaved(paths, runs, warmup)
+        results += [summarize(label, batch, values) for label, values in samples.items()]
+    return timings, results
+
+
+def ratio_table(results: list[Latency], baseline: str) -> str:
+    """p50 of every path and its ratio to `baseline` at the same batch size (< 1: faster)."""
+    base = {r.batch: r.p50_ms for r in results if r.path == baseline}
+    width = max([len("path")] + [len(r.path) for r in results])
+    header = f"vs {baseline}"
+    lines = [f"{'path':<{width}} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'samples/s':>11}  {header}"]
+    for r in results:
+        ratio = r.p50_ms / base[r.batch] if base.get(r.batch) else float("nan")
+        lines.append(
+            f"{r.path:<{width}} {r.batch:>5} {r.p50_ms:>9.3f} {r.p90_ms:>9.3f} {r.throughput_per_s:>11.1f}  "
+            f"{ratio:>{len(header)}.2f}"
+        )
+    return "\n".join(lines)
 
 
 def runtime_latencies(

@@ -1,4 +1,4 @@
-"""The `torchbridge` command: pipeline, train, export, prune, quantize, verify, info."""
+"""The `torchbridge` command: pipeline, train, export, prune, quantize, verify, info, bench."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -105,10 +106,15 @@ def cmd_train(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from torchbridge.export import export
+    from torchbridge.export import export, format_for
 
     model = resolve_model(args.model, args.weights)
     example = example_input(args.input_shape, args.dtype)
+    options = (
+        {"isa": args.isa, "dynamic_range": (1, args.max_batch)} if format_for(args.out, args.format) == "aoti" else {}
+    )
+    if not options and (args.isa != "native" or args.max_batch != 1024):
+        raise TorchbridgeError("--isa and --max-batch apply to the aoti format (.pt2)")
     artifact = export(
         model,
         (example,),
@@ -116,6 +122,8 @@ def cmd_export(args) -> int:
         method=args.method,
         dynamic_dims=[[]] if args.static else None,
         optimize=args.optimize,
+        format=args.format,
+        **options,
     )
     print(f"wrote {artifact.path} ({artifact.size_bytes / 1024:.1f} KiB, method {artifact.manifest['method']})")
     for spec in artifact.inputs:
@@ -246,9 +254,31 @@ def cmd_info(args) -> int:
 
     manifest = load_manifest(args.artifact)
     if manifest is None:
-        print(f"{args.artifact}: plain TorchScript, no torchbridge manifest")
+        print(f"{args.artifact}: exported without torchbridge, no manifest")
         return 0
     print(json.dumps(manifest, indent=2))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from torchbridge.bench import as_dicts, compare_artifacts, ratio_table
+
+    artifacts = {}
+    for path in args.artifacts:
+        label = Path(path).name
+        while label in artifacts:
+            label = "_" + label
+        artifacts[label] = path
+    timings, results = compare_artifacts(
+        artifacts, batch_sizes=args.batch_sizes, threads=args.threads, runs=args.runs, warmup=args.warmup
+    )
+    if args.json:
+        print(json.dumps({"artifacts": [vars(t) for t in timings], "latency": as_dicts(results)}, indent=2))
+        return 0
+    for t in timings:
+        print(f"{t.label}: {t.format}, {t.bytes / 1024:.1f} KiB, C++ load {t.load_ms:.1f} ms")
+    print(f"C++ runtime, {args.threads} threads, {args.runs} interleaved runs per artifact and batch size")
+    print(ratio_table(results, baseline=timings[0].label))
     return 0
 
 
@@ -300,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("export", help="export a model to a TorchScript artifact", formatter_class=fmt)
+    p = sub.add_parser("export", help="export a model to TorchScript (.pt) or AOTInductor (.pt2)", formatter_class=fmt)
     p.add_argument(
         "--model", default="digits_cnn", help="digits_cnn, digits_mlp, a torchvision name, or module:factory"
     )
@@ -311,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--static", action="store_true", help="fixed batch size (default: dim 0 is dynamic)")
     p.add_argument("--optimize", action="store_true", help="freeze + optimize_for_inference when parity holds")
+    p.add_argument(
+        "--format",
+        choices=["torchscript", "aoti"],
+        help="artifact format (default: aoti for a .pt2 path, else torchscript)",
+    )
+    p.add_argument("--isa", choices=["native", "x86-64-v3", "x86-64-v2"], default="native", help="aoti: target CPUs")
+    p.add_argument("--max-batch", type=int, default=1024, help="aoti: largest batch the package accepts")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
@@ -368,6 +405,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print an artifact's manifest", formatter_class=fmt)
     p.add_argument("artifact")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "bench", help="compare artifacts (e.g. model.pt vs model.pt2) in the C++ runtime", formatter_class=fmt
+    )
+    p.add_argument("artifacts", nargs="+", help="artifacts taking the same inputs; ratios are against the first")
+    p.add_argument("--batch-sizes", type=_shape, default=(1, 32), help="comma-separated")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

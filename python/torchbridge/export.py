@@ -1,10 +1,16 @@
-"""Export a model to a TorchScript artifact with its manifest and golden example inside.
+"""Export a model to an artifact with its manifest and golden example inside.
 
-The artifact is the file torch.jit.save writes, plus extra archive entries:
+Two formats, both zip archives that LibTorch's PyTorchStreamReader reads:
+  torchscript  (.pt)   the file torch.jit.save writes
+  aoti         (.pt2)  an AOTInductor package (torch.export + aoti_compile_and_package, see aoti.py)
+Both carry the same entries (under extra/ in TorchScript; in a .pt2 the manifest is under extra/
+and the .npy files at the top level, since torch's .pt2 loader reads extra/ entries as text):
   torchbridge/manifest.json        input/output specs, versions, method, tolerance, golden names
   torchbridge/golden/input_K.npy   the example inputs (at most 2 along a dynamic batch dim)
   torchbridge/golden/output_K.npy  the eager model's outputs on them
-The C++ runtime reads these to validate inputs and to run its selftest.
+The C++ runtime reads these to validate inputs and to run its selftest. This module owns what
+both formats share (validation of the example, golden example, specs, manifest, atomic write,
+reading back); the TorchScript writer lives here, the AOTInductor one in aoti.py.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +40,7 @@ FORMAT_VERSION = 1
 MANIFEST_ENTRY = "torchbridge/manifest.json"
 GOLDEN_BATCH = 2  # golden examples keep at most this many samples along a dynamic batch dim
 METHODS = ("auto", "script", "trace")
+FORMATS = ("torchscript", "aoti")
 
 _NUMPY_DTYPES = {
     torch.float16: "float16",
@@ -58,22 +65,32 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 @dataclass
 class TensorSpec:
-    """dtype and shape of one input or output; None in `shape` marks a dynamic dimension."""
+    """dtype and shape of one input or output; None in `shape` marks a dynamic dimension.
+
+    min_shape/max_shape, when present, bound every dimension (equal to `shape` on static ones):
+    the range an AOTInductor package was compiled for, which the C++ runtime enforces.
+    """
 
     name: str
     dtype: str
     shape: list[int | None]
+    min_shape: list[int] | None = None
+    max_shape: list[int] | None = None
 
     def __str__(self) -> str:
         dims = ", ".join("?" if d is None else str(d) for d in self.shape)
         return f"{self.name}: {self.dtype}[{dims}]"
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": self.shape}
+        data: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": self.shape}
+        if self.min_shape is not None and self.max_shape is not None:
+            data["min_shape"], data["max_shape"] = self.min_shape, self.max_shape
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TensorSpec:
-        return cls(data.get("name", ""), data["dtype"], list(data["shape"]))
+        shape = list(data["shape"])
+        return cls(data.get("name", ""), data["dtype"], shape, data.get("min_shape"), data.get("max_shape"))
 
 
 @dataclass
@@ -268,33 +285,28 @@ def _optimized(module, golden, eager_golden, rtol, atol, notes: list[str]):
     return module, False
 
 
-def export(
+@dataclass
+class Prepared:
+    """What every format needs before writing: the checked example, the golden example and the
+    eager model's outputs on it, and the resolved tolerance."""
+
+    model: nn.Module
+    example: tuple[torch.Tensor, ...]
+    dynamic_dims: list[list[int]]
+    golden: tuple[torch.Tensor, ...]
+    eager_golden: list[torch.Tensor]
+    rtol: float
+    atol: float
+
+
+def prepare(
     model: nn.Module,
     example_inputs,
-    path: str | os.PathLike,
-    method: str = "auto",
-    dynamic_dims: Sequence[Sequence[int]] | None = None,
-    input_names: Sequence[str] | None = None,
-    optimize: bool = False,
-    rtol: float = 1e-5,
-    atol: float | None = None,
-    trace_checks: int = 4,
-    quantized_engine: str | None = None,
-) -> Artifact:
-    """Export `model` to a TorchScript artifact at `path` and return it.
-
-    method: "script" compiles the source (keeps control flow), "trace" records one run (checked
-      on fresh inputs against eager, refused when they differ), "auto" scripts and falls back to
-      a checked trace when scripting fails.
-    dynamic_dims: per input, the dimensions of any size; default: dim 0 (batch) of every input.
-    optimize: freeze + torch.jit.optimize_for_inference, kept only if outputs stay within tolerance.
-    rtol, atol: the artifact-vs-eager tolerance stored in the manifest; atol defaults to
-      rtol x the largest |output| of the golden example.
-    The file is written next to `path` and moved into place only after it loads back, so a
-    failed export leaves an existing file untouched.
-    """
-    if method not in METHODS:
-        raise TorchbridgeError(f"method must be one of {', '.join(METHODS)}, got '{method}'")
+    dynamic_dims: Sequence[Sequence[int]] | None,
+    rtol: float,
+    atol: float | None,
+) -> Prepared:
+    """Check the arguments, move the model to the CPU in eval mode, and run it on the golden example."""
     if not isinstance(model, nn.Module):
         raise TorchbridgeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     example = _as_tuple(example_inputs)
@@ -310,13 +322,6 @@ def export(
     if any(p.device.type != "cpu" for p in list(model.parameters()) + list(model.buffers())):
         model = copy.deepcopy(model).cpu()
     model.eval()
-    quantized = _is_quantized(model)
-    engine = quantized_engine or (torch.backends.quantized.engine if quantized else None)
-    if engine is not None and engine not in torch.backends.quantized.supported_engines:
-        raise TorchbridgeError(
-            f"quantized_engine '{engine}' is not one of this torch's engines "
-            f"({', '.join(torch.backends.quantized.supported_engines)})"
-        )
 
     # The golden example: at most GOLDEN_BATCH samples along a dynamic batch dim.
     golden = tuple(t[:GOLDEN_BATCH] if 0 in dims else t for t, dims in zip(example, dynamic_dims))
@@ -329,6 +334,169 @@ def export(
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ExportError(f"the model's output {i} on the example contains NaN/Inf; fix the model before export")
     atol = default_atol(eager_golden, rtol) if atol is None else atol
+    return Prepared(model, example, dynamic_dims, golden, eager_golden, rtol, atol)
+
+
+def tensor_specs(
+    prepared: Prepared,
+    input_names: Sequence[str] | None,
+    dynamic_range: tuple[int, int] | None = None,
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output specs; output dims that change with the dynamic input size are dynamic.
+    With `dynamic_range`, input specs also carry the (min, max) every dynamic dim was declared with."""
+    p = prepared
+    outputs_dynamic = [set() for _ in p.eager_golden]
+    if any(p.dynamic_dims):
+        resized = fresh_inputs(
+            p.golden, p.dynamic_dims, seed=0, dynamic_size=p.golden[0].shape[0] + 1 if p.dynamic_dims[0] else None
+        )
+        for i, (a, b) in enumerate(zip(_run(p.model, resized), p.eager_golden)):
+            outputs_dynamic[i] = {d for d in range(min(a.dim(), b.dim())) if a.shape[d] != b.shape[d]}
+
+    names = list(input_names) if input_names else _input_names(p.model, len(p.example))
+    inputs_spec = []
+    for i, (t, dims) in enumerate(zip(p.example, p.dynamic_dims)):
+        spec = TensorSpec(names[i], dtype_name(t.dtype), [None if d in dims else s for d, s in enumerate(t.shape)])
+        if dynamic_range is not None:
+            spec.min_shape = [dynamic_range[0] if d in dims else s for d, s in enumerate(t.shape)]
+            spec.max_shape = [dynamic_range[1] if d in dims else s for d, s in enumerate(t.shape)]
+        inputs_spec.append(spec)
+    outputs_spec = [
+        TensorSpec(
+            f"output_{i}",
+            dtype_name(t.dtype),
+            [None if d in outputs_dynamic[i] else s for d, s in enumerate(t.shape)],
+        )
+        for i, t in enumerate(p.eager_golden)
+    ]
+    return inputs_spec, outputs_spec
+
+
+def build_manifest(
+    prepared: Prepared,
+    format: str,
+    method: str,
+    inputs_spec: list[TensorSpec],
+    outputs_spec: list[TensorSpec],
+    notes: list[str],
+    **fields: Any,
+) -> dict[str, Any]:
+    """The manifest both formats store (`fields` adds or overrides format-specific keys)."""
+    from torchbridge import __version__
+
+    manifest = {
+        "format": format,
+        "format_version": FORMAT_VERSION,
+        "torchbridge_version": __version__,
+        "torch_version": torch.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": type(prepared.model).__name__,
+        "method": method,
+        "optimized": False,
+        "quantized_engine": None,
+        "inputs": [s.to_json() for s in inputs_spec],
+        "outputs": [s.to_json() for s in outputs_spec],
+        "tolerance": {"rtol": prepared.rtol, "atol": prepared.atol},
+        "golden": {
+            "inputs": [f"torchbridge/golden/input_{i}.npy" for i in range(len(prepared.golden))],
+            "outputs": [f"torchbridge/golden/output_{i}.npy" for i in range(len(prepared.eager_golden))],
+        },
+        "notes": notes,
+    }
+    manifest.update(fields)
+    return manifest
+
+
+def extra_entries(manifest: dict[str, Any], prepared: Prepared) -> dict[str, bytes]:
+    """Archive entries holding the manifest and the golden example, by their manifest names."""
+    entries = {MANIFEST_ENTRY: json.dumps(manifest, indent=2).encode()}
+    for name, tensor in zip(manifest["golden"]["inputs"], prepared.golden):
+        entries[name] = _npy_bytes(tensor)
+    for name, tensor in zip(manifest["golden"]["outputs"], prepared.eager_golden):
+        entries[name] = _npy_bytes(tensor)
+    return entries
+
+
+def write_in_place(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(temporary) and move the result to `path` only once it returns.
+
+    The temporary file has the final name (archives use the file's stem as their top folder)
+    inside a private folder beside `path`, so a failed export never damages an existing file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        temporary = staging / path.name
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def format_for(path: str | os.PathLike, format: str | None) -> str:
+    """The format asked for, or the one the file name implies (.pt2 -> aoti, else torchscript)."""
+    if format is None:
+        return "aoti" if Path(path).suffix == ".pt2" else "torchscript"
+    if format not in FORMATS:
+        raise TorchbridgeError(f"format must be one of {', '.join(FORMATS)}, got '{format}'")
+    return format
+
+
+def export(
+    model: nn.Module,
+    example_inputs,
+    path: str | os.PathLike,
+    method: str = "auto",
+    dynamic_dims: Sequence[Sequence[int]] | None = None,
+    input_names: Sequence[str] | None = None,
+    optimize: bool = False,
+    rtol: float | None = None,
+    atol: float | None = None,
+    trace_checks: int = 4,
+    quantized_engine: str | None = None,
+    format: str | None = None,
+    **aoti_options: Any,
+) -> Artifact:
+    """Export `model` to an artifact at `path` and return it.
+
+    format: "torchscript" or "aoti" (an AOTInductor .pt2 package, see torchbridge.aoti.export_aoti,
+      which takes the `aoti_options`: dynamic_range, isa, inductor_configs, checks); default:
+      "aoti" when `path` ends in .pt2, else "torchscript".
+    method: "script" compiles the source (keeps control flow), "trace" records one run (checked
+      on fresh inputs against eager, refused when they differ), "auto" scripts and falls back to
+      a checked trace when scripting fails. The aoti format always uses torch.export.
+    dynamic_dims: per input, the dimensions of any size; default: dim 0 (batch) of every input.
+    optimize: freeze + torch.jit.optimize_for_inference, kept only if outputs stay within tolerance.
+    rtol, atol: the artifact-vs-eager tolerance stored in the manifest; rtol defaults to 1e-5,
+      atol to rtol x the largest |output| of the golden example.
+    The file is written next to `path` and moved into place only after it loads back, so a
+    failed export leaves an existing file untouched.
+    """
+    if format_for(path, format) == "aoti":
+        if method != "auto" or optimize or quantized_engine or trace_checks != 4:
+            raise TorchbridgeError(
+                "method, optimize, quantized_engine and trace_checks apply to TorchScript; the aoti format "
+                "uses torch.export and AOTInductor (see torchbridge.aoti.export_aoti for its options)"
+            )
+        from torchbridge.aoti import export_aoti
+
+        return export_aoti(model, example_inputs, path, dynamic_dims, input_names, rtol, atol, **aoti_options)
+    if aoti_options:
+        raise TorchbridgeError(
+            f"unexpected option(s) for TorchScript: {', '.join(sorted(aoti_options))} (they apply to format='aoti')"
+        )
+    if method not in METHODS:
+        raise TorchbridgeError(f"method must be one of {', '.join(METHODS)}, got '{method}'")
+    prepared = prepare(model, example_inputs, dynamic_dims, 1e-5 if rtol is None else rtol, atol)
+    model, example, dynamic_dims = prepared.model, prepared.example, prepared.dynamic_dims
+    golden, eager_golden, rtol, atol = prepared.golden, prepared.eager_golden, prepared.rtol, prepared.atol
+    quantized = _is_quantized(model)
+    engine = quantized_engine or (torch.backends.quantized.engine if quantized else None)
+    if engine is not None and engine not in torch.backends.quantized.supported_engines:
+        raise TorchbridgeError(
+            f"quantized_engine '{engine}' is not one of this torch's engines "
+            f"({', '.join(torch.backends.quantized.supported_engines)})"
+        )
 
     notes = []
     with expected_deprecations():
@@ -351,67 +519,17 @@ def export(
         if optimize and not quantized:
             module, optimized = _optimized(module, golden, eager_golden, rtol, atol, notes)
 
-        # Output specs: dims that change with the dynamic input size are dynamic.
-        outputs_dynamic = [set() for _ in eager_golden]
-        if any(dynamic_dims):
-            resized = fresh_inputs(
-                golden, dynamic_dims, seed=0, dynamic_size=golden[0].shape[0] + 1 if dynamic_dims[0] else None
-            )
-            for i, (a, b) in enumerate(zip(_run(model, resized), eager_golden)):
-                outputs_dynamic[i] = {d for d in range(min(a.dim(), b.dim())) if a.shape[d] != b.shape[d]}
+        inputs_spec, outputs_spec = tensor_specs(prepared, input_names)
+        fields = {"optimized": optimized, "quantized_engine": engine}
+        manifest = build_manifest(prepared, "torchscript", used, inputs_spec, outputs_spec, notes, **fields)
+        extra = extra_entries(manifest, prepared)
 
-        names = list(input_names) if input_names else _input_names(model, len(example))
-        inputs_spec = [
-            TensorSpec(names[i], dtype_name(t.dtype), [None if d in dims else s for d, s in enumerate(t.shape)])
-            for i, (t, dims) in enumerate(zip(example, dynamic_dims))
-        ]
-        outputs_spec = [
-            TensorSpec(
-                f"output_{i}",
-                dtype_name(t.dtype),
-                [None if d in outputs_dynamic[i] else s for d, s in enumerate(t.shape)],
-            )
-            for i, t in enumerate(eager_golden)
-        ]
-        from torchbridge import __version__
-
-        manifest = {
-            "format": "torchscript",
-            "format_version": FORMAT_VERSION,
-            "torchbridge_version": __version__,
-            "torch_version": torch.__version__,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "model": type(model).__name__,
-            "method": used,
-            "optimized": optimized,
-            "quantized_engine": engine,
-            "inputs": [s.to_json() for s in inputs_spec],
-            "outputs": [s.to_json() for s in outputs_spec],
-            "tolerance": {"rtol": rtol, "atol": atol},
-            "golden": {
-                "inputs": [f"torchbridge/golden/input_{i}.npy" for i in range(len(golden))],
-                "outputs": [f"torchbridge/golden/output_{i}.npy" for i in range(len(eager_golden))],
-            },
-            "notes": notes,
-        }
-        extra = {MANIFEST_ENTRY: json.dumps(manifest, indent=2)}
-        for name, tensor in zip(manifest["golden"]["inputs"], golden):
-            extra[name] = _npy_bytes(tensor)
-        for name, tensor in zip(manifest["golden"]["outputs"], eager_golden):
-            extra[name] = _npy_bytes(tensor)
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Saved under its final name (the archive's top folder is the file's stem) in a private
-        # folder beside the target, then moved into place once it loads back.
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
-            temporary = staging / path.name
+        def save(temporary: Path) -> None:
             torch.jit.save(module, str(temporary), _extra_files=extra)
             torch.jit.load(str(temporary))
-            os.replace(temporary, path)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+
+        path = Path(path)
+        write_in_place(path, save)
     return Artifact(path=path, manifest=manifest)
 
 
@@ -428,18 +546,37 @@ def _open_archive(path: Path) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
     except zipfile.BadZipFile as error:
-        raise TorchbridgeError(f"{path}: not a TorchScript artifact (expected a zip archive): {error}") from error
+        raise TorchbridgeError(
+            f"{path}: not a torchbridge artifact (expected a zip archive: TorchScript .pt or AOTInductor .pt2): {error}"
+        ) from error
 
 
 def _entry(archive: zipfile.ZipFile, name: str) -> str | None:
-    for entry in archive.namelist():
+    """The archive member for a torchbridge entry: '<top folder>/extra/<name>', or in a .pt2
+    '<top folder>/<name>' for the golden files."""
+    names = archive.namelist()
+    for entry in names:
         if entry.endswith("/extra/" + name):
             return entry
-    return None
+    root = names[0].split("/")[0] if names else ""
+    return f"{root}/{name}" if f"{root}/{name}" in names else None
+
+
+def artifact_format(path: str | os.PathLike) -> str:
+    """'torchscript' or 'aoti', read from the archive's records (as the C++ runtime does)."""
+    path = Path(path)
+    with _open_archive(path) as archive:
+        names = archive.namelist()
+        root = names[0].split("/")[0] if names else ""
+        if f"{root}/archive_format" in names and archive.read(f"{root}/archive_format") == b"pt2":
+            return "aoti"
+        if f"{root}/constants.pkl" in names:
+            return "torchscript"
+    raise TorchbridgeError(f"{path}: a zip archive that is neither TorchScript nor an AOTInductor package")
 
 
 def load_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The manifest stored in an artifact, or None for a plain TorchScript file."""
+    """The manifest stored in an artifact (.pt or .pt2), or None for a file exported without torchbridge."""
     path = Path(path)
     with _open_archive(path) as archive:
         entry = _entry(archive, MANIFEST_ENTRY)
@@ -449,7 +586,7 @@ def load_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def read_golden(path: str | os.PathLike, manifest: dict[str, Any] | None = None):
-    """(golden inputs, golden outputs) stored in an artifact."""
+    """(golden inputs, golden outputs) stored in an artifact (.pt or .pt2)."""
     path = Path(path)
     manifest = manifest or load_manifest(path)
     if manifest is None:
@@ -469,7 +606,17 @@ def open_artifact(path: str | os.PathLike) -> Artifact:
     path = Path(path)
     manifest = load_manifest(path)
     if manifest is None:
-        raise TorchbridgeError(
-            f"{path}: a TorchScript file without a torchbridge manifest (export it with torchbridge)"
-        )
+        raise TorchbridgeError(f"{path}: an artifact without a torchbridge manifest (export it with torchbridge)")
     return Artifact(path=path, manifest=manifest)
+
+
+def load_in_python(path: str | os.PathLike) -> tuple[str, Callable[..., Any]]:
+    """The artifact loaded by torch itself in this process, as (path name, callable):
+    ('torchscript', torch.jit.load) or ('aoti', torch._inductor.aoti_load_package)."""
+    path = Path(path)
+    if artifact_format(path) == "aoti":
+        from torchbridge.aoti import load_package
+
+        return "aoti", load_package(path)
+    with expected_deprecations():
+        return "torchscript", torch.jit.load(str(path))

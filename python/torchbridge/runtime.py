@@ -37,7 +37,7 @@ def _from_capsules(capsules) -> list[torch.Tensor]:
 class Runtime:
     """A loaded artifact, run by the C++ runtime.
 
-    >>> rt = Runtime("model.pt", device="cpu", threads=2)
+    >>> rt = Runtime("model.pt", device="cpu", threads=2)   # or "model.pt2" (AOTInductor)
     >>> y = rt(x)                 # a tensor, or a tuple for several outputs
 
     `threads` sets LibTorch's intra-op thread count for the whole process (Python's torch
@@ -56,6 +56,11 @@ class Runtime:
         return self._native.device
 
     @property
+    def format(self) -> str:
+        """'torchscript' (.pt) or 'aoti' (.pt2 AOTInductor package), read from the archive's records."""
+        return self._native.format
+
+    @property
     def input_specs(self) -> list[str]:
         from torchbridge.export import TensorSpec
 
@@ -71,7 +76,7 @@ class Runtime:
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def forward_submodule(self, name: str, *inputs) -> list[torch.Tensor]:
-        """Run one submodule ("layer1.0.conv1") of the artifact on the given inputs."""
+        """Run one submodule ("layer1.0.conv1") of a TorchScript artifact on the given inputs."""
         capsules = [_to_capsule(x, i) for i, x in enumerate(inputs)]
         return _from_capsules(self._native.forward_submodule(name, capsules))
 

@@ -2,10 +2,11 @@
 
 Paths compared, on the golden example stored in the artifact plus fresh random inputs:
   eager        the Python model (or, without one, the golden outputs it produced at export)
-  torchscript  the artifact loaded by torch.jit.load in this process
+  torchscript  a .pt loaded by torch.jit.load in this process
+  aoti         a .pt2 loaded by torch._inductor.aoti_load_package in this process
   cpp          the C++ runtime through the bindings (torchbridge.Runtime)
   cli          the torchbridge-run process (.npy in, .npy out)
-torchscript vs cpp/cli must agree exactly (same artifact, same thread count); eager vs the
+torchscript/aoti vs cpp/cli must agree exactly (same artifact, same thread count); eager vs the
 others within the artifact's tolerance.
 """
 
@@ -22,9 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchbridge._warnings import expected_deprecations
 from torchbridge.errors import ParityError, TorchbridgeError
-from torchbridge.export import _run, fresh_inputs, max_errors, open_artifact, within_tolerance
+from torchbridge.export import _run, fresh_inputs, load_in_python, max_errors, open_artifact, within_tolerance
 from torchbridge.hooks import LayerReport, diagnose_layers
 from torchbridge.runtime import Runtime, cli_path
 
@@ -114,7 +114,8 @@ def verify(
     raise_on_failure: bool = True,
     layers: bool = False,
 ) -> ParityReport:
-    """Compare eager Python, TorchScript in Python and the C++ runtime on one artifact.
+    """Compare eager Python, the artifact loaded by torch in Python (TorchScript or AOTInductor)
+    and the C++ runtime on one artifact (.pt or .pt2).
 
     model: the eager model the artifact came from; None compares against the golden outputs
       stored in the artifact (the eager outputs at export) on the golden example only.
@@ -132,6 +133,11 @@ def verify(
         )
     art = open_artifact(artifact)
     manifest = art.manifest
+    if layers and manifest.get("format") == "aoti":
+        raise TorchbridgeError(
+            f"{art.path}: layers=True needs a TorchScript artifact (.pt); a .pt2 is compiled whole and has no "
+            "submodules to run one by one"
+        )
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     rtol, atol = manifest["tolerance"]["rtol"], manifest["tolerance"]["atol"]
@@ -140,18 +146,21 @@ def verify(
         model = model.cpu().eval()
 
     runtime = Runtime(art.path, threads=threads)
-    with expected_deprecations():
-        scripted = torch.jit.load(str(art.path))
+    python_path, in_python = load_in_python(art.path)
     # Same warm-up as the C++ runtime, so both profiling executors run their optimized graphs.
     with torch.inference_mode():
         for _ in range(3):
-            scripted(*golden_inputs)
+            in_python(*golden_inputs)
 
     input_sets: list[tuple[str, list[torch.Tensor]]] = [("golden", golden_inputs)]
     dynamic_dims = [[d for d, s in enumerate(spec["shape"]) if s is None] for spec in manifest["inputs"]]
+    # A .pt2 accepts dynamic sizes only within the range declared at export.
+    specs = manifest["inputs"]
+    bounds = [spec["max_shape"][d] for spec, dims in zip(specs, dynamic_dims) for d in dims if "max_shape" in spec]
+    largest = min(bounds, default=1 << 30)
     if model is not None:
         for k in range(1, fresh + 1):
-            size = 1 + 2 * k if dynamic_dims and dynamic_dims[0] else None
+            size = min(1 + 2 * k, largest) if dynamic_dims and dynamic_dims[0] else None
             label = f"fresh {k}" + (f" (batch {size})" if size else "")
             input_sets.append((label, list(fresh_inputs(golden_inputs, dynamic_dims, seed=100 + k, dynamic_size=size))))
 
@@ -161,17 +170,17 @@ def verify(
             outputs: dict[str, list[torch.Tensor]] = {}
             outputs["eager"] = _run(model, inputs) if model is not None else golden_outputs
             with torch.inference_mode():
-                outputs["torchscript"] = _run(scripted, inputs)
+                outputs[python_path] = _run(in_python, inputs)
             outputs["cpp"] = [t.cpu() for t in runtime.forward(*inputs)]
             if cli:
                 outputs["cli"] = run_cli(art.path, inputs, threads, Path(workdir))
             checks = [
-                ("eager", "torchscript", rtol, atol),
+                ("eager", python_path, rtol, atol),
                 ("eager", "cpp", rtol, atol),
-                ("torchscript", "cpp", 0.0, 0.0),
+                (python_path, "cpp", 0.0, 0.0),
             ]
             if cli:
-                checks.append(("torchscript", "cli", 0.0, 0.0))
+                checks.append((python_path, "cli", 0.0, 0.0))
             for reference, candidate, r_tol, a_tol in checks:
                 expected, actual = outputs[reference], outputs[candidate]
                 if len(expected) != len(actual):

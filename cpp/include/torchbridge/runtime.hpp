@@ -23,9 +23,14 @@
 //   several threads at once on one Runtime.
 // - LibTorch keeps the intra-op thread count and the quantized engine per process: loading a
 //   Runtime with threads > 0 or a quantized artifact changes them for the whole process.
-// - An artifact is a TorchScript archive written by torchbridge.export (Python), carrying a
-//   manifest (input/output specs, tolerances, golden example). A plain TorchScript file without a
-//   manifest also loads; it then has no input specs, golden example or warm-up.
+// - An artifact is written by torchbridge.export (Python): a TorchScript archive (.pt) or an
+//   AOTInductor package (.pt2), told apart by the archive's records, not the file name. Both carry
+//   a manifest (input/output specs, tolerances, golden example). A plain TorchScript file or .pt2
+//   without a manifest also loads; it then has no input specs, golden example or warm-up.
+// - A .pt2 holds native code compiled for one torch release and CPU family; loading one runs that
+//   code, so load only trusted artifacts. The Runtime refuses a .pt2 whose manifest names another
+//   torch major.minor, CPU features this CPU lacks, or another device, and refuses inputs outside
+//   the dynamic range declared at export. forward_submodule/submodule_names are TorchScript-only.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -63,9 +68,15 @@ struct TensorSpec {
   std::string name;
   at::ScalarType dtype = at::ScalarType::Float;
   std::vector<int64_t> shape;
+  // Bounds per dimension (equal to shape on static ones), or empty: the dynamic range a .pt2 was
+  // compiled for. Inputs outside it are refused.
+  std::vector<int64_t> min_shape;
+  std::vector<int64_t> max_shape;
 
   std::string to_string() const;  // "x: float32[?, 1, 8, 8]"
   bool matches(const at::Tensor& tensor) const;
+  /// The first dimension of `tensor` outside [min_shape, max_shape], or -1.
+  int64_t out_of_range_dim(const at::Tensor& tensor) const;
 };
 
 /// The manifest torchbridge.export embeds in an artifact (archive entry torchbridge/manifest.json).
@@ -74,8 +85,8 @@ struct Manifest {
   int format_version = 0;
   std::string torchbridge_version;
   std::string torch_version;  // torch that exported the artifact
-  std::string format;         // "torchscript"
-  std::string method;         // "script" or "trace"
+  std::string format;         // "torchscript" or "aoti"
+  std::string method;         // "script", "trace" (TorchScript) or "export" (torch.export, .pt2)
   std::string model;          // the exported model's class name
   std::string quantized_engine;  // "" for float models, else "x86", "fbgemm", "qnnpack", ...
   std::vector<TensorSpec> inputs;
@@ -120,6 +131,8 @@ class Runtime {
   Runtime& operator=(const Runtime&) = delete;
 
   const std::string& path() const;
+  /// "torchscript" (.pt) or "aoti" (.pt2 AOTInductor package), read from the archive's records.
+  const std::string& format() const;
   const RuntimeOptions& options() const;
   const Manifest& manifest() const;
   at::Device device() const;
@@ -131,11 +144,12 @@ class Runtime {
 
   /// Runs forward on the submodule at a dotted path ("layer1.0.conv1"; "" is the model itself)
   /// without validation against the manifest. Error(kInput) if no such submodule exists (tracing
-  /// or freezing may have inlined it) or it has no forward method (a traced submodule never run).
+  /// or freezing may have inlined it) or it has no forward method (a traced submodule never run);
+  /// Error(kInvalidArgument) for a .pt2, which has no submodules.
   std::vector<at::Tensor> forward_submodule(const std::string& name,
                                             const std::vector<at::Tensor>& inputs) const;
 
-  /// Dotted names of every submodule, in definition order.
+  /// Dotted names of every submodule, in definition order (TorchScript; a .pt2 throws).
   std::vector<std::string> submodule_names() const;
 
   /// Throws Error(kInput) naming the expected spec when `inputs` do not match the manifest.
