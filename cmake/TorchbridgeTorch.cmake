@@ -2,8 +2,10 @@
 #
 # Why not find_package(Torch): the TorchConfig.cmake of PyPI's default (CUDA-enabled) torch wheel
 # stops at configure time without a CUDA toolkit, and with a partial toolkit the link fails later.
-# torchbridge's C++ code uses only the CPU/CUDA-agnostic API (CUDA kernels load at run time through
-# libtorch.so), so it needs headers and three libraries, found the same way for every LibTorch:
+# torchbridge's C++ code uses only the CPU/CUDA-agnostic API, so it needs headers and two libraries
+# (libtorch_cpu, libc10), found the same way for every LibTorch. It does not link libtorch.so: in a
+# CUDA build that pulls in libtorch_cuda and the CUDA libraries, about 270 MB of resident memory in
+# every process, GPU or not; the runtime loads libtorch_cuda.so itself when a CUDA device is asked for.
 #
 #   1. TORCHBRIDGE_TORCH_ROOT, a folder with include/torch/script.h and lib/ (a LibTorch);
 #   2. a LibTorch on CMAKE_PREFIX_PATH (the LibTorch folder itself, its share/cmake/Torch, or the
@@ -53,7 +55,7 @@ function(torchbridge_find_torch)
   endif()
 
   set(libraries "")
-  foreach(name torch torch_cpu c10)
+  foreach(name torch_cpu c10)
     find_library(lib_${name} NAMES ${name} PATHS "${root}/lib" NO_DEFAULT_PATH NO_CACHE)
     if(NOT lib_${name})
       message(FATAL_ERROR "torchbridge: ${root}/lib lacks lib${name}; is this a complete LibTorch?")
@@ -88,9 +90,9 @@ function(torchbridge_find_torch)
   set_target_properties(torchbridge::libtorch PROPERTIES
     INTERFACE_INCLUDE_DIRECTORIES "${root}/include;${root}/include/torch/csrc/api/include"
     INTERFACE_COMPILE_FEATURES "${standard}"
-    # --no-as-needed keeps libtorch.so (and through it the CUDA kernels of a CUDA build) linked
-    # even though our code calls no symbol defined there directly.
-    INTERFACE_LINK_LIBRARIES "-Wl,--no-as-needed;${libraries};-Wl,--as-needed")
+    # --no-as-needed keeps both linked (operators register from static initializers); dlopen loads
+    # libtorch_cuda.so for a CUDA device.
+    INTERFACE_LINK_LIBRARIES "-Wl,--no-as-needed;${libraries};-Wl,--as-needed;${CMAKE_DL_LIBS}")
   set(TORCHBRIDGE_TORCH_ROOT "${root}" CACHE PATH "LibTorch used by torchbridge" FORCE)
   set(TORCHBRIDGE_TORCH_VERSION "${version}" PARENT_SCOPE)
   set(TORCHBRIDGE_TORCH_LIBDIR "${root}/lib" PARENT_SCOPE)

@@ -39,6 +39,8 @@ struct Params {
   bool selftest = false;
   bool info = false;
   bool json = false;
+  bool optimize = true;
+  std::string precision = "fp32";
 };
 
 void print_help(std::ostream& out) {
@@ -59,6 +61,9 @@ void print_help(std::ostream& out) {
       << "  --seed N             seed for random inputs (default " << defaults.seed << ")\n"
       << "  --threads N          intra-op threads, 0 = LibTorch's default (default " << defaults.threads << ")\n"
       << "  --device D           cpu, cuda or cuda:N (default " << defaults.device << ")\n"
+      << "  --no-optimize        run the TorchScript module as loaded (default: freeze + optimize_for_inference)\n"
+      << "  --precision P        fp32, bf16 or fp16: the dtype float TorchScript models run in (default "
+      << defaults.precision << ")\n"
       << "  --info               print the artifact's manifest and submodules\n"
          "  --json               machine-readable output on stdout\n"
          "  -h, --help           this help\n"
@@ -113,6 +118,10 @@ bool parse_args(int argc, char** argv, Params& params) {
       params.threads = static_cast<int>(parse_int(arg, value(), 0));
     } else if (arg == "--device") {
       params.device = value();
+    } else if (arg == "--no-optimize") {
+      params.optimize = false;
+    } else if (arg == "--precision") {
+      params.precision = value();
     } else if (arg == "--info") {
       params.info = true;
     } else if (arg == "--json") {
@@ -198,6 +207,8 @@ int run(const Params& params) {
   torchbridge::RuntimeOptions options;
   options.device = params.device;
   options.threads = params.threads;
+  options.optimize = params.optimize;
+  options.precision = params.precision;
   const auto load_start = Clock::now();
   torchbridge::Runtime runtime(params.model, options);
   const double load_ms = ms_since(load_start);
@@ -205,7 +216,9 @@ int run(const Params& params) {
   std::ostringstream json;  // assembled as fields, printed as one object at the end
   json << "{\"model\": \"" << json_escape(params.model) << "\", \"format\": \"" << runtime.format()
        << "\", \"device\": \"" << json_escape(params.device)
-       << "\", \"threads\": " << at::get_num_threads() << ", \"load_ms\": " << json_number(load_ms);
+       << "\", \"threads\": " << at::get_num_threads() << ", \"load_ms\": " << json_number(load_ms)
+       << ", \"optimization\": \"" << json_escape(runtime.optimization()) << "\", \"precision\": \""
+       << json_escape(params.precision) << "\"";
 
   if (params.info) {
     if (params.json) {
@@ -229,6 +242,7 @@ int run(const Params& params) {
         if (!manifest.quantized_engine.empty()) std::cout << "  quantized engine: " << manifest.quantized_engine << "\n";
       }
       if (!aoti) std::cout << "  submodules: " << runtime.submodule_names().size() << "\n";
+      std::cout << "  at load: " << runtime.optimization() << ", precision " << params.precision << "\n";
     }
   }
 
@@ -326,6 +340,7 @@ int run(const Params& params) {
                     latencies.front());
         std::printf("  throughput %.1f samples/s   load %.1f ms   first call %.3f ms   peak RSS %.1f MB\n", throughput,
                     load_ms, first_ms, peak_rss_mb());
+        std::printf("  at load: %s, precision %s\n", runtime.optimization().c_str(), params.precision.c_str());
       }
     }
   }

@@ -95,15 +95,19 @@ PYBIND11_MODULE(_C, m) {
   });
 
   py::class_<torchbridge::Runtime>(m, "Runtime")
-      .def(py::init([](const std::string& path, const std::string& device, int threads, int warmup_runs) {
+      .def(py::init([](const std::string& path, const std::string& device, int threads, int warmup_runs, bool optimize,
+                       const std::string& precision) {
              torchbridge::RuntimeOptions options;
              options.device = device;
              options.threads = threads;
              options.warmup_runs = warmup_runs;
+             options.optimize = optimize;
+             options.precision = precision;
              py::gil_scoped_release release;
              return std::make_unique<torchbridge::Runtime>(path, options);
            }),
-           py::arg("path"), py::arg("device") = "cpu", py::arg("threads") = 0, py::arg("warmup_runs") = 3)
+           py::arg("path"), py::arg("device") = "cpu", py::arg("threads") = 0, py::arg("warmup_runs") = 3,
+           py::arg("optimize") = true, py::arg("precision") = "fp32")
       .def("forward",
            [](const torchbridge::Runtime& self, const std::vector<py::capsule>& inputs) {
              std::vector<at::Tensor> tensors = from_capsules(inputs);
@@ -151,6 +155,9 @@ PYBIND11_MODULE(_C, m) {
            })
       .def_property_readonly("path", &torchbridge::Runtime::path)
       .def_property_readonly("format", &torchbridge::Runtime::format)
+      .def_property_readonly("optimization", &torchbridge::Runtime::optimization)
+      .def_property_readonly("optimized", &torchbridge::Runtime::optimized)
+      .def_property_readonly("precision", [](const torchbridge::Runtime& self) { return self.options().precision; })
       .def_property_readonly("device", [](const torchbridge::Runtime& self) { return self.device().str(); })
       .def_property_readonly("manifest_json",
                              [](const torchbridge::Runtime& self) { return self.manifest().json; });

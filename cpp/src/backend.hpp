@@ -19,6 +19,10 @@ class Backend {
   virtual std::vector<at::Tensor> forward_submodule(const std::string& name,
                                                     const std::vector<at::Tensor>& inputs) const = 0;
   virtual std::vector<std::string> submodule_names() const = 0;
+  /// The speed passes applied at load ("" when none); drop_optimization() returns to the module
+  /// as loaded, e.g. when the optimized one misses the golden outputs.
+  virtual std::string optimization() const { return ""; }
+  virtual void drop_optimization() {}
 };
 
 // An AOTInductor package (.pt2); aoti_backend.cpp. Throws what LibTorch's loader throws.

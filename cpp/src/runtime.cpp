@@ -7,9 +7,13 @@
 #include <torch/script.h>
 #include <torch/version.h>
 
+#include <dlfcn.h>
+
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <mutex>
+#include <set>
 #include <sstream>
 
 #include "backend.hpp"
@@ -193,9 +197,34 @@ void flatten_outputs(const c10::IValue& value, std::vector<at::Tensor>& out) {
 // Loads TorchScript archives; AOTInductor packages load in aoti_backend.cpp.
 class TorchScriptBackend final : public Backend {
  public:
-  TorchScriptBackend(const std::string& path, const at::Device& device) {
-    module_ = torch::jit::load(path, device);
-    module_.eval();
+  // precision: the floating dtype the module runs in (kFloat keeps the artifact's own).
+  TorchScriptBackend(const std::string& path, const at::Device& device, at::ScalarType precision, bool optimize)
+      : path_(path), device_(device), precision_(precision) {
+    module_ = load();
+    if (!optimize) return;
+    try {
+      // The same passes as torch.jit.optimize_for_inference(torch.jit.freeze(m)) in Python;
+      // an artifact exported already frozen is only optimized.
+      // Freeze, let go of the module as loaded, then optimize: keeps the peak memory of load at two
+      // copies of the weights rather than three.
+      torch::jit::Module frozen =
+          module_._ivalue()->type()->hasAttribute("training") ? torch::jit::freeze(module_) : module_;
+      module_ = torch::jit::Module();
+      if (precision_ == at::kFloat) {
+        module_ = torch::jit::optimize_for_inference(frozen);
+        optimization_ = "freeze+optimize_for_inference";
+      } else {
+        // optimize_for_inference converts float32 only; bf16/fp16 convolutions run fastest on
+        // channels-last weights and inputs (oneDNN picks its AMX/AVX512 kernels).
+        module_ = frozen;
+        optimization_ = "freeze+channels_last";
+      }
+    } catch (const std::exception& error) {
+      // Freezing refuses modules that mutate their attributes, for example: run as loaded.
+      std::string message = error.what();
+      failure_ = message.substr(0, message.find('\n'));
+      module_ = load();
+    }
   }
 
   std::vector<at::Tensor> forward(const std::vector<at::Tensor>& inputs) const override {
@@ -204,8 +233,10 @@ class TorchScriptBackend final : public Backend {
 
   std::vector<at::Tensor> forward_submodule(const std::string& name,
                                             const std::vector<at::Tensor>& inputs) const override {
-    if (name.empty()) return forward(inputs);
-    for (const auto& item : module_.named_modules()) {
+    // Freezing inlines submodules, so they come from the module as loaded (read again on demand).
+    const torch::jit::Module& module = as_loaded();
+    if (name.empty()) return call(module, inputs);
+    for (const auto& item : module.named_modules()) {
       if (item.name != name) continue;
       // Tracing compiles forward only for the submodules it ran; calling another one must not
       // read as the model failing.
@@ -220,12 +251,38 @@ class TorchScriptBackend final : public Backend {
 
   std::vector<std::string> submodule_names() const override {
     std::vector<std::string> names;
-    for (const auto& item : module_.named_modules())
+    for (const auto& item : as_loaded().named_modules())
       if (!item.name.empty()) names.push_back(item.name);
     return names;
   }
 
+  std::string optimization() const override { return optimization_; }
+  const std::string& failure() const { return failure_; }
+
+  void drop_optimization() override {
+    if (optimization_.empty()) return;
+    module_ = load();
+    optimization_.clear();
+  }
+
  private:
+  torch::jit::Module load() const {
+    torch::jit::Module module = torch::jit::load(path_, device_);
+    module.eval();
+    if (precision_ != at::kFloat) {
+      module.to(precision_);
+      for (const auto& parameter : module.parameters())
+        if (parameter.dim() == 4) parameter.set_data(parameter.contiguous(at::MemoryFormat::ChannelsLast));
+    }
+    return module;
+  }
+
+  const torch::jit::Module& as_loaded() const {
+    if (optimization_.empty()) return module_;
+    std::call_once(as_loaded_once_, [this] { as_loaded_ = load(); });
+    return as_loaded_;
+  }
+
   static std::vector<at::Tensor> call(torch::jit::Module module, const std::vector<at::Tensor>& inputs) {
     std::vector<c10::IValue> arguments(inputs.begin(), inputs.end());
     std::vector<at::Tensor> outputs;
@@ -233,10 +290,41 @@ class TorchScriptBackend final : public Backend {
     return outputs;
   }
 
+  std::string path_;
+  at::Device device_;
+  at::ScalarType precision_;
+  std::string optimization_;  // empty: running the module as loaded
+  std::string failure_;       // why optimization was not possible
   // torch::jit::Module is a handle; its methods are not const, but running forward does not
   // mutate the module in eval mode, and the graph executor serializes its own compilation.
   mutable torch::jit::Module module_;
+  mutable torch::jit::Module as_loaded_;
+  mutable std::once_flag as_loaded_once_;
 };
+
+// libtorchbridge links libtorch_cpu only. Two things need more of LibTorch, loaded here from the
+// folder libtorch_cpu came from: a CUDA device needs libtorch_cuda.so (a CPU-only LibTorch has
+// none: CUDA then stays unavailable), and the code in an AOTInductor package links libtorch.so.
+// RTLD_GLOBAL: kernels register with the dispatcher and the symbols serve later libraries.
+void load_torch_library(const std::string& name) {
+  static std::mutex mutex;
+  static std::set<std::string> loaded;
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (!loaded.insert(name).second) return;
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(&at::get_num_threads), &info) == 0 || info.dli_fname == nullptr) return;
+  std::string folder = info.dli_fname;
+  folder = folder.substr(0, folder.find_last_of('/') + 1);
+  if (dlopen((folder + name).c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr)
+    std::fprintf(stderr, "torchbridge: cannot load %s (%s)\n", name.c_str(), dlerror());
+}
+
+at::ScalarType precision_from_name(const std::string& name) {
+  if (name == "fp32" || name == "float32") return at::kFloat;
+  if (name == "bf16" || name == "bfloat16") return at::kBFloat16;
+  if (name == "fp16" || name == "float16") return at::kHalf;
+  throw Error(ErrorCode::kInvalidArgument, "precision must be fp32, bf16 or fp16, got '" + name + "'");
+}
 
 }  // namespace
 
@@ -312,6 +400,8 @@ struct Runtime::Impl {
   std::unique_ptr<Backend> backend;
   std::vector<at::Tensor> golden_inputs;
   std::vector<at::Tensor> golden_outputs;
+  at::ScalarType precision = at::kFloat;
+  std::string optimization;
 };
 
 Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_(std::make_unique<Impl>()) {
@@ -323,6 +413,7 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
   } catch (const c10::Error&) {
     throw Error(ErrorCode::kInvalidArgument, "unknown device '" + options.device + "' (expected cpu, cuda or cuda:N)");
   }
+  if (impl_->device.is_cuda()) load_torch_library("libtorch_cuda.so");
   if (impl_->device.is_cuda() && !torch::cuda::is_available())
     throw Error(ErrorCode::kInvalidArgument, "device '" + options.device +
                                                  "' requested but CUDA is not available here (no GPU, or a CPU-only LibTorch)");
@@ -330,6 +421,7 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
     throw Error(ErrorCode::kInvalidArgument, "device '" + options.device + "' is not supported (expected cpu or cuda)");
   if (options.threads < 0)
     throw Error(ErrorCode::kInvalidArgument, "threads must be >= 0 (0 keeps the default), got " + std::to_string(options.threads));
+  impl_->precision = precision_from_name(options.precision);
 
   {
     std::ifstream file(path, std::ios::binary);
@@ -377,6 +469,10 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
     throw Error(ErrorCode::kArtifact, path + ": corrupt or truncated artifact: " + message);
   }
 
+  if (impl_->precision != at::kFloat && (impl_->format != "torchscript" || !impl_->manifest.quantized_engine.empty()))
+    throw Error(ErrorCode::kInvalidArgument,
+                path + ": precision '" + options.precision + "' applies to float TorchScript artifacts; " +
+                    (impl_->format == "aoti" ? "a .pt2 runs in the dtype it was compiled for" : "this one is quantized"));
   if (!impl_->manifest.quantized_engine.empty()) {
     if (!impl_->device.is_cpu())
       throw Error(ErrorCode::kInvalidArgument, path + ": quantized artifacts run on the CPU only (got device '" +
@@ -397,9 +493,18 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
 
   try {
     if (impl_->format == "aoti") {
+      load_torch_library("libtorch.so");
       impl_->backend = make_aoti_backend(path, impl_->device);
     } else {
-      impl_->backend = std::make_unique<TorchScriptBackend>(path, impl_->device);
+      // Quantized artifacts run as exported: their int8 kernels are already packed for the engine.
+      const bool quantized = !impl_->manifest.quantized_engine.empty();
+      auto backend = std::make_unique<TorchScriptBackend>(path, impl_->device, impl_->precision,
+                                                          options.optimize && !quantized);
+      impl_->optimization = !options.optimize   ? "none (optimize off)"
+                            : quantized         ? "none (quantized artifact: int8 kernels are prepacked already)"
+                            : backend->failure().empty() ? backend->optimization()
+                                                         : "none (freezing failed: " + backend->failure() + ")";
+      impl_->backend = std::move(backend);
     }
   } catch (const Error&) {
     throw;
@@ -413,10 +518,33 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
                                           "): " + message);
   }
 
-  // The profiling executor optimizes on the first calls; pay that here, not in the user's first call.
+  if (impl_->format == "aoti") impl_->optimization = "AOTInductor (compiled at export)";
+
+  // An optimized module must still give the golden outputs (within the manifest's tolerance, as
+  // fusion changes rounding); otherwise run the module as loaded and say why.
+  if (!impl_->backend->optimization().empty() && impl_->precision == at::kFloat && !impl_->golden_inputs.empty()) {
+    const SelftestReport check = selftest();
+    if (!check.passed) {
+      double worst = 0.0;
+      for (const auto& output : check.outputs) worst = std::max(worst, output.max_rel);
+      impl_->backend->drop_optimization();
+      std::ostringstream reason;
+      reason << "none (" << impl_->optimization << " missed the golden outputs: max rel " << worst << ")";
+      impl_->optimization = reason.str();
+    }
+  }
+
+  // The profiling executor optimizes on the first calls and oneDNN creates its kernels on the
+  // first call at each shape; pay both here, at the golden batch and at batch 1.
   if (options.warmup_runs > 0 && impl_->manifest.present) {
     const std::vector<at::Tensor> warmup = impl_->golden_inputs.empty() ? example_inputs() : impl_->golden_inputs;
     for (int i = 0; i < options.warmup_runs; ++i) forward(warmup);
+    const bool batch_dynamic = !impl_->manifest.inputs.empty() && !impl_->manifest.inputs[0].shape.empty() &&
+                               impl_->manifest.inputs[0].shape[0] < 0;
+    if (batch_dynamic && !warmup.empty() && warmup[0].dim() > 0 && warmup[0].size(0) != 1) {
+      const std::vector<at::Tensor> single = example_inputs(1);
+      for (int i = 0; i < options.warmup_runs; ++i) forward(single);
+    }
   }
 }
 
@@ -428,6 +556,8 @@ const std::string& Runtime::path() const { return impl_->path; }
 const std::string& Runtime::format() const { return impl_->format; }
 const RuntimeOptions& Runtime::options() const { return impl_->options; }
 const Manifest& Runtime::manifest() const { return impl_->manifest; }
+const std::string& Runtime::optimization() const { return impl_->optimization; }
+bool Runtime::optimized() const { return !impl_->backend->optimization().empty(); }
 at::Device Runtime::device() const { return impl_->device; }
 const std::vector<at::Tensor>& Runtime::golden_inputs() const { return impl_->golden_inputs; }
 const std::vector<at::Tensor>& Runtime::golden_outputs() const { return impl_->golden_outputs; }
@@ -471,9 +601,25 @@ std::vector<at::Tensor> Runtime::forward(const std::vector<at::Tensor>& inputs) 
   c10::InferenceMode guard;
   std::vector<at::Tensor> moved;
   moved.reserve(inputs.size());
-  for (const auto& input : inputs) moved.push_back(input.device() == impl_->device ? input : input.to(impl_->device));
+  const at::ScalarType precision = impl_->precision;
+  for (const auto& input : inputs) {
+    at::Tensor tensor = input.device() == impl_->device ? input : input.to(impl_->device);
+    if (precision != at::kFloat && at::isFloatingType(tensor.scalar_type())) {
+      tensor = tensor.to(precision);
+      if (tensor.dim() == 4) tensor = tensor.contiguous(at::MemoryFormat::ChannelsLast);
+    }
+    moved.push_back(std::move(tensor));
+  }
   try {
-    return impl_->backend->forward(moved);
+    if (precision == at::kFloat) return impl_->backend->forward(moved);
+    // Outputs go back to the dtype the manifest declares (float32 for a float model).
+    std::vector<at::Tensor> outputs = impl_->backend->forward(moved);
+    const auto& specs = impl_->manifest.outputs;
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      if (!at::isFloatingType(outputs[i].scalar_type())) continue;
+      outputs[i] = outputs[i].to(i < specs.size() ? specs[i].dtype : at::kFloat);
+    }
+    return outputs;
   } catch (const Error&) {
     throw;
   } catch (const std::exception& error) {
@@ -485,7 +631,11 @@ std::vector<at::Tensor> Runtime::forward(const std::vector<at::Tensor>& inputs) 
 std::vector<at::Tensor> Runtime::forward_submodule(const std::string& name, const std::vector<at::Tensor>& inputs) const {
   c10::InferenceMode guard;
   std::vector<at::Tensor> moved;
-  for (const auto& input : inputs) moved.push_back(input.to(impl_->device));
+  for (const auto& input : inputs) {
+    at::Tensor tensor = input.to(impl_->device);
+    if (impl_->precision != at::kFloat && at::isFloatingType(tensor.scalar_type())) tensor = tensor.to(impl_->precision);
+    moved.push_back(std::move(tensor));
+  }
   try {
     return impl_->backend->forward_submodule(name, moved);
   } catch (const Error&) {

@@ -165,7 +165,11 @@ TEST(forward_from_four_threads_at_once_gives_identical_results) {
 }
 
 TEST(forward_submodule_runs_one_layer) {
-  const Runtime runtime(kTinyMlp);
+  // Submodules run as loaded, so composing them equals the unoptimized forward bit for bit.
+  torchbridge::RuntimeOptions options;
+  options.optimize = false;
+  const Runtime runtime(kTinyMlp, options);
+  REQUIRE(Runtime(kTinyMlp).submodule_names() == std::vector<std::string>({"hidden", "act", "head"}));
   REQUIRE(runtime.submodule_names() == std::vector<std::string>({"hidden", "act", "head"}));
   const at::Tensor x = torchbridge::read_npy(tbtest::data_path("tiny_mlp_input.npy"));
   const at::Tensor hidden = runtime.forward_submodule("hidden", {x})[0];
@@ -214,6 +218,34 @@ TEST(two_inputs_two_outputs) {
   REQUIRE_EQ(report.outputs.size(), 2u);
   REQUIRE_ERROR(runtime.forward({x, index.to(at::kInt)}), ErrorCode::kInput, "input 1 must be index: int64[?]");
   REQUIRE_ERROR(runtime.forward({x}), ErrorCode::kInput, "(x: float32[?, 4], index: int64[?]), got 1");
+}
+
+TEST(float_torchscript_is_optimized_at_load_unless_turned_off) {
+  const Runtime optimized(kTinyMlp);
+  REQUIRE(optimized.optimized());
+  REQUIRE_EQ(optimized.optimization(), std::string("freeze+optimize_for_inference"));
+  torchbridge::RuntimeOptions options;
+  options.optimize = false;
+  const Runtime plain(kTinyMlp, options);
+  REQUIRE(!plain.optimized());
+  REQUIRE_EQ(plain.optimization(), std::string("none (optimize off)"));
+  const at::Tensor x = torchbridge::read_npy(tbtest::data_path("tiny_mlp_input.npy"));
+  REQUIRE_CLOSE(optimized.forward({x})[0], plain.forward({x})[0], optimized.manifest().rtol, optimized.manifest().atol);
+  // Submodules come from the module as loaded: freezing inlines them.
+  REQUIRE(optimized.submodule_names() == plain.submodule_names());
+}
+
+TEST(reduced_precision_returns_the_manifest_dtype) {
+  torchbridge::RuntimeOptions options;
+  options.precision = "bf16";
+  const Runtime runtime(kTinyMlp, options);
+  const at::Tensor x = torchbridge::read_npy(tbtest::data_path("tiny_mlp_input.npy"));
+  const at::Tensor y = runtime.forward({x})[0];
+  REQUIRE(y.scalar_type() == at::kFloat);
+  // bfloat16 keeps 8 bits of mantissa: about 1e-2 relative.
+  REQUIRE_CLOSE(y, torchbridge::read_npy(tbtest::data_path("tiny_mlp_output.npy")), 5e-2, 5e-2);
+  options.precision = "int4";
+  REQUIRE_ERROR(Runtime bad(kTinyMlp, options), ErrorCode::kInvalidArgument, "precision must be fp32, bf16 or fp16");
 }
 
 TEST(plain_torchscript_without_manifest_loads) {

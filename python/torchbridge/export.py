@@ -610,13 +610,20 @@ def open_artifact(path: str | os.PathLike) -> Artifact:
     return Artifact(path=path, manifest=manifest)
 
 
-def load_in_python(path: str | os.PathLike) -> tuple[str, Callable[..., Any]]:
+def load_in_python(path: str | os.PathLike, optimized: bool = False) -> tuple[str, Callable[..., Any]]:
     """The artifact loaded by torch itself in this process, as (path name, callable):
-    ('torchscript', torch.jit.load) or ('aoti', torch._inductor.aoti_load_package)."""
+    ('torchscript', torch.jit.load) or ('aoti', torch._inductor.aoti_load_package).
+
+    optimized: apply the passes the C++ runtime applies at load when `Runtime.optimized` is true
+    (torch.jit.freeze, then torch.jit.optimize_for_inference; the same LibTorch code), so that the
+    two can be compared bit for bit. Ignored for a .pt2."""
     path = Path(path)
     if artifact_format(path) == "aoti":
         from torchbridge.aoti import load_package
 
         return "aoti", load_package(path)
     with expected_deprecations():
-        return "torchscript", torch.jit.load(str(path))
+        module = torch.jit.load(str(path)).eval()
+        if optimized:  # freezes first unless the artifact was exported frozen, as in C++
+            module = torch.jit.optimize_for_inference(module)
+        return "torchscript", module

@@ -146,7 +146,8 @@ def verify(
         model = model.cpu().eval()
 
     runtime = Runtime(art.path, threads=threads)
-    python_path, in_python = load_in_python(art.path)
+    # The same passes the runtime applied at load, so that TorchScript-in-Python vs C++ stays exact.
+    python_path, in_python = load_in_python(art.path, optimized=runtime.optimized)
     # Same warm-up as the C++ runtime, so both profiling executors run their optimized graphs.
     with torch.inference_mode():
         for _ in range(3):

@@ -100,6 +100,14 @@ struct RuntimeOptions {
   std::string device = "cpu";  // "cpu", "cuda", "cuda:1"
   int threads = 0;             // intra-op threads for the process; 0 keeps LibTorch's default
   int warmup_runs = 3;         // forwards run at load on the golden example (0 disables)
+  /// TorchScript: freeze and run torch::jit::optimize_for_inference at load (folds BatchNorm into
+  /// convolutions, prepacks oneDNN weights, fuses conv+add+relu), kept only if the golden example
+  /// still matches within the manifest's tolerance. A .pt2 was optimized when it was compiled.
+  bool optimize = true;
+  /// "fp32" (default: the artifact's own dtype), "bf16" or "fp16": floating weights and inputs are
+  /// converted at load/call and outputs converted back. Faster where the CPU has bf16/fp16 units
+  /// (AMX, AVX512-BF16) or on a GPU; results differ from fp32 by about 1e-2 relative. TorchScript only.
+  std::string precision = "fp32";
 };
 
 /// How one output compares with its reference.
@@ -135,6 +143,11 @@ class Runtime {
   const std::string& format() const;
   const RuntimeOptions& options() const;
   const Manifest& manifest() const;
+  /// What load did to the model for speed, e.g. "freeze+optimize_for_inference", "none (optimize
+  /// off)", "none (quantized artifact)", or why an optimization was dropped.
+  const std::string& optimization() const;
+  /// True when forward runs a module optimized at load (the Python mirror applies the same passes).
+  bool optimized() const;
   at::Device device() const;
 
   /// Validates the inputs against the manifest's specs (count, dtype, shape; Error(kInput)),

@@ -1,0 +1,115 @@
+"""The C++ runtime's load-time speed options: optimization on by default, off on request,
+reduced precision, and the fallbacks when a model cannot be optimized."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import torchbridge as tb
+from conftest import THREADS, digits, run_cli, seeded
+from torchbridge.export import load_in_python
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    model = seeded(tb.models.digits_cnn)
+    path = tmp_path_factory.mktemp("options") / "cnn.pt"
+    tb.export(model, (digits(4),), path)
+    return model, path
+
+
+def test_float_torchscript_is_optimized_by_default_and_matches_python_exactly(cnn):
+    model, path = cnn
+    runtime = tb.Runtime(path, threads=THREADS)
+    assert runtime.optimized
+    assert runtime.optimization == "freeze+optimize_for_inference"
+    x = digits(16)
+    y = runtime(x)
+    # Folding BatchNorm into the convolutions changes rounding: within the manifest's tolerance of
+    # eager, and bit-identical to the same passes run by torch in Python.
+    tolerance = runtime.manifest["tolerance"]
+    with torch.inference_mode():
+        torch.testing.assert_close(y, model.eval()(x), rtol=tolerance["rtol"], atol=tolerance["atol"])
+        _, mirror = load_in_python(path, optimized=True)
+        assert torch.equal(y, mirror(x))
+    report = tb.verify(model, path, threads=THREADS, cli=False)
+    assert report.passed
+
+
+def test_optimize_off_runs_the_module_as_loaded(cnn):
+    _, path = cnn
+    runtime = tb.Runtime(path, threads=THREADS, optimize=False)
+    assert not runtime.optimized
+    assert runtime.optimization == "none (optimize off)"
+    x = digits(8)
+    _, loaded = load_in_python(path)
+    with torch.inference_mode():
+        assert torch.equal(runtime(x), loaded(x))
+
+
+def test_cli_reports_the_optimization_and_can_turn_it_off(cnn):
+    _, path = cnn
+    default = json.loads(run_cli(path, "--json", "--threads", str(THREADS)).stdout)
+    assert default["optimization"] == "freeze+optimize_for_inference"
+    plain = json.loads(run_cli(path, "--json", "--no-optimize", "--threads", str(THREADS)).stdout)
+    assert plain["optimization"] == "none (optimize off)"
+    bad = run_cli(path, "--precision", "int4")
+    assert bad.returncode == 2
+    assert "precision must be fp32, bf16 or fp16" in bad.stderr
+
+
+def test_bf16_precision_keeps_float32_outputs_close_to_fp32(cnn):
+    model, path = cnn
+    runtime = tb.Runtime(path, threads=THREADS, precision="bf16")
+    assert runtime.precision == "bf16"
+    assert runtime.optimization == "freeze+channels_last"
+    x = digits(32)
+    y = runtime(x)
+    assert y.dtype == torch.float32
+    with torch.inference_mode():
+        expected = model.eval()(x)
+    # bfloat16 keeps 8 bits of mantissa: logits move by about 1e-2 of their scale.
+    assert float((y - expected).abs().max()) <= 5e-2 * float(expected.abs().max())
+    assert int((y.argmax(1) == expected.argmax(1)).sum()) >= 30
+
+
+class Counter(nn.Module):
+    """Mutates an attribute in forward: freezing must keep it an attribute, not fold it."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.linear(x) * float(self.calls > 0)
+
+
+def test_a_module_with_mutable_state_survives_optimization(tmp_path):
+    model = seeded(Counter)
+    path = tmp_path / "counter.pt"
+    tb.export(model, (torch.randn(2, 4),), path, method="script")
+    runtime = tb.Runtime(path, threads=THREADS)
+    # Either optimized, or run as loaded with the reason; the outputs are right in both cases.
+    assert runtime.optimization == "freeze+optimize_for_inference" or runtime.optimization.startswith("none (")
+    x = torch.randn(5, 4)
+    with torch.inference_mode():
+        torch.testing.assert_close(runtime(x), model.eval()(x))
+    assert tb.verify(model, path, threads=THREADS, cli=False).passed
+
+
+def test_quantized_artifacts_run_as_exported(tmp_path):
+    model = seeded(tb.models.digits_mlp)
+    int8 = tb.quantize(model, mode="dynamic")
+    path = tmp_path / "mlp_int8.pt"
+    tb.export(int8, (digits(4),), path)
+    runtime = tb.Runtime(path, threads=THREADS)
+    assert runtime.optimization.startswith("none (quantized artifact")
+    with pytest.raises(tb.TorchbridgeError, match="applies to float TorchScript artifacts"):
+        tb.Runtime(path, threads=THREADS, precision="bf16")
+
