@@ -58,7 +58,7 @@ case "$command" in
     mkdir -p build
     ctest_build .venv-cpu build/cpp-cpu
     # Parity, bad input and the C++ consumer prove this build; the rest is the same Python code.
-    [ $# -gt 0 ] || set -- tests/test_parity.py tests/test_bad_input.py tests/test_cpp_app.py
+    [ $# -gt 0 ] || set -- tests/test_parity.py tests/test_bad_input.py tests/test_cpp_app.py tests/test_runtime_options.py
     .venv-cpu/bin/python -m pytest "$@"
     ;;
   *)
