@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import torchbridge as tb
-from torchbridge import bench
+from torchbridge.bench import as_dicts, runtime_latencies
 from torchbridge.prune import artifact_sizes, parameter_count, prune, prune_channels, sparsity_report
 
 
@@ -76,17 +76,15 @@ def main() -> int:
     artifacts = {name: Path(row["artifact"]) for name, row in variants.items()}
     timings = {}
     for threads in args.threads:
-        latencies = bench.runtime_latencies(artifacts, batch_sizes=(1,), threads=threads, runs=args.runs_batch1)
-        latencies += bench.runtime_latencies(
-            artifacts, batch_sizes=(32,), threads=threads, runs=args.runs_batch32, warmup=1
-        )
+        latencies = runtime_latencies(artifacts, batch_sizes=(1,), threads=threads, runs=args.runs_batch1)
+        latencies += runtime_latencies(artifacts, batch_sizes=(32,), threads=threads, runs=args.runs_batch32, warmup=1)
         p50 = {(r.path, r.batch): r.p50_ms for r in latencies}
         timings[str(threads)] = {
             "load_average_1min_after": os.getloadavg()[0],
             "speedup": {
                 name: {str(batch): p50[("dense", batch)] / p50[(name, batch)] for batch in (1, 32)} for name in variants
             },
-            "latency": bench.as_dicts(latencies),
+            "latency": as_dicts(latencies),
         }
         print(f"{threads} thread(s): timed", flush=True)
 

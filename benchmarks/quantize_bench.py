@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import torchbridge as tb
-from torchbridge import bench
+from torchbridge.bench import latency_table, runtime_latencies, speedups
 
 THREADS = 2
 BATCHES = (1, 32)
@@ -70,7 +70,7 @@ def measure(make, folder: Path, scale: float) -> dict:
     latencies = []
     for batch in BATCHES:
         count = max(3, round(runs[batch] * scale))
-        latencies += bench.runtime_latencies(
+        latencies += runtime_latencies(
             {name: art.path for name, art in artifacts.items()},
             batch_sizes=(batch,),
             threads=THREADS,
@@ -84,8 +84,8 @@ def measure(make, folder: Path, scale: float) -> dict:
         "sizes": {name: art.size_bytes for name, art in artifacts.items()},
         "optimized": artifacts["fp32 optimized"].manifest["optimized"],
         "latencies": latencies,
-        "speedup": bench.speedups(latencies, "fp32", "int8"),
-        "speedup_vs_optimized": bench.speedups(latencies, "fp32 optimized", "int8"),
+        "speedup": speedups(latencies, "fp32", "int8"),
+        "speedup_vs_optimized": speedups(latencies, "fp32 optimized", "int8"),
     }
 
 
@@ -133,7 +133,7 @@ def markdown(results: list[dict], command: str, load: tuple[float, float]) -> st
         )
     lines += ["", "Runs per path (p90 shows the noise of this shared machine):", "", "```"]
     for result in results:
-        lines += [result["title"], bench.latency_table(result["latencies"]), ""]
+        lines += [result["title"], latency_table(result["latencies"]), ""]
     lines += ["```", ""]
     return "\n".join(lines)
 

@@ -8,6 +8,7 @@ tb.export(model, example_inputs=(x,), path="model.pt")   # or "model.pt2": torch
 int8 = tb.quantize(model, mode="static")   # or "dynamic", "qat"; exports the same way
 y = tb.Runtime("model.pt", threads=2)(x)
 tb.verify(model, "model.pt")
+tb.bench(model, (x,), out_dir="bench")   # eager, TorchScript, LibTorch, C++, CLI, onnxruntime side by side
 """
 
 import os as _os
@@ -17,6 +18,7 @@ from importlib.metadata import version as _version
 import torch  # noqa: F401  (loads LibTorch before the native module)
 
 from torchbridge import aoti, data, hooks, models
+from torchbridge.bench import BenchReport, bench  # the function shadows the module: from torchbridge.bench import ...
 from torchbridge.errors import ExportError, NonFiniteError, ParityError, QuantizationError, TorchbridgeError
 from torchbridge.export import Artifact, TensorSpec, export, load_manifest
 from torchbridge.prune import SparsityReport, prune, prune_and_fine_tune, prune_channels
@@ -35,6 +37,7 @@ except PackageNotFoundError:  # running from a source tree without installing
 
 __all__ = [
     "Artifact",
+    "BenchReport",
     "ExportError",
     "NonFiniteError",
     "ParityError",
@@ -46,6 +49,7 @@ __all__ = [
     "TorchbridgeError",
     "TrainResult",
     "aoti",
+    "bench",
     "cmake_prefix_path",
     "data",
     "evaluate",

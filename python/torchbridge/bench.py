@@ -1,4 +1,4 @@
-"""Latency of the paths that can run one artifact, measured in one process run.
+"""Latency of the paths that can run one artifact, measured in one process run (tb.bench: all of them).
 
 Each path is timed in rounds that interleave the paths, after warm-up, so a noisy neighbour
 slows all of them alike; the medians (p50) and their ratios are the figures to compare.
@@ -6,13 +6,21 @@ slows all of them alike; the medians (p50) and their ratios are the figures to c
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
+import math
+import os
+import platform
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -208,3 +216,749 @@ def latency_table(results: list[Latency]) -> str:
 
 def as_dicts(results: list[Latency]) -> list[dict]:
     return [asdict(r) for r in results]
+
+
+# --- tb.bench: every path side by side -------------------------------------------------------
+
+#: Every path tb.bench can measure, in the order reports list them.
+PATHS = ("eager", "torchscript", "libtorch", "cpp", "cli", "onnxruntime", "pt2")
+#: The paths that need the eager model (eager itself, and the ONNX and .pt2 exports made from it).
+MODEL_PATHS = ("eager", "onnxruntime", "pt2")
+#: Measured unless `paths` says otherwise (pt2 only on request: compiling takes 10-20 s or more).
+DEFAULT_PATHS = ("eager", "torchscript", "libtorch", "cpp", "cli", "onnxruntime")
+#: onnxruntime must match eager within this relative tolerance (atol: ONNX_RTOL x max |eager output|).
+ONNX_RTOL = 1e-4
+#: Calls per batch size after the first ones in each isolated process, before its peak RSS is read.
+ISOLATED_CALLS = 5
+
+_ORDER = ("eager", "torchscript", "aoti", "libtorch", "cpp", "cli", "onnxruntime", "pt2")
+_WHAT = {
+    "eager": "the nn.Module in Python under torch.inference_mode()",
+    "torchscript": "torch.jit.load(model.pt) in Python",
+    "aoti": "torch._inductor.aoti_load_package(model.pt2) in Python",
+    "libtorch": "the bare LibTorch forward: the artifact loaded by torch in Python, a second object",
+    "cpp": "torchbridge.Runtime (C++ runtime) through the pybind11 bindings",
+    "cli": "torchbridge-run --bench --json, a separate process per batch size",
+    "onnxruntime": "onnxruntime InferenceSession (CPUExecutionProvider) on the torch.onnx export",
+    "pt2": "torchbridge.Runtime (C++ runtime) on an AOTInductor .pt2 export of the model",
+}
+
+
+def _progress(enabled: bool, message: str) -> None:
+    if enabled:
+        print(f"torchbridge bench: {message}", file=sys.stderr, flush=True)
+
+
+def _bare_libtorch(path: str | Path, runtime: Runtime | None) -> tuple[str, Callable[..., Any]]:
+    """The `libtorch` path: the artifact loaded by torch in this process as a separate object, with
+    the graph settings of `runtime`, the torchbridge.Runtime that cpp / libtorch compares it with
+    (None, as in the isolated worker: a Runtime's default settings). load_in_python takes those
+    settings in this one call, so that the ratio measures only torchbridge's own layer."""
+    return load_in_python(path)
+
+
+@dataclass
+class PathInfo:
+    """One path in a BenchReport: what runs, on which file, and its isolated-process figures.
+
+    load_ms, first_call_ms (per batch size) and the RSS figures come from a fresh process running
+    only this path (cli: torchbridge-run's own JSON); None, with `note` saying why, when that
+    process could not run it.
+    """
+
+    path: str
+    what: str
+    artifact: str | None = None
+    artifact_bytes: int | None = None
+    import_ms: float | None = None
+    load_ms: float | None = None
+    first_call_ms: dict[int, float] = field(default_factory=dict)
+    rss_after_import_mb: float | None = None
+    peak_rss_mb: float | None = None
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["first_call_ms"] = {str(b): v for b, v in self.first_call_ms.items()}
+        return data
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.1f}"
+    return f"{value:.{digits}g}" if abs(value) < 1 else f"{value:.{max(digits - 1, 1)}f}"
+
+
+def _size(num_bytes: int | None) -> str:
+    if num_bytes is None:
+        return "-"
+    if num_bytes >= 1024 * 1024:
+        return f"{num_bytes / (1024 * 1024):.1f} MiB"
+    return f"{num_bytes / 1024:.1f} KiB"
+
+
+@dataclass
+class BenchReport:
+    """What tb.bench measured: p50/p90 per path and batch size, the isolated-process figures per
+    path, the paths skipped and why, and the machine it ran on."""
+
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    paths: list[PathInfo]
+    latency: list[Latency]
+    skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return list(dict.fromkeys(r.batch for r in self.latency))
+
+    def info(self, path: str) -> PathInfo | None:
+        return next((p for p in self.paths if p.path == path), None)
+
+    def p50(self, path: str, batch: int) -> float | None:
+        return next((r.p50_ms for r in self.latency if r.path == path and r.batch == batch), None)
+
+    def ratios(self) -> dict[tuple[str, int], float]:
+        """p50 / the fastest path's p50 at the same batch size (the fastest: 1.0)."""
+        fastest = {b: min(r.p50_ms for r in self.latency if r.batch == b) for b in self.batch_sizes}
+        return {(r.path, r.batch): r.p50_ms / fastest[r.batch] for r in self.latency}
+
+    def derived(self) -> list[dict[str, Any]]:
+        """The comparisons the benchmark exists for, per batch size where they depend on it."""
+
+        def p50_ratio(a: str, b: str) -> dict[int, float]:
+            values = {}
+            for batch in self.batch_sizes:
+                x, y = self.p50(a, batch), self.p50(b, batch)
+                if x is not None and y is not None:
+                    values[batch] = x / y
+            return values
+
+        cpp = self.info("cpp")
+        first = {}
+        for batch in self.batch_sizes:
+            p50 = self.p50("cpp", batch)
+            if cpp is not None and batch in cpp.first_call_ms and p50:
+                first[batch] = cpp.first_call_ms[batch] / p50
+        cli, eager = self.info("cli"), self.info("eager")
+        rss = None
+        if cli and eager and cli.peak_rss_mb and eager.peak_rss_mb:
+            rss = cli.peak_rss_mb / eager.peak_rss_mb
+        checks = [
+            (
+                "cpp p50 / onnxruntime p50",
+                "below 1: the C++ runtime is faster than onnxruntime",
+                p50_ratio("cpp", "onnxruntime"),
+            ),
+            ("cpp p50 / eager p50", "below 1: the C++ runtime is faster than eager PyTorch", p50_ratio("cpp", "eager")),
+            (
+                "cpp p50 / libtorch p50",
+                "the overhead of torchbridge's layer over the bare LibTorch forward",
+                p50_ratio("cpp", "libtorch"),
+            ),
+            ("cpp first call / cpp p50", "near 1: the runtime's warm-up at load keeps the first call cheap", first),
+            ("cli RSS / eager-process RSS", "peak RSS of torchbridge-run over a Python process running eager", rss),
+        ]
+        return [{"check": c, "meaning": m, "value": v} for c, m, v in checks]
+
+    def _derived_lines(self) -> list[str]:
+        lines = []
+        for item in self.derived():
+            value = item["value"]
+            if isinstance(value, dict):
+                text = ", ".join(f"batch {b}: {v:.2f}" for b, v in value.items()) if value else "n/a"
+            else:
+                text = f"{value:.2f}" if value is not None else "n/a"
+            if text == "n/a":
+                measured = {r.path for r in self.latency} | {p.path for p in self.paths if p.peak_rss_mb}
+                missing = [p for p in item["check"].replace("/", " ").split() if p in PATHS and p not in measured]
+                if missing:
+                    text += f" ({missing[0]} {'skipped' if missing[0] in self.skipped else 'not measured'})"
+            lines.append(f"{item['check']}: {text}  ({item['meaning']})")
+        return lines
+
+    def _rows(self) -> list[list[str]]:
+        ratios = self.ratios()
+        rows = []
+        for batch in self.batch_sizes:
+            for r in (r for r in self.latency if r.batch == batch):
+                info = self.info(r.path) or PathInfo(r.path, "")
+                first = info.first_call_ms.get(batch)
+                rows.append(
+                    [
+                        str(batch),
+                        r.path,
+                        _fmt(r.p50_ms),
+                        _fmt(r.p90_ms),
+                        _fmt(r.throughput_per_s),
+                        f"{ratios[(r.path, batch)]:.2f}",
+                        _fmt(info.load_ms),
+                        _fmt(first),
+                        _fmt(first / r.p50_ms if first is not None else None),
+                        _fmt(info.peak_rss_mb),
+                        _size(info.artifact_bytes),
+                    ]
+                )
+        return rows
+
+    HEADER = (
+        "batch",
+        "path",
+        "p50 ms",
+        "p90 ms",
+        "samples/s",
+        "x fastest",
+        "load ms",
+        "first call ms",
+        "first/p50",
+        "peak RSS MB",
+        "artifact",
+    )
+
+    def table(self) -> str:
+        """The headline table as plain text, then the derived checks."""
+        rows = [list(self.HEADER), *self._rows()]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(self.HEADER))]
+        lines = [
+            "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+            for row in rows
+        ]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append("")
+        lines += self._derived_lines()
+        for path, reason in self.skipped.items():
+            lines.append(f"skipped {path}: {reason}")
+        lines += [note for note in self.notes if note.startswith("warning:")]
+        lines.append(f"measured on {self.machine['label']}")
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        m, s = self.machine, self.settings
+        out = [
+            f"# Every path side by side: {s['model']}",
+            "",
+            f"Measured on {m['label']}, {m['date']}; load average {m['loadavg_start'][0]:.2f} at the start, "
+            f"{m['loadavg_end'][0]:.2f} at the end; cores busy with other processes {_fmt(m['busy_cores_start'])} "
+            f"at the start, {_fmt(m['busy_cores_end'])} at the end. Absolute times are this machine's; compare "
+            "the ratios.",
+            f"Batch sizes {', '.join(map(str, self.batch_sizes))}; {s['warmup']} warm-up calls, then {s['runs']} "
+            "interleaved rounds per batch size.",
+            "",
+            "| " + " | ".join(self.HEADER) + " |",
+            "|" + "|".join("---" if i < 2 else "---:" for i in range(len(self.HEADER))) + "|",
+        ]
+        out += ["| " + " | ".join(row) + " |" for row in self._rows()]
+        out += ["", "x fastest: p50 / the fastest path's p50 at that batch size.", "", "## Derived checks", ""]
+        out += [f"- `{line.split(': ', 1)[0]}`: {line.split(': ', 1)[1]}" for line in self._derived_lines()]
+        out += ["", "## Paths", "", "| path | what runs | artifact | import ms | RSS after import MB | note |"]
+        out += ["|---|---|---|---:|---:|---|"]
+        for p in self.paths:
+            artifact = f"{Path(p.artifact).name} ({_size(p.artifact_bytes)})" if p.artifact else "-"
+            out.append(
+                f"| {p.path} | {p.what} | {artifact} | {_fmt(p.import_ms)} | {_fmt(p.rss_after_import_mb)} "
+                f"| {p.note or ''} |"
+            )
+        if self.skipped:
+            out += ["", "## Skipped", ""] + [f"- {path}: {reason}" for path, reason in self.skipped.items()]
+        out += ["", "## How it was measured", ""] + [f"- {note}" for note in self.notes]
+        return "\n".join(out) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        ratios = self.ratios()
+        latency = [{**asdict(r), "ratio_to_fastest": ratios[(r.path, r.batch)]} for r in self.latency]
+        derived = []
+        for item in self.derived():
+            value = item["value"]
+            derived.append(
+                {**item, "value": {str(b): v for b, v in value.items()} if isinstance(value, dict) else value}
+            )
+        return {
+            "machine": self.machine,
+            "settings": self.settings,
+            "paths": [p.to_dict() for p in self.paths],
+            "latency": latency,
+            "derived": derived,
+            "skipped": self.skipped,
+            "notes": self.notes,
+        }
+
+    def write(self, out_dir: str | Path) -> list[Path]:
+        """bench.json, bench.md and (with matplotlib) bench.png into `out_dir`."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        png_note = write_png(self, out_dir / "bench.png")
+        if png_note:
+            self.notes.append(png_note)
+        (out_dir / "bench.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        (out_dir / "bench.md").write_text(self.markdown())
+        written = [out_dir / "bench.json", out_dir / "bench.md"]
+        return written + ([out_dir / "bench.png"] if not png_note else [])
+
+
+def write_png(report: BenchReport, path: str | Path) -> str | None:
+    """Grouped bars of p50 per path, one panel per batch size, ratio to the fastest on each bar.
+    Returns None when written, else a note saying why not (matplotlib missing)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return "bench.png not written: matplotlib is not installed (pip install 'torchbridge[bench]')"
+    batches = report.batch_sizes
+    if not batches:
+        return "bench.png not written: no path was timed"
+    ratios = report.ratios()
+    order = [p for p in [*PATHS, "aoti"] if any(r.path == p for r in report.latency)]
+    colors = {p: f"C{i}" for i, p in enumerate(order)}
+    figure = Figure(figsize=(max(6.0, 3.2 * len(batches) + 1.5), 4.6), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(batches), squeeze=False)[0]
+    for ax, batch in zip(axes, batches):
+        names = [p for p in order if report.p50(p, batch) is not None]
+        values = [report.p50(p, batch) for p in names]
+        bars = ax.bar(range(len(names)), values, color=[colors[n] for n in names])
+        for bar, name in zip(bars, names):
+            ax.annotate(
+                f"{ratios[(name, batch)]:.2f}x",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_title(f"batch {batch}")
+        ax.set_ylabel("p50 latency (ms)")
+        ax.margins(y=0.15)
+    figure.suptitle(
+        f"{report.settings['model']}: p50 per path (x fastest on the bars)\n{report.machine['label']}", fontsize=9
+    )
+    figure.savefig(path, dpi=120)
+    return None
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    """CPU model (/proc/cpuinfo), core count, versions and thread count; loadavg and date are added by bench."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        from importlib.metadata import version
+
+        torchbridge_version = version("torchbridge")
+    except Exception:
+        torchbridge_version = "unknown"
+    cores = os.cpu_count()
+    return {
+        "cpu": cpu,
+        "cores": cores,
+        "torch": torch.__version__,
+        "torchbridge": torchbridge_version,
+        "python": platform.python_version(),
+        "threads": threads,
+        "label": f"{cpu}, {cores} cores, torch {torch.__version__}, {threads} threads",
+    }
+
+
+def busy_cores(seconds: float = 1.0) -> float | None:
+    """How many cores other processes kept busy over `seconds` while this one sleeps (/proc/stat);
+    None where /proc/stat is missing. Unlike the load average it does not count this process's
+    own recent work, e.g. the benchmark that ran just before."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            values = [int(v) for v in stat.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+        return sum(values), values[3] + values[4]
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (1.0 - (idle1 - idle0) / (total1 - total0))
+
+
+def _check_paths(paths, have_model: bool) -> list[str]:
+    if paths is None:
+        return [p for p in DEFAULT_PATHS if have_model or p not in MODEL_PATHS]
+    if isinstance(paths, str):
+        paths = [p.strip() for p in paths.split(",") if p.strip()]
+    paths = list(dict.fromkeys(paths))
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown:
+        raise TorchbridgeError(f"unknown path {', '.join(map(repr, unknown))}: choose from {', '.join(PATHS)}")
+    if not paths:
+        raise TorchbridgeError(f"no path to measure: choose from {', '.join(PATHS)}")
+    need = [p for p in paths if p in MODEL_PATHS]
+    if need and not have_model:
+        raise TorchbridgeError(f"path {', '.join(need)} needs the eager model (model= / --model), not only an artifact")
+    return paths
+
+
+def _onnx_export(model: nn.Module, example: tuple[torch.Tensor, ...], dynamic: list[list[int]], path: Path) -> None:
+    """torch.onnx.export with torch.export underneath (dynamo=True, the non-deprecated exporter in
+    torch 2.9+), the dynamic dims of the .pt artifact dynamic here too (one shared batch dim)."""
+    batch = torch.export.Dim("batch", min=1)
+    shapes = []
+    for i, dims in enumerate(dynamic):
+        shapes.append({d: batch if d == 0 else torch.export.Dim(f"input{i}_dim{d}", min=1) for d in dims} or None)
+    torch.onnx.export(
+        model,
+        example,
+        str(path),
+        dynamo=True,
+        external_data=False,  # one file, like the other artifacts (fine below 2 GB)
+        verbose=False,  # torch.onnx prints each export stage otherwise
+        input_names=[f"input_{i}" for i in range(len(example))],
+        dynamic_shapes=tuple(shapes),
+    )
+
+
+def _onnx_session(path: Path, threads: int):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _isolated(spec: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    worker = Path(__file__).with_name("_bench_worker.py")
+    spec = {**spec, "result": str(scratch / f"result_{spec['path']}_{spec['tag']}.json")}
+    try:
+        completed = subprocess.run(
+            [sys.executable, str(worker), json.dumps(spec)], capture_output=True, text=True, timeout=1800
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": "the isolated process took over 30 minutes"}
+    result_file = Path(spec["result"])
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    tail = (completed.stderr or completed.stdout).strip().splitlines()[-1:] or ["no output"]
+    return {"error": f"the isolated process exited with {completed.returncode}: {tail[0]}"}
+
+
+def bench(
+    model: nn.Module | None = None,
+    example_inputs=None,
+    artifact: str | Path | None = None,
+    batch_sizes=(1, 32),
+    threads: int = 2,
+    runs: int = 50,
+    warmup: int = 10,
+    paths=None,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    name: str | None = None,
+) -> BenchReport:
+    """Every way to run one model side by side: latency, load time, first call, memory, size.
+
+    model, example_inputs: the eager model (put in eval mode) and an example input (tuple) to
+      export from; artifact: a .pt (or .pt2) to run; without it the model is exported to
+      `out_dir`/model.pt (or a temporary folder) with tb.export's default settings.
+    paths: any of PATHS (default DEFAULT_PATHS; with only an artifact, those that need no model):
+      eager, torchscript (torch.jit.load in Python; for a .pt2, torch's AOTInductor loader, named
+      'aoti'), libtorch (the same as a separate object: the bare LibTorch forward the C++ runtime
+      wraps), cpp (torchbridge.Runtime), cli (torchbridge-run), onnxruntime (skipped with a note when
+      onnxruntime is missing or its outputs differ from eager), pt2 (the C++ runtime on an
+      AOTInductor export; compiles for 10 s or more).
+    The in-process paths are timed interleaved round-robin after warm-up, `runs` rounds per batch
+    size; the cli process runs after each batch size's rounds. Load time, first call and peak RSS
+    come from a fresh process per path running only that path. Inputs are random, from the
+    artifact's manifest. With out_dir, writes bench.json, bench.md and bench.png there.
+    Progress goes to stderr, one line per phase (progress=False: none). name: the report's title
+    (default: the model's class name, or the artifact's file name).
+    """
+    from torchbridge.export import (
+        _as_tuple,
+        artifact_format,
+        default_atol,
+        export,
+        flatten_outputs,
+        max_errors,
+        within_tolerance,
+    )
+
+    batch_sizes = [int(b) for b in batch_sizes]
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise TorchbridgeError(f"batch sizes must be positive integers, got {batch_sizes}")
+    if threads < 1 or runs < 1 or warmup < 0:
+        raise TorchbridgeError(f"need threads >= 1, runs >= 1, warmup >= 0 (got {threads}, {runs}, {warmup})")
+    if model is None and artifact is None:
+        raise TorchbridgeError("bench needs a model (with example_inputs) or an artifact")
+    selected = _check_paths(paths, model is not None)
+    if artifact is not None and not Path(artifact).is_file():
+        raise TorchbridgeError(f"{artifact}: no such artifact file")
+    example = None
+    if model is not None:
+        if example_inputs is None:
+            raise TorchbridgeError("bench with a model needs example_inputs (a tensor or a tuple of tensors)")
+        example = _as_tuple(example_inputs)
+        model.eval()
+
+    loadavg_start = os.getloadavg()
+    busy_start = busy_cores()
+    machine = machine_info(threads)
+    skipped: dict[str, str] = {}
+    notes: list[str] = []
+    with contextlib.ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="torchbridge-bench-")))
+        work = Path(out_dir) if out_dir is not None else scratch
+        work.mkdir(parents=True, exist_ok=True)
+        if artifact is None:
+            artifact = work / "model.pt"
+            _progress(progress, f"exporting {type(model).__name__} to {artifact}")
+            export(model, example, artifact)
+        artifact = Path(artifact)
+        torch.set_num_threads(threads)
+        runtime = Runtime(artifact, threads=threads)
+        manifest = runtime.manifest or {}
+        dynamic = [[d for d, n in enumerate(spec["shape"]) if n is None] for spec in manifest.get("inputs", [])]
+        python_name = "aoti" if artifact_format(artifact) == "aoti" else "torchscript"
+        inputs_by_batch = {}
+        for batch in batch_sizes:
+            inputs = runtime.example_inputs(dynamic_size=batch, seed=0)
+            if inputs and inputs[0].dim() and inputs[0].shape[0] != batch:
+                raise TorchbridgeError(
+                    f"{artifact} takes a fixed batch of {inputs[0].shape[0]} (no dynamic dim 0): "
+                    f"use batch sizes ({inputs[0].shape[0]},)"
+                )
+            inputs_by_batch[batch] = inputs
+            torch.save(inputs, scratch / f"inputs_{batch}.pt")
+
+        files: dict[str, Path] = {}
+        callables: dict[str, Callable[[list[torch.Tensor]], object]] = {}
+        if "eager" in selected:
+            callables["eager"] = lambda inputs: model(*inputs)
+        if "torchscript" in selected:
+            python_name, in_python = load_in_python(artifact)
+            callables[python_name] = lambda inputs: in_python(*inputs)
+            files[python_name] = artifact
+        if "libtorch" in selected:
+            _, bare = _bare_libtorch(artifact, runtime)
+            callables["libtorch"] = lambda inputs: bare(*inputs)
+            files["libtorch"] = artifact
+        if "cpp" in selected:
+            callables["cpp"] = lambda inputs: runtime.forward(*inputs)
+            files["cpp"] = artifact
+        if "cli" in selected:
+            files["cli"] = artifact
+
+        session = None
+        if "onnxruntime" in selected:
+            try:
+                import onnxruntime  # noqa: F401
+            except ImportError as error:
+                skipped["onnxruntime"] = f"onnxruntime does not import ({error}); pip install 'torchbridge[onnx]'"
+            else:
+                onnx_path = work / "model.onnx"
+                _progress(progress, f"exporting to ONNX ({onnx_path})")
+                try:
+                    _onnx_export(model, example, dynamic or [[0]] * len(example), onnx_path)
+                    session = _onnx_session(onnx_path, threads)
+                except Exception as error:
+                    skipped["onnxruntime"] = f"ONNX export or load failed: {str(error).strip().splitlines()[0]}"
+                    session = None
+        if "pt2" in selected:
+            pt2_path = work / "model.pt2"
+            _progress(progress, f"exporting to AOTInductor ({pt2_path}; compiling takes 10 s or more)")
+            try:
+                export(model, example, pt2_path)
+                pt2_runtime = Runtime(pt2_path, threads=threads)
+                callables["pt2"] = lambda inputs: pt2_runtime.forward(*inputs)
+                files["pt2"] = pt2_path
+            except TorchbridgeError as error:
+                skipped["pt2"] = f"AOTInductor export failed: {str(error).strip().splitlines()[0]}"
+
+        if session is not None:
+            names = [i.name for i in session.get_inputs()]
+            for batch, inputs in inputs_by_batch.items():
+                with torch.inference_mode():
+                    expected = [t.detach() for t in flatten_outputs(model(*inputs))]
+                try:
+                    actual = [
+                        torch.from_numpy(a) for a in session.run(None, {n: x.numpy() for n, x in zip(names, inputs)})
+                    ]
+                except Exception as error:
+                    skipped["onnxruntime"] = (
+                        f"onnxruntime failed at batch {batch}: {str(error).strip().splitlines()[0]}"
+                    )
+                    break
+                atol = default_atol(expected, ONNX_RTOL)
+                if len(actual) != len(expected) or not all(
+                    within_tolerance(a, e, ONNX_RTOL, atol) for a, e in zip(actual, expected)
+                ):
+                    worst = max(max_errors(a, e)[0] for a, e in zip(actual, expected))
+                    skipped["onnxruntime"] = (
+                        f"outputs differ from eager at batch {batch} (max abs error {worst:.3g}, "
+                        f"tolerance rtol {ONNX_RTOL:g}, atol {atol:.3g})"
+                    )
+                    break
+            else:
+                files["onnxruntime"] = work / "model.onnx"
+                callables["onnxruntime"] = lambda inputs, s=session, n=names: s.run(
+                    None, {k: x.numpy() for k, x in zip(n, inputs)}
+                )
+            if "onnxruntime" in skipped:
+                session = None
+
+        latency: list[Latency] = []
+        cli_runs: dict[int, dict] = {}
+        for batch in batch_sizes:
+            inputs = inputs_by_batch[batch]
+            timed = {name: (lambda fn=fn, inputs=inputs: fn(inputs)) for name, fn in callables.items()}
+            if timed:
+                _progress(progress, f"timing batch {batch}: {', '.join(timed)} ({warmup} warm-up + {runs} rounds)")
+                with torch.inference_mode():
+                    samples = time_interleaved(timed, runs, warmup)
+                latency += [summarize(name, batch, values) for name, values in samples.items()]
+            if "cli" in selected:
+                _progress(progress, f"timing batch {batch}: torchbridge-run process ({warmup} warm-up + {runs} runs)")
+                cli_runs[batch] = cli_bench(artifact, batch, runs, warmup, threads)
+                process = cli_runs[batch]["bench"]
+                latency.append(
+                    Latency(
+                        "cli",
+                        batch,
+                        runs,
+                        process["p50_ms"],
+                        process["p90_ms"],
+                        process["mean_ms"],
+                        process["throughput_per_s"],
+                    )
+                )
+
+        infos: list[PathInfo] = []
+        order = [p for p in _ORDER if p in callables or (p == "cli" and cli_runs)]
+        rank = {p: i for i, p in enumerate(order)}
+        latency.sort(key=lambda r: (batch_sizes.index(r.batch), rank[r.path]))
+        eager_pickle = scratch / "model.pkl"
+        for path_name in order:
+            file = files.get(path_name)
+            info = PathInfo(
+                path_name, _WHAT[path_name], str(file) if file else None, file.stat().st_size if file else None
+            )
+            if path_name == "cli":
+                first_run = cli_runs[batch_sizes[0]]
+                info.load_ms = first_run.get("load_ms")
+                info.first_call_ms = {b: r.get("first_call_ms") for b, r in cli_runs.items()}
+                info.peak_rss_mb = max(r.get("peak_rss_mb", 0.0) for r in cli_runs.values())
+                info.note = (
+                    "torchbridge-run's own load_ms, first_call_ms (one process per batch size), peak_rss_mb (max)"
+                )
+                infos.append(info)
+                continue
+            spec = {
+                "path": {"pt2": "cpp"}.get(path_name, path_name),
+                "tag": path_name,
+                "file": str(file) if file else None,
+                "threads": threads,
+                "batch_sizes": batch_sizes,
+                "inputs": {str(b): str(scratch / f"inputs_{b}.pt") for b in batch_sizes},
+                "calls": ISOLATED_CALLS,
+            }
+            if path_name == "eager":
+                reason = None
+                in_main = sorted({type(m).__name__ for m in model.modules() if type(m).__module__ == "__main__"})
+                if in_main:
+                    reason = (
+                        f"{', '.join(in_main)} defined in __main__, which a fresh process cannot import to "
+                        "unpickle the model: define the model's classes in a module"
+                    )
+                else:
+                    try:
+                        torch.save(model, eager_pickle)
+                    except Exception as error:
+                        reason = f"torch.save(model) failed: {str(error).strip().splitlines()[0]}"
+                if reason:
+                    info.note = reason
+                    infos.append(info)
+                    continue
+                spec["file"] = str(eager_pickle)
+                spec["modules"] = sorted({type(m).__module__ for m in model.modules()})
+            _progress(progress, f"isolated run: {path_name} alone in a fresh process")
+            result = _isolated(spec, scratch)
+            if "error" in result:
+                info.note = f"isolated process failed: {result['error']}"
+            else:
+                info.import_ms = result["import_ms"]
+                info.load_ms = result["load_ms"]
+                info.first_call_ms = {int(b): v for b, v in result["first_call_ms"].items()}
+                info.rss_after_import_mb = result["rss_after_import_mb"]
+                info.peak_rss_mb = result["peak_rss_mb"]
+            infos.append(info)
+
+    notes += [
+        "In-process paths (all but cli) run in this one process with the same inputs (random, from the "
+        f"artifact's manifest, seed 0) under torch.inference_mode(): {warmup} warm-up calls each, then {runs} "
+        "rounds of one call per path, round-robin, so that machine noise hits every path alike.",
+        f"cli: a separate torchbridge-run process per batch size ({warmup} warm-up + {runs} runs, same thread "
+        "count), run right after that batch size's in-process rounds.",
+        "load ms, first call ms, peak RSS: a fresh Python process per path running only that path "
+        f"(torch.set_num_threads({threads})); first call: the first forward at each batch size, in the order "
+        f"{', '.join(map(str, batch_sizes))}, so only the first is the first call after load; peak RSS: "
+        f"VmHWM after {ISOLATED_CALLS} more calls per batch size (not ru_maxrss, which a child inherits from "
+        "this process on Linux). cli: torchbridge-run's own figures.",
+        "cpp and pt2 load times include the runtime's 3 warm-up forwards on the golden example (its default).",
+        "The eager, torchscript/aoti and onnxruntime processes import only torch (and onnxruntime, and for eager "
+        "the modules defining the model); libtorch and cpp import torchbridge, which imports Lightning: see "
+        "'RSS after import'.",
+    ]
+    if "onnxruntime" in callables:
+        import onnxruntime
+
+        notes.append(
+            f"onnxruntime {onnxruntime.__version__}: torch.onnx.export(dynamo=True) with the batch dim dynamic; "
+            "CPUExecutionProvider, intra_op_num_threads="
+            f"{threads}, inter_op_num_threads=1; outputs checked against eager at every batch size before timing "
+            f"(rtol {ONNX_RTOL:g}, atol {ONNX_RTOL:g} x max |eager output|)."
+        )
+    if python_name == "aoti" and "torchscript" in selected:
+        notes.append(
+            "The artifact is a .pt2: the torchscript path runs torch's AOTInductor loader, reported as 'aoti'."
+        )
+    cores = os.cpu_count() or 1
+    busy_end = busy_cores()
+    busy = max((b for b in (busy_start, busy_end) if b is not None), default=0.0)
+    if busy > max(cores - threads, 0) + 0.25:
+        notes.insert(
+            0,
+            f"warning: other processes kept {busy:.1f} of {cores} cores busy (at the start {_fmt(busy_start)}, "
+            f"at the end {_fmt(busy_end)}) while {threads} threads were timed; OpenMP threads wait on descheduled "
+            "ones, so the figures can be several times too slow and scattered. Rerun on a quiet machine.",
+        )
+    machine.update(
+        busy_cores_start=busy_start,
+        busy_cores_end=busy_end,
+        loadavg_start=list(loadavg_start),
+        loadavg_end=list(os.getloadavg()),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+    settings = {
+        "model": name or (type(model).__name__ if model is not None else Path(artifact).name),
+        "artifact": str(artifact),
+        "batch_sizes": batch_sizes,
+        "threads": threads,
+        "runs": runs,
+        "warmup": warmup,
+        "paths": selected,
+    }
+    report = BenchReport(machine, settings, infos, latency, skipped, notes)
+    if out_dir is not None:
+        report.write(out_dir)
+    return report

@@ -260,24 +260,102 @@ def cmd_info(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from torchbridge.bench import as_dicts, compare_artifacts, ratio_table
+def bench_model(name: str, weights: str | None, input_shape: tuple[int, ...] | None):
+    """The model and example input (batch 2) for `torchbridge bench --model`.
 
+    input_shape is one sample's shape (C,H,W for images). Built-in digits models default to
+    1,8,8. torchvision names default to 3,224,224: a channel count of 3 gives torchvision's own
+    ImageNet architecture (1000 classes, random weights); any other (1,8,8 as `torchbridge export`
+    builds it) gives the stem adapted to small images, with 10 classes.
+    """
+    from torchbridge import models
+    from torchbridge.train import load_weights
+
+    digits_shape = (1, 8, 8)
+    if name in models.BUILTIN or ":" in name:
+        model = resolve_model(name, weights)
+        shape = input_shape or digits_shape
+    else:
+        shape = input_shape or (3, 224, 224)
+        imagenet = shape[0] == 3
+        model = models.torchvision_model(
+            name, num_classes=1000 if imagenet else 10, in_channels=None if imagenet else shape[0]
+        )
+        if weights:
+            load_weights(model, weights)
+        model.eval()
+    return model, example_input((2, *shape), "float32")
+
+
+def _bench_paths(text: str) -> list[str]:
+    from torchbridge.bench import PATHS
+
+    paths = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown or not paths:
+        raise argparse.ArgumentTypeError(
+            f"unknown path {', '.join(map(repr, unknown)) or repr(text)}: choose from {','.join(PATHS)}"
+        )
+    return paths
+
+
+def cmd_bench(args) -> int:
+    from torchbridge.bench import as_dicts, bench, compare_artifacts, ratio_table
+
+    def usage(message: str) -> int:
+        print(f"torchbridge bench: error: {message}", file=sys.stderr)
+        return 2
+
+    for path in args.artifacts:
+        if not Path(path).is_file():
+            return usage(f"{path}: no such artifact file")
+    every_path = args.model or args.paths or args.out
+    if every_path:
+        if len(args.artifacts) > 1:
+            return usage("--model, --paths and --out take at most one artifact (without them: compare artifacts)")
+        if args.input_shape and not args.model:
+            return usage("--input-shape applies to --model")
+        model, example = bench_model(args.model, args.weights, args.input_shape) if args.model else (None, None)
+        report = bench(
+            model,
+            (example,) if model is not None else None,
+            artifact=args.artifacts[0] if args.artifacts else None,
+            batch_sizes=args.batch_sizes,
+            threads=args.threads,
+            runs=args.runs or 50,
+            warmup=args.warmup,
+            paths=args.paths,
+            out_dir=args.out,
+            name=args.model,
+        )
+        if args.json:
+            print(json.dumps(report.to_dict(), indent=2))
+        else:
+            print(report.table())
+            if args.out:
+                print(f"wrote {Path(args.out) / 'bench.json'}, bench.md, bench.png")
+        return 0
+
+    if not args.artifacts:
+        return usage("give artifacts to compare, or --model NAME (or one artifact with --paths/--out)")
+    if args.weights or args.input_shape:
+        return usage("--weights and --input-shape apply to --model")
     artifacts = {}
     for path in args.artifacts:
         label = Path(path).name
         while label in artifacts:
             label = "_" + label
         artifacts[label] = path
+    runs = args.runs or 100
     timings, results = compare_artifacts(
-        artifacts, batch_sizes=args.batch_sizes, threads=args.threads, runs=args.runs, warmup=args.warmup
+        artifacts, batch_sizes=args.batch_sizes, threads=args.threads, runs=runs, warmup=args.warmup
     )
     if args.json:
         print(json.dumps({"artifacts": [vars(t) for t in timings], "latency": as_dicts(results)}, indent=2))
         return 0
     for t in timings:
         print(f"{t.label}: {t.format}, {t.bytes / 1024:.1f} KiB, C++ load {t.load_ms:.1f} ms")
-    print(f"C++ runtime, {args.threads} threads, {args.runs} interleaved runs per artifact and batch size")
+    print(f"C++ runtime, {args.threads} threads, {runs} interleaved runs per artifact and batch size")
     print(ratio_table(results, baseline=timings[0].label))
     return 0
 
@@ -407,14 +485,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
-        "bench", help="compare artifacts (e.g. model.pt vs model.pt2) in the C++ runtime", formatter_class=fmt
+        "bench",
+        help="every path side by side (eager, TorchScript, LibTorch, C++, CLI, onnxruntime), or compare artifacts",
+        description="With --model (or one artifact and --paths/--out): latency, load time, first call, peak RSS "
+        "and size of every way to run the model, interleaved in one process; writes bench.json, bench.md and "
+        "bench.png with --out. With artifacts only: compare them in the C++ runtime (ratios vs the first).",
+        formatter_class=fmt,
     )
-    p.add_argument("artifacts", nargs="+", help="artifacts taking the same inputs; ratios are against the first")
+    p.add_argument("artifacts", nargs="*", help="artifacts taking the same inputs; ratios are against the first")
+    p.add_argument("--model", help="digits_cnn, digits_mlp, a torchvision name (resnet18), or module:factory")
+    p.add_argument("--weights", help="a .ckpt from train, or a state dict (.pt), for --model")
+    p.add_argument(
+        "--input-shape",
+        type=_shape,
+        help="one sample's shape, e.g. 3,224,224; unset: 1,8,8 for digits models, 3,224,224 for torchvision names "
+        "(3 channels: torchvision's ImageNet model; others: its stem adapted as in `torchbridge export`)",
+    )
     p.add_argument("--batch-sizes", type=_shape, default=(1, 32), help="comma-separated")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--runs", type=int, help="timed runs (rounds) per batch size; unset: 50, or 100 comparing artifacts")
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--paths",
+        type=_bench_paths,
+        help="comma-separated, from eager,torchscript,libtorch,cpp,cli,onnxruntime,pt2 (default: all but pt2; "
+        "with only an artifact: torchscript,libtorch,cpp,cli)",
+    )
+    p.add_argument("--out", help="folder for bench.json, bench.md, bench.png (and the exported artifacts)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
     p.set_defaults(func=cmd_bench)
     return parser
 

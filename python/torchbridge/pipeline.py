@@ -11,7 +11,9 @@ from typing import Any
 
 import torch
 
-from torchbridge import bench, models
+from torchbridge import models
+from torchbridge.bench import as_dicts, latency_table, quick_bench, runtime_latencies
+from torchbridge.bench import speedups as p50_speedups
 from torchbridge.data import DigitsDataModule
 from torchbridge.errors import TorchbridgeError
 from torchbridge.export import export
@@ -124,8 +126,8 @@ def run_pipeline(
     print(f"test accuracy (C++ runtime): {cpp_accuracy:.4f}")
 
     _step(first + 2, total, f"benchmark: {bench_runs} runs per path, batch sizes {', '.join(map(str, batch_sizes))}")
-    latencies = bench.quick_bench(model, artifact.path, batch_sizes=batch_sizes, threads=threads, runs=bench_runs)
-    print(bench.latency_table(latencies))
+    latencies = quick_bench(model, artifact.path, batch_sizes=batch_sizes, threads=threads, runs=bench_runs)
+    print(latency_table(latencies))
 
     int8 = None
     if quantize:
@@ -155,7 +157,7 @@ def run_pipeline(
         "artifact": {"path": str(artifact.path), "bytes": artifact.size_bytes, "manifest": artifact.manifest},
         "parity": parity.as_dict(),
         "selftest": json.loads(selftest.stdout)["selftest"],
-        "latency": bench.as_dicts(latencies),
+        "latency": as_dicts(latencies),
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
@@ -169,7 +171,7 @@ def run_pipeline(
     if pruning is not None:
         report["pruning"] = pruning
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    markdown = _markdown(report, parity.table(), bench.latency_table(latencies))
+    markdown = _markdown(report, parity.table(), latency_table(latencies))
     if pruning is not None:
         markdown += f"\n## Pruning ({prune}, amount {prune_amount})\n\n{comparison_table(pruning['comparison'])}\n"
     (out / "report.md").write_text(markdown)
@@ -203,14 +205,14 @@ def _quantize_stage(
     print(parity.table())
     images, labels = datamodule.dataset("test").tensors
     int8_accuracy = float((Runtime(int8_artifact.path, threads=threads)(images).argmax(dim=1) == labels).float().mean())
-    latencies = bench.runtime_latencies(
+    latencies = runtime_latencies(
         {"fp32": fp32_artifact.path, "int8": int8_artifact.path}, batch_sizes, threads=threads, runs=bench_runs
     )
-    speedups = bench.speedups(latencies, "fp32", "int8")
+    speedups = p50_speedups(latencies, "fp32", "int8")
     sizes = {"fp32": fp32_artifact.size_bytes, "int8": int8_artifact.size_bytes}
     print(f"test accuracy (C++ runtime): fp32 {fp32_accuracy:.4f}, int8 {int8_accuracy:.4f}")
     print(f"artifact: fp32 {sizes['fp32'] / 1024:.1f} KiB, int8 {sizes['int8'] / 1024:.1f} KiB")
-    print(bench.latency_table(latencies))
+    print(latency_table(latencies))
     return {
         "mode": mode,
         "engine": engine,
@@ -220,8 +222,8 @@ def _quantize_stage(
         "size_ratio": sizes["fp32"] / sizes["int8"],
         "parity": parity.as_dict(),
         "parity_table": parity.table(),
-        "latency": bench.as_dicts(latencies),
-        "latency_table": bench.latency_table(latencies),
+        "latency": as_dicts(latencies),
+        "latency_table": latency_table(latencies),
         "speedup": {str(batch): ratio for batch, ratio in speedups.items()},
     }
 

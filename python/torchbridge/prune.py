@@ -778,13 +778,13 @@ def compare(
 ) -> dict[str, Any]:
     """Figures of (model, artifact) before and after pruning, and the C++ runtime latency of both
     artifacts timed interleaved in this process; ratios are after / before (speedup before / after)."""
-    from torchbridge import bench
+    from torchbridge.bench import as_dicts, runtime_latencies
 
     figures = {
         "before": measure(*before, datamodule=datamodule, threads=threads),
         "after": measure(*after, datamodule=datamodule, threads=threads),
     }
-    latencies = bench.runtime_latencies(
+    latencies = runtime_latencies(
         {"before": Path(before[1]), "after": Path(after[1])},
         batch_sizes=batch_sizes,
         threads=threads,
@@ -801,7 +801,7 @@ def compare(
         "gzip_bytes": a["gzip_bytes"] / b["gzip_bytes"],
         "speedup": {k: b["latency_p50_ms"][k] / a["latency_p50_ms"][k] for k in b["latency_p50_ms"]},
     }
-    figures["latency"] = bench.as_dicts(latencies)
+    figures["latency"] = as_dicts(latencies)
     figures["threads"] = threads
     figures["runs"] = runs
     return figures
