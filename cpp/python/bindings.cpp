@@ -157,6 +157,7 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("format", &torchbridge::Runtime::format)
       .def_property_readonly("optimization", &torchbridge::Runtime::optimization)
       .def_property_readonly("optimized", &torchbridge::Runtime::optimized)
+      .def_property_readonly("optimized_from_batch", &torchbridge::Runtime::optimized_from_batch)
       .def_property_readonly("precision", [](const torchbridge::Runtime& self) { return self.options().precision; })
       .def_property_readonly("device", [](const torchbridge::Runtime& self) { return self.device().str(); })
       .def_property_readonly("manifest_json",

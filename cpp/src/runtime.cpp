@@ -9,6 +9,7 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -87,6 +88,9 @@ Manifest parse_manifest(const std::string& text, const std::string& path) {
     manifest.torch_version = root.at("torch_version").as_string("torch_version");
     manifest.method = root.has("method") ? root.at("method").as_string("method") : "";
     manifest.model = root.has("model") ? root.at("model").as_string("model") : "";
+    if (root.has("runtime") && root.at("runtime").has("optimize_from_batch"))
+      manifest.optimize_from_batch =
+          static_cast<int64_t>(root.at("runtime").at("optimize_from_batch").as_number("runtime.optimize_from_batch"));
     if (root.has("quantized_engine") && !root.at("quantized_engine").is_null())
       manifest.quantized_engine = root.at("quantized_engine").as_string("quantized_engine");
     const auto& inputs = root.at("inputs").as_array("inputs");
@@ -228,7 +232,33 @@ class TorchScriptBackend final : public Backend {
   }
 
   std::vector<at::Tensor> forward(const std::vector<at::Tensor>& inputs) const override {
+    if (from_batch_ > 1 && !inputs.empty() && inputs[0].dim() > 0 && inputs[0].size(0) < from_batch_)
+      return call(as_loaded(), inputs);
     return call(module_, inputs);
+  }
+
+  // One of the two modules, whatever the batch (for the measurement at load).
+  std::vector<at::Tensor> run(const std::vector<at::Tensor>& inputs, bool optimized) const {
+    return call(optimized ? module_ : as_loaded(), inputs);
+  }
+
+  // Batches of at least `batch` run the optimized module, smaller ones the module as loaded.
+  void use_optimized_from(int64_t batch) {
+    from_batch_ = batch;
+    if (batch <= 1) {  // the module as loaded is needed again only for submodules: read it then
+      const std::lock_guard<std::mutex> lock(as_loaded_mutex_);
+      as_loaded_ = torch::jit::Module();
+      as_loaded_ready_ = false;
+    }
+  }
+  int64_t optimized_from_batch() const { return optimization_.empty() ? 0 : from_batch_; }
+
+  // Bytes of parameters and buffers: what a second copy of the module costs.
+  int64_t weight_bytes() const {
+    int64_t bytes = 0;
+    for (const auto& tensor : as_loaded().parameters()) bytes += tensor.nbytes();
+    for (const auto& tensor : as_loaded().buffers()) bytes += tensor.nbytes();
+    return bytes;
   }
 
   std::vector<at::Tensor> forward_submodule(const std::string& name,
@@ -261,8 +291,12 @@ class TorchScriptBackend final : public Backend {
 
   void drop_optimization() override {
     if (optimization_.empty()) return;
-    module_ = load();
+    module_ = as_loaded();
     optimization_.clear();
+    from_batch_ = 1;
+    const std::lock_guard<std::mutex> lock(as_loaded_mutex_);
+    as_loaded_ = torch::jit::Module();
+    as_loaded_ready_ = false;
   }
 
  private:
@@ -279,7 +313,11 @@ class TorchScriptBackend final : public Backend {
 
   const torch::jit::Module& as_loaded() const {
     if (optimization_.empty()) return module_;
-    std::call_once(as_loaded_once_, [this] { as_loaded_ = load(); });
+    const std::lock_guard<std::mutex> lock(as_loaded_mutex_);
+    if (!as_loaded_ready_) {
+      as_loaded_ = load();
+      as_loaded_ready_ = true;
+    }
     return as_loaded_;
   }
 
@@ -298,8 +336,10 @@ class TorchScriptBackend final : public Backend {
   // torch::jit::Module is a handle; its methods are not const, but running forward does not
   // mutate the module in eval mode, and the graph executor serializes its own compilation.
   mutable torch::jit::Module module_;
-  mutable torch::jit::Module as_loaded_;
-  mutable std::once_flag as_loaded_once_;
+  mutable torch::jit::Module as_loaded_;  // read on demand when module_ is the optimized one
+  mutable bool as_loaded_ready_ = false;
+  mutable std::mutex as_loaded_mutex_;
+  int64_t from_batch_ = 1;  // batches below it run as loaded (measured faster there at load)
 };
 
 // libtorchbridge links libtorch_cpu only. Two things need more of LibTorch, loaded here from the
@@ -402,7 +442,10 @@ struct Runtime::Impl {
   std::vector<at::Tensor> golden_outputs;
   at::ScalarType precision = at::kFloat;
   std::string optimization;
+  TorchScriptBackend* torchscript = nullptr;  // the backend, when the artifact is TorchScript
 };
+
+
 
 Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_(std::make_unique<Impl>()) {
   impl_->path = path;
@@ -504,6 +547,7 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
                             : quantized         ? "none (quantized artifact: int8 kernels are prepacked already)"
                             : backend->failure().empty() ? backend->optimization()
                                                          : "none (freezing failed: " + backend->failure() + ")";
+      impl_->torchscript = backend.get();
       impl_->backend = std::move(backend);
     }
   } catch (const Error&) {
@@ -534,13 +578,28 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
     }
   }
 
+  // optimize_for_inference moves tensors into oneDNN's layouts and back, which costs more than it
+  // saves on small inputs to a small model; export times both and records from which batch size
+  // the optimized module is faster (deterministic: every process makes the same choice).
+  const bool batch_dynamic = !impl_->manifest.inputs.empty() && !impl_->manifest.inputs[0].shape.empty() &&
+                             impl_->manifest.inputs[0].shape[0] < 0;
+  if (TorchScriptBackend* const ts = impl_->torchscript; ts != nullptr && !ts->optimization().empty()) {
+    const int64_t from = impl_->precision == at::kFloat && batch_dynamic ? impl_->manifest.optimize_from_batch : 1;
+    if (from <= 0) {
+      ts->drop_optimization();
+      impl_->optimization = "none (" + impl_->optimization + " measured slower at export)";
+    } else {
+      ts->use_optimized_from(from);
+      if (from > 1)
+        impl_->optimization += " from batch " + std::to_string(from) + " (as loaded below: faster there, measured at export)";
+    }
+  }
+
   // The profiling executor optimizes on the first calls and oneDNN creates its kernels on the
   // first call at each shape; pay both here, at the golden batch and at batch 1.
   if (options.warmup_runs > 0 && impl_->manifest.present) {
     const std::vector<at::Tensor> warmup = impl_->golden_inputs.empty() ? example_inputs() : impl_->golden_inputs;
     for (int i = 0; i < options.warmup_runs; ++i) forward(warmup);
-    const bool batch_dynamic = !impl_->manifest.inputs.empty() && !impl_->manifest.inputs[0].shape.empty() &&
-                               impl_->manifest.inputs[0].shape[0] < 0;
     if (batch_dynamic && !warmup.empty() && warmup[0].dim() > 0 && warmup[0].size(0) != 1) {
       const std::vector<at::Tensor> single = example_inputs(1);
       for (int i = 0; i < options.warmup_runs; ++i) forward(single);
@@ -558,6 +617,9 @@ const RuntimeOptions& Runtime::options() const { return impl_->options; }
 const Manifest& Runtime::manifest() const { return impl_->manifest; }
 const std::string& Runtime::optimization() const { return impl_->optimization; }
 bool Runtime::optimized() const { return !impl_->backend->optimization().empty(); }
+int64_t Runtime::optimized_from_batch() const {
+  return impl_->torchscript != nullptr ? impl_->torchscript->optimized_from_batch() : 0;
+}
 at::Device Runtime::device() const { return impl_->device; }
 const std::vector<at::Tensor>& Runtime::golden_inputs() const { return impl_->golden_inputs; }
 const std::vector<at::Tensor>& Runtime::golden_outputs() const { return impl_->golden_outputs; }

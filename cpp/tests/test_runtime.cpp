@@ -222,8 +222,10 @@ TEST(two_inputs_two_outputs) {
 
 TEST(float_torchscript_is_optimized_at_load_unless_turned_off) {
   const Runtime optimized(kTinyMlp);
-  REQUIRE(optimized.optimized());
-  REQUIRE_EQ(optimized.optimization(), std::string("freeze+optimize_for_inference"));
+  // Optimized at every batch size, from some batch size on, or (measured slower) not at all.
+  const std::string& what = optimized.optimization();
+  REQUIRE(what.rfind("freeze+optimize_for_inference", 0) == 0 || what.find("measured slower") != std::string::npos);
+  REQUIRE_EQ(optimized.optimized(), optimized.optimized_from_batch() >= 1);
   torchbridge::RuntimeOptions options;
   options.optimize = false;
   const Runtime plain(kTinyMlp, options);

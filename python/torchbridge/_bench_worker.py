@@ -50,7 +50,7 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def _loader(kind: str, modules: list[str]):
+def _loader(kind: str, modules: list[str], optimized_from_batch: int = 0):
     """Import what `kind` needs; return a function file, threads -> callable(list of tensors).
     modules: for eager, the modules defining the model's classes, imported here so that load
     times only the unpickling, as in a process that already has the model's code."""
@@ -83,7 +83,7 @@ def _loader(kind: str, modules: list[str]):
         from torchbridge.bench import _bare_libtorch
 
         def load(file, threads):
-            _, module = _bare_libtorch(file, None)
+            _, module = _bare_libtorch(file, optimized_from_batch)
             return lambda inputs: module(*inputs)
 
     elif kind == "cpp":
@@ -113,7 +113,7 @@ def measure(spec: dict) -> dict:
     import time
 
     start = time.perf_counter()
-    load = _loader(spec["path"], spec.get("modules", []))
+    load = _loader(spec["path"], spec.get("modules", []), int(spec.get("optimized_from_batch", 0)))
     import torch
 
     import_ms = (time.perf_counter() - start) * 1000.0

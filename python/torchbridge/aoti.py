@@ -36,6 +36,7 @@ from torchbridge.export import (
     build_manifest,
     extra_entries,
     fresh_inputs,
+    model_inputs,
     prepare,
     tensor_specs,
     write_in_place,
@@ -357,12 +358,7 @@ def quantize_int8(
     prepare_pt2e, convert_pt2e, quantizer_class, default_config = _pt2e_api()
     from torchao.quantization.pt2e import allow_exported_model_train_eval
 
-    if not isinstance(model, nn.Module):
-        raise TorchbridgeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    example = _as_tuple(example_inputs)
-    if dynamic_dims is None:
-        dynamic_dims = [[0] if t.dim() > 0 else [] for t in example]
-    dynamic_dims = [sorted(set(dims)) for dims in dynamic_dims]
+    example, dynamic_dims = model_inputs(model, example_inputs, dynamic_dims)
     dynamic_range = _check_range(dynamic_range)
     try:
         # The quantizer's patterns (conv-bn-add-relu in a ResNet block) match the graph that strict

@@ -56,18 +56,26 @@ def summarize(path: str, batch: int, samples_ms: list[float]) -> Latency:
     )
 
 
-def time_interleaved(paths: dict[str, Callable[[], object]], runs: int, warmup: int) -> dict[str, list[float]]:
-    """Run every path `warmup` times, then `runs` rounds of one call per path; ms per call."""
+def time_interleaved(
+    paths: dict[str, Callable[[], object]], runs: int, warmup: int, block: int = 1
+) -> dict[str, list[float]]:
+    """Run every path `warmup` times, then round-robin turns until each has `runs` timed calls; ms
+    per call. A turn is one call (block=1), or `block` calls in a row of which the first is not
+    recorded: thread pools keep spinning for a while after a call (onnxruntime's for milliseconds,
+    OpenMP's less), and a neighbour's spinning threads would otherwise slow the next path's call."""
     for fn in paths.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in paths}
-    for _ in range(runs):
+    recorded = max(block - 1, 1)
+    for _ in range(-(-runs // recorded)):
         for name, fn in paths.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append((time.perf_counter() - start) * 1000.0)
-    return samples
+            for call in range(block):
+                start = time.perf_counter()
+                fn()
+                if block == 1 or call > 0:
+                    samples[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: values[:runs] for name, values in samples.items()}
 
 
 def cli_bench(artifact: Path, batch: int, runs: int, warmup: int, threads: int) -> dict:
@@ -78,6 +86,14 @@ def cli_bench(artifact: Path, batch: int, runs: int, warmup: int, threads: int) 
     if result.returncode != 0:
         raise TorchbridgeError(f"torchbridge-run --bench failed ({result.returncode}): {result.stderr.strip()}")
     return json.loads(result.stdout)
+
+
+def cli_latency(result: dict, batch: int) -> Latency:
+    """The `cli` row from torchbridge-run --bench --json output."""
+    bench = result["bench"]
+    return Latency(
+        "cli", batch, bench["runs"], bench["p50_ms"], bench["p90_ms"], bench["mean_ms"], bench["throughput_per_s"]
+    )
 
 
 def quick_bench(
@@ -107,18 +123,7 @@ def quick_bench(
         with torch.inference_mode():
             samples = time_interleaved(paths, runs, warmup)
         results += [summarize(name, batch, values) for name, values in samples.items()]
-        process = cli_bench(artifact, batch, runs, warmup, threads)["bench"]
-        results.append(
-            Latency(
-                "cli",
-                batch,
-                runs,
-                process["p50_ms"],
-                process["p90_ms"],
-                process["mean_ms"],
-                process["throughput_per_s"],
-            )
-        )
+        results.append(cli_latency(cli_bench(artifact, batch, runs, warmup, threads), batch))
     return results
 
 
@@ -221,6 +226,8 @@ def as_dicts(results: list[Latency]) -> list[dict]:
 # --- tb.bench: every path side by side -------------------------------------------------------
 
 #: Every path tb.bench can measure, in the order reports list them.
+#: Calls per path per turn in bench(); the first of each is not timed (see time_interleaved).
+TURN = 4
 PATHS = ("eager", "torchscript", "libtorch", "cpp", "cli", "onnxruntime", "pt2")
 #: The paths that need the eager model (eager itself, and the ONNX and .pt2 exports made from it).
 MODEL_PATHS = ("eager", "onnxruntime", "pt2")
@@ -249,12 +256,11 @@ def _progress(enabled: bool, message: str) -> None:
         print(f"torchbridge bench: {message}", file=sys.stderr, flush=True)
 
 
-def _bare_libtorch(path: str | Path, runtime: Runtime | None) -> tuple[str, Callable[..., Any]]:
+def _bare_libtorch(path: str | Path, optimized_from_batch: int) -> tuple[str, Callable[..., Any]]:
     """The `libtorch` path: the artifact loaded by torch in this process as a separate object, with
-    the graph settings of `runtime`, the torchbridge.Runtime that cpp / libtorch compares it with
-    (None, as in the isolated worker: a Runtime's default settings). load_in_python takes those
-    settings in this one call, so that the ratio measures only torchbridge's own layer."""
-    return load_in_python(path)
+    the passes the torchbridge.Runtime it is compared with applied at load (`Runtime.optimized_from_batch`),
+    so that the ratio cpp / libtorch measures only torchbridge's own layer."""
+    return load_in_python(path, optimized_from_batch)
 
 
 @dataclass
@@ -750,7 +756,7 @@ def bench(
             callables[python_name] = lambda inputs: in_python(*inputs)
             files[python_name] = artifact
         if "libtorch" in selected:
-            _, bare = _bare_libtorch(artifact, runtime)
+            _, bare = _bare_libtorch(artifact, runtime.optimized_from_batch)
             callables["libtorch"] = lambda inputs: bare(*inputs)
             files["libtorch"] = artifact
         if "cpp" in selected:
@@ -825,23 +831,12 @@ def bench(
             if timed:
                 _progress(progress, f"timing batch {batch}: {', '.join(timed)} ({warmup} warm-up + {runs} rounds)")
                 with torch.inference_mode():
-                    samples = time_interleaved(timed, runs, warmup)
+                    samples = time_interleaved(timed, runs, warmup, block=TURN)
                 latency += [summarize(name, batch, values) for name, values in samples.items()]
             if "cli" in selected:
                 _progress(progress, f"timing batch {batch}: torchbridge-run process ({warmup} warm-up + {runs} runs)")
                 cli_runs[batch] = cli_bench(artifact, batch, runs, warmup, threads)
-                process = cli_runs[batch]["bench"]
-                latency.append(
-                    Latency(
-                        "cli",
-                        batch,
-                        runs,
-                        process["p50_ms"],
-                        process["p90_ms"],
-                        process["mean_ms"],
-                        process["throughput_per_s"],
-                    )
-                )
+                latency.append(cli_latency(cli_runs[batch], batch))
 
         infos: list[PathInfo] = []
         order = [p for p in _ORDER if p in callables or (p == "cli" and cli_runs)]
@@ -871,6 +866,7 @@ def bench(
                 "batch_sizes": batch_sizes,
                 "inputs": {str(b): str(scratch / f"inputs_{b}.pt") for b in batch_sizes},
                 "calls": ISOLATED_CALLS,
+                "optimized_from_batch": runtime.optimized_from_batch if runtime is not None else 0,
             }
             if path_name == "eager":
                 reason = None
@@ -905,8 +901,10 @@ def bench(
 
     notes += [
         "In-process paths (all but cli) run in this one process with the same inputs (random, from the "
-        f"artifact's manifest, seed 0) under torch.inference_mode(): {warmup} warm-up calls each, then {runs} "
-        "rounds of one call per path, round-robin, so that machine noise hits every path alike.",
+        f"artifact's manifest, seed 0) under torch.inference_mode(): {warmup} warm-up calls each, then "
+        f"round-robin turns of {TURN} calls per path, the first of each turn not timed (thread pools spin for a "
+        f"while after a call and would slow the next path), until each path has {runs} timed calls; machine "
+        "noise hits every path alike.",
         f"cli: a separate torchbridge-run process per batch size ({warmup} warm-up + {runs} runs, same thread "
         "count), run right after that batch size's in-process rounds.",
         "load ms, first call ms, peak RSS: a fresh Python process per path running only that path "

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -117,7 +118,8 @@ class Artifact:
         return read_golden(self.path, self.manifest)
 
 
-def _as_tuple(example_inputs) -> tuple[torch.Tensor, ...]:
+def tensor_tuple(example_inputs) -> tuple[torch.Tensor, ...]:
+    """A tensor or a non-empty tuple/list of tensors, as a tuple; anything else is refused."""
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     if not isinstance(example_inputs, (tuple, list)) or not example_inputs:
@@ -125,6 +127,13 @@ def _as_tuple(example_inputs) -> tuple[torch.Tensor, ...]:
     for i, tensor in enumerate(example_inputs):
         if not isinstance(tensor, torch.Tensor):
             raise TorchbridgeError(f"example input {i} must be a torch.Tensor, got {type(tensor).__name__}")
+    return tuple(example_inputs)
+
+
+def _as_tuple(example_inputs) -> tuple[torch.Tensor, ...]:
+    """tensor_tuple, plus what export needs: dtypes a manifest can name, finite values, CPU copies."""
+    example_inputs = tensor_tuple(example_inputs)
+    for i, tensor in enumerate(example_inputs):
         dtype_name(tensor.dtype)
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise TorchbridgeError(f"example input {i} contains NaN or Inf; export needs finite example inputs")
@@ -299,6 +308,18 @@ class Prepared:
     atol: float
 
 
+def model_inputs(
+    model: nn.Module, example_inputs, dynamic_dims: Sequence[Sequence[int]] | None
+) -> tuple[tuple[torch.Tensor, ...], list[list[int]]]:
+    """The example as a tuple of CPU tensors and, per input, its sorted dynamic dims (default: dim 0)."""
+    if not isinstance(model, nn.Module):
+        raise TorchbridgeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    example = _as_tuple(example_inputs)
+    if dynamic_dims is None:
+        dynamic_dims = [[0] if t.dim() > 0 else [] for t in example]
+    return example, [sorted(set(dims)) for dims in dynamic_dims]
+
+
 def prepare(
     model: nn.Module,
     example_inputs,
@@ -307,12 +328,7 @@ def prepare(
     atol: float | None,
 ) -> Prepared:
     """Check the arguments, move the model to the CPU in eval mode, and run it on the golden example."""
-    if not isinstance(model, nn.Module):
-        raise TorchbridgeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    example = _as_tuple(example_inputs)
-    if dynamic_dims is None:
-        dynamic_dims = [[0] if t.dim() > 0 else [] for t in example]
-    dynamic_dims = [sorted(set(dims)) for dims in dynamic_dims]
+    example, dynamic_dims = model_inputs(model, example_inputs, dynamic_dims)
     if len(dynamic_dims) != len(example):
         raise TorchbridgeError(f"dynamic_dims has {len(dynamic_dims)} entries for {len(example)} inputs")
     for i, (tensor, dims) in enumerate(zip(example, dynamic_dims)):
@@ -519,8 +535,11 @@ def export(
         if optimize and not quantized:
             module, optimized = _optimized(module, golden, eager_golden, rtol, atol, notes)
 
+        from_batch = 1
+        if not quantized and dynamic_dims and 0 in dynamic_dims[0]:
+            from_batch = _optimize_from_batch(module, golden, dynamic_dims)
         inputs_spec, outputs_spec = tensor_specs(prepared, input_names)
-        fields = {"optimized": optimized, "quantized_engine": engine}
+        fields = {"optimized": optimized, "quantized_engine": engine, "runtime": {"optimize_from_batch": from_batch}}
         manifest = build_manifest(prepared, "torchscript", used, inputs_spec, outputs_spec, notes, **fields)
         extra = extra_entries(manifest, prepared)
 
@@ -531,6 +550,45 @@ def export(
         path = Path(path)
         write_in_place(path, save)
     return Artifact(path=path, manifest=manifest)
+
+
+#: Models with at most this much in weights get optimize_from_batch measured at export (both
+#: modules are in memory meanwhile); larger ones, dominated by convolutions and GEMMs, get 1.
+MEASURE_LIMIT_BYTES = 16 << 20
+MEASURE_BATCHES = (1, 4, 16, 64)
+
+
+def _optimize_from_batch(module, golden: Sequence[torch.Tensor], dynamic_dims) -> int:
+    """The smallest batch size at which freeze + optimize_for_inference (what the C++ runtime
+    applies at load) runs faster than the module as exported, timed here in the same LibTorch:
+    the runtime runs the optimized module from that batch size up and the other below it. 1: at
+    every size (also for models too large to measure), 0: at none of MEASURE_BATCHES. oneDNN's
+    layout conversions cost more than they save on small inputs to a small model."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    if sum(t.numel() * t.element_size() for t in tensors) > MEASURE_LIMIT_BYTES:
+        return 1
+    try:
+        optimized = torch.jit.optimize_for_inference(module.copy())
+    except Exception:  # the runtime finds out too, and runs the module as loaded
+        return 1
+
+    def median_ms(fn, inputs, runs=7) -> float:
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            fn(*inputs)
+            times.append(time.perf_counter() - start)
+        return sorted(times)[runs // 2] * 1000.0
+
+    with torch.inference_mode():
+        for batch in MEASURE_BATCHES:
+            inputs = fresh_inputs(golden, dynamic_dims, seed=0, dynamic_size=batch)
+            for _ in range(3):  # the profiling executor optimizes on the first calls
+                module(*inputs)
+                optimized(*inputs)
+            if median_ms(optimized, inputs) <= median_ms(module, inputs):
+                return batch
+    return 0
 
 
 def _npy_bytes(tensor: torch.Tensor) -> bytes:
@@ -610,12 +668,13 @@ def open_artifact(path: str | os.PathLike) -> Artifact:
     return Artifact(path=path, manifest=manifest)
 
 
-def load_in_python(path: str | os.PathLike, optimized: bool = False) -> tuple[str, Callable[..., Any]]:
+def load_in_python(path: str | os.PathLike, optimized_from_batch: int = 0) -> tuple[str, Callable[..., Any]]:
     """The artifact loaded by torch itself in this process, as (path name, callable):
     ('torchscript', torch.jit.load) or ('aoti', torch._inductor.aoti_load_package).
 
-    optimized: apply the passes the C++ runtime applies at load when `Runtime.optimized` is true
-    (torch.jit.freeze, then torch.jit.optimize_for_inference; the same LibTorch code), so that the
+    optimized_from_batch: mirror what the C++ runtime does at load (`Runtime.optimized_from_batch`):
+    0 runs the module as loaded; N >= 1 runs torch.jit.freeze + torch.jit.optimize_for_inference
+    (the same LibTorch code) on batches of N or more and the module as loaded below N, so that the
     two can be compared bit for bit. Ignored for a .pt2."""
     path = Path(path)
     if artifact_format(path) == "aoti":
@@ -624,6 +683,15 @@ def load_in_python(path: str | os.PathLike, optimized: bool = False) -> tuple[st
         return "aoti", load_package(path)
     with expected_deprecations():
         module = torch.jit.load(str(path)).eval()
-        if optimized:  # freezes first unless the artifact was exported frozen, as in C++
-            module = torch.jit.optimize_for_inference(module)
-        return "torchscript", module
+        if optimized_from_batch < 1:
+            return "torchscript", module
+        # optimize_for_inference freezes first unless the artifact was exported frozen, as in C++.
+        optimized = torch.jit.optimize_for_inference(torch.jit.load(str(path)).eval())
+        if optimized_from_batch == 1:
+            return "torchscript", optimized
+
+        def by_batch(*inputs):
+            small = inputs and inputs[0].dim() > 0 and inputs[0].shape[0] < optimized_from_batch
+            return module(*inputs) if small else optimized(*inputs)
+
+        return "torchscript", by_batch

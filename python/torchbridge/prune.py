@@ -33,6 +33,7 @@ import torch.nn.utils.prune as torch_prune
 from torch import nn
 
 from torchbridge.errors import TorchbridgeError
+from torchbridge.export import tensor_tuple
 
 MASK_METHODS = ("l1_unstructured", "random_unstructured", "ln_structured", "random_structured", "global_unstructured")
 CHANNELS = "channels"
@@ -355,17 +356,6 @@ def _torch_pruning():
     return torch_pruning
 
 
-def _as_inputs(example_inputs) -> tuple[torch.Tensor, ...]:
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
-    if not isinstance(example_inputs, (tuple, list)) or not example_inputs:
-        raise TorchbridgeError("example_inputs must be a tensor or a non-empty tuple of tensors")
-    for i, tensor in enumerate(example_inputs):
-        if not isinstance(tensor, torch.Tensor):
-            raise TorchbridgeError(f"example input {i} must be a torch.Tensor, got {type(tensor).__name__}")
-    return tuple(example_inputs)
-
-
 def _output_shapes(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[tuple[int, ...]]:
     from torchbridge.export import _run
 
@@ -460,7 +450,7 @@ class ChannelPruner:
         if not isinstance(steps, int) or steps < 1:
             raise TorchbridgeError(f"steps must be a positive integer, got {steps!r}")
         self.model = model.eval()
-        self.inputs = _as_inputs(example_inputs)
+        self.inputs = tensor_tuple(example_inputs)
         types = resolve_layer_types(layer_types)
         layers = select_layers(model, types, skip)
         names = {module: name for name, module in model.named_modules()}
@@ -876,7 +866,7 @@ def prune_job(
     from torchbridge.verify import verify
 
     out = Path(out)
-    example_inputs = _as_inputs(example_inputs)
+    example_inputs = tensor_tuple(example_inputs)
     dense = copy.deepcopy(model).eval()
     result = prune_and_fine_tune(
         model,

@@ -85,6 +85,12 @@ class Runtime:
         return self._native.optimized
 
     @property
+    def optimized_from_batch(self) -> int:
+        """0: forward runs the module as loaded; N: batches of N or more run the optimized module and
+        smaller ones the module as loaded (the manifest's runtime.optimize_from_batch, timed at export)."""
+        return self._native.optimized_from_batch
+
+    @property
     def precision(self) -> str:
         return self._native.precision
 

@@ -147,7 +147,7 @@ def verify(
 
     runtime = Runtime(art.path, threads=threads)
     # The same passes the runtime applied at load, so that TorchScript-in-Python vs C++ stays exact.
-    python_path, in_python = load_in_python(art.path, optimized=runtime.optimized)
+    python_path, in_python = load_in_python(art.path, runtime.optimized_from_batch)
     # Same warm-up as the C++ runtime, so both profiling executors run their optimized graphs.
     with torch.inference_mode():
         for _ in range(3):

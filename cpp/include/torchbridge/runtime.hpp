@@ -93,6 +93,9 @@ struct Manifest {
   std::vector<TensorSpec> outputs;
   double rtol = 1e-5;  // tolerance of the artifact against the eager model it came from
   double atol = 1e-6;
+  /// TorchScript: batches of this size or more run the module optimized at load, smaller ones the
+  /// module as loaded (export measures both; 0: never optimized, 1: always, the default).
+  int64_t optimize_from_batch = 1;
   std::string json;  // the manifest as stored
 };
 
@@ -148,6 +151,9 @@ class Runtime {
   const std::string& optimization() const;
   /// True when forward runs a module optimized at load (the Python mirror applies the same passes).
   bool optimized() const;
+  /// 0: forward runs the module as loaded; N >= 1: batches of N or more run the optimized module,
+  /// smaller ones the module as loaded (the manifest's optimize_from_batch, measured at export).
+  int64_t optimized_from_batch() const;
   at::Device device() const;
 
   /// Validates the inputs against the manifest's specs (count, dtype, shape; Error(kInput)),
