@@ -122,3 +122,35 @@ def test_quantized_artifacts_run_as_exported(tmp_path):
     with pytest.raises(tb.TorchbridgeError, match="applies to float TorchScript artifacts"):
         tb.Runtime(path, threads=THREADS, precision="bf16")
 
+
+
+def test_export_times_the_optimized_module_and_the_runtime_follows(tmp_path, monkeypatch):
+    """Export measures freeze + optimize_for_inference against the module as loaded; here the
+    optimized one is made slow on purpose, so it must lose at every batch size and the runtime must
+    then run the module as loaded (deterministically, in every process)."""
+    import time
+
+    real = torch.jit.optimize_for_inference
+
+    def slow(module, *args, **kwargs):
+        optimized = real(module, *args, **kwargs)
+
+        def call(*inputs):
+            time.sleep(0.005)
+            return optimized(*inputs)
+
+        return call
+
+    monkeypatch.setattr(torch.jit, "optimize_for_inference", slow)
+    path = tmp_path / "mlp.pt"
+    artifact = tb.export(seeded(tb.models.digits_mlp), (digits(4),), path)
+    monkeypatch.undo()
+    assert artifact.manifest["runtime"]["optimize_from_batch"] == 0
+    runtime = tb.Runtime(path, threads=THREADS)
+    assert not runtime.optimized
+    assert runtime.optimized_from_batch == 0
+    assert runtime.optimization == "none (freeze+optimize_for_inference measured slower at export)"
+    x = digits(8)
+    _, loaded = load_in_python(path)
+    with torch.inference_mode():
+        assert torch.equal(runtime(x), loaded(x))

@@ -567,8 +567,14 @@ def _optimize_from_batch(module, golden: Sequence[torch.Tensor], dynamic_dims) -
     tensors = list(module.parameters()) + list(module.buffers())
     if sum(t.numel() * t.element_size() for t in tensors) > MEASURE_LIMIT_BYTES:
         return 1
+    # Both as the runtime has them: loaded back from the archive, then (one copy) optimized.
+    buffer = io.BytesIO()
+    torch.jit.save(module, buffer)
+    buffer.seek(0)
+    module = torch.jit.load(buffer).eval()
+    buffer.seek(0)
     try:
-        optimized = torch.jit.optimize_for_inference(module.copy())
+        optimized = torch.jit.optimize_for_inference(torch.jit.load(buffer).eval())
     except Exception:  # the runtime finds out too, and runs the module as loaded
         return 1
 
