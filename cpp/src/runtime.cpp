@@ -596,13 +596,19 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
   }
 
   // The profiling executor optimizes on the first calls and oneDNN creates its kernels on the
-  // first call at each shape; pay both here, at the golden batch and at batch 1.
+  // first call at each shape; pay both here, at the golden batch, at batch 1 and, when batches
+  // from some size on run the optimized module, at that size.
   if (options.warmup_runs > 0 && impl_->manifest.present) {
     const std::vector<at::Tensor> warmup = impl_->golden_inputs.empty() ? example_inputs() : impl_->golden_inputs;
     for (int i = 0; i < options.warmup_runs; ++i) forward(warmup);
-    if (batch_dynamic && !warmup.empty() && warmup[0].dim() > 0 && warmup[0].size(0) != 1) {
-      const std::vector<at::Tensor> single = example_inputs(1);
-      for (int i = 0; i < options.warmup_runs; ++i) forward(single);
+    if (batch_dynamic && !warmup.empty() && warmup[0].dim() > 0) {
+      std::vector<int64_t> sizes = {1};
+      if (optimized_from_batch() > 1) sizes.push_back(optimized_from_batch());
+      for (const int64_t size : sizes) {
+        if (size == warmup[0].size(0)) continue;
+        const std::vector<at::Tensor> inputs = example_inputs(size);
+        for (int i = 0; i < options.warmup_runs; ++i) forward(inputs);
+      }
     }
   }
 }

@@ -64,6 +64,9 @@ class Runtime:
         )
         text = self._native.manifest_json
         self.manifest: dict[str, Any] | None = json.loads(text) if text else None
+        if warmup_runs > 0 and self.manifest:
+            # The C++ side warmed up at load; one call here warms this wrapper's DLPack path too.
+            self.forward(*self.golden()[0])
 
     @property
     def device(self) -> str:
