@@ -169,6 +169,15 @@ def test_format_is_read_from_content_not_the_name(cnn_pt2, tmp_path):
     assert tb.Runtime(tmp_path / "looks_like.pt2").format == "torchscript"
 
 
+def test_pt2_is_compiled_already(cnn_pt2):
+    _, artifact = cnn_pt2
+    runtime = tb.Runtime(artifact.path, threads=THREADS)
+    assert runtime.optimization == "AOTInductor (compiled at export)"
+    assert runtime.optimized_from_batch == 0
+    with pytest.raises(tb.TorchbridgeError, match="a .pt2 runs in the dtype it was compiled for"):
+        tb.Runtime(artifact.path, precision="bf16")
+
+
 def test_batch_outside_the_declared_range_is_refused(mlp_pt2):
     model, path = mlp_pt2
     runtime = tb.Runtime(path, threads=THREADS)
