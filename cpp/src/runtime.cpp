@@ -232,34 +232,19 @@ class TorchScriptBackend final : public Backend {
   }
 
   std::vector<at::Tensor> forward(const std::vector<at::Tensor>& inputs) const override {
+    // as_loaded_ is read in use_optimized_from whenever from_batch_ > 1: no lock on this path.
     if (from_batch_ > 1 && !inputs.empty() && inputs[0].dim() > 0 && inputs[0].size(0) < from_batch_)
-      return call(as_loaded(), inputs);
+      return call(as_loaded_, inputs);
     return call(module_, inputs);
   }
 
-  // One of the two modules, whatever the batch (for the measurement at load).
-  std::vector<at::Tensor> run(const std::vector<at::Tensor>& inputs, bool optimized) const {
-    return call(optimized ? module_ : as_loaded(), inputs);
-  }
-
-  // Batches of at least `batch` run the optimized module, smaller ones the module as loaded.
+  // Batches of at least `batch` run the optimized module, smaller ones the module as loaded
+  // (read now; with batch 1 it is read only if submodules are asked for).
   void use_optimized_from(int64_t batch) {
     from_batch_ = batch;
-    if (batch <= 1) {  // the module as loaded is needed again only for submodules: read it then
-      const std::lock_guard<std::mutex> lock(as_loaded_mutex_);
-      as_loaded_ = torch::jit::Module();
-      as_loaded_ready_ = false;
-    }
+    if (batch > 1) as_loaded();
   }
   int64_t optimized_from_batch() const { return optimization_.empty() ? 0 : from_batch_; }
-
-  // Bytes of parameters and buffers: what a second copy of the module costs.
-  int64_t weight_bytes() const {
-    int64_t bytes = 0;
-    for (const auto& tensor : as_loaded().parameters()) bytes += tensor.nbytes();
-    for (const auto& tensor : as_loaded().buffers()) bytes += tensor.nbytes();
-    return bytes;
-  }
 
   std::vector<at::Tensor> forward_submodule(const std::string& name,
                                             const std::vector<at::Tensor>& inputs) const override {

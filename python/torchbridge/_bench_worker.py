@@ -80,10 +80,10 @@ def _loader(kind: str, modules: list[str], optimized_from_batch: int = 0):
             return lambda inputs: package(*inputs)
 
     elif kind == "libtorch":
-        from torchbridge.bench import _bare_libtorch
+        from torchbridge.export import load_in_python
 
         def load(file, threads):
-            _, module = _bare_libtorch(file, optimized_from_batch)
+            _, module = load_in_python(file, optimized_from_batch)
             return lambda inputs: module(*inputs)
 
     elif kind == "cpp":

@@ -190,18 +190,8 @@ def runtime_latencies(
     artifacts: dict[str, str | Path], batch_sizes=(1, 32), threads: int = 2, runs: int = 50, warmup: int = 10
 ) -> list[Latency]:
     """p50/p90 latency of several artifacts (e.g. fp32 and int8) in the C++ runtime through the
-    bindings, interleaved in this process per batch size; inputs are random, made from each manifest."""
-    torch.set_num_threads(threads)
-    runtimes = {name: Runtime(path, threads=threads) for name, path in artifacts.items()}
-    results: list[Latency] = []
-    for batch in batch_sizes:
-        paths: dict[str, Callable[[], object]] = {}
-        for name, runtime in runtimes.items():
-            inputs = runtime.example_inputs(dynamic_size=batch, seed=0)
-            paths[name] = lambda runtime=runtime, inputs=inputs: runtime.forward(*inputs)
-        samples = time_interleaved(paths, runs, warmup)
-        results += [summarize(name, batch, values) for name, values in samples.items()]
-    return results
+    bindings, interleaved in this process per batch size (compare_artifacts without the load figures)."""
+    return compare_artifacts(artifacts, batch_sizes=batch_sizes, threads=threads, runs=runs, warmup=warmup)[1]
 
 
 def speedups(results: list[Latency], baseline: str, candidate: str) -> dict[int, float]:
@@ -254,13 +244,6 @@ _WHAT = {
 def _progress(enabled: bool, message: str) -> None:
     if enabled:
         print(f"torchbridge bench: {message}", file=sys.stderr, flush=True)
-
-
-def _bare_libtorch(path: str | Path, optimized_from_batch: int) -> tuple[str, Callable[..., Any]]:
-    """The `libtorch` path: the artifact loaded by torch in this process as a separate object, with
-    the passes the torchbridge.Runtime it is compared with applied at load (`Runtime.optimized_from_batch`),
-    so that the ratio cpp / libtorch measures only torchbridge's own layer."""
-    return load_in_python(path, optimized_from_batch)
 
 
 @dataclass
@@ -756,7 +739,9 @@ def bench(
             callables[python_name] = lambda inputs: in_python(*inputs)
             files[python_name] = artifact
         if "libtorch" in selected:
-            _, bare = _bare_libtorch(artifact, runtime.optimized_from_batch)
+            # The bare LibTorch forward, with the passes the runtime applied at load: cpp / libtorch
+            # measures only torchbridge's own layer.
+            _, bare = load_in_python(artifact, runtime.optimized_from_batch)
             callables["libtorch"] = lambda inputs: bare(*inputs)
             files["libtorch"] = artifact
         if "cpp" in selected:

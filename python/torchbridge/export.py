@@ -692,9 +692,9 @@ def load_in_python(path: str | os.PathLike, optimized_from_batch: int = 0) -> tu
         if optimized_from_batch < 1:
             return "torchscript", module
         # optimize_for_inference freezes first unless the artifact was exported frozen, as in C++.
-        optimized = torch.jit.optimize_for_inference(torch.jit.load(str(path)).eval())
         if optimized_from_batch == 1:
-            return "torchscript", optimized
+            return "torchscript", torch.jit.optimize_for_inference(module)
+        optimized = torch.jit.optimize_for_inference(torch.jit.load(str(path)).eval())
 
         def by_batch(*inputs):
             small = inputs and inputs[0].dim() > 0 and inputs[0].shape[0] < optimized_from_batch
