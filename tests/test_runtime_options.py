@@ -4,6 +4,7 @@ reduced precision, and the fallbacks when a model cannot be optimized."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -28,7 +29,7 @@ def test_float_torchscript_is_optimized_by_default_and_matches_python_exactly(cn
     # Export times both modules and records from which batch size the optimized one is faster
     # (the digits CNN: from batch 4 or so; ResNet-18: always); the runtime follows the manifest.
     assert runtime.optimized
-    assert runtime.optimization.startswith("freeze+optimize_for_inference")
+    assert runtime.optimization.startswith("freeze+onednn_graph")
     assert 1 <= runtime.optimized_from_batch <= 64
     assert runtime.optimized_from_batch == runtime.manifest["runtime"]["optimize_from_batch"]
     x = digits(64)
@@ -63,7 +64,7 @@ def test_optimize_off_runs_the_module_as_loaded(cnn):
 def test_cli_reports_the_optimization_and_can_turn_it_off(cnn):
     _, path = cnn
     default = json.loads(run_cli(path, "--json", "--threads", str(THREADS)).stdout)
-    assert default["optimization"].startswith("freeze+optimize_for_inference")
+    assert default["optimization"].startswith("freeze+onednn_graph")
     plain = json.loads(run_cli(path, "--json", "--no-optimize", "--threads", str(THREADS)).stdout)
     assert plain["optimization"] == "none (optimize off)"
     bad = run_cli(path, "--precision", "int4")
@@ -105,7 +106,7 @@ def test_a_module_with_mutable_state_survives_optimization(tmp_path):
     tb.export(model, (torch.randn(2, 4),), path, method="script")
     runtime = tb.Runtime(path, threads=THREADS)
     # Either optimized, or run as loaded with the reason; the outputs are right in both cases.
-    assert runtime.optimization.startswith(("freeze+optimize_for_inference", "none ("))
+    assert runtime.optimization.startswith(("freeze+onednn_graph", "none ("))
     x = torch.randn(5, 4)
     with torch.inference_mode():
         torch.testing.assert_close(runtime(x), model.eval()(x))
@@ -125,23 +126,20 @@ def test_quantized_artifacts_run_as_exported(tmp_path):
 
 
 def test_export_times_the_optimized_module_and_the_runtime_follows(tmp_path, monkeypatch):
-    """Export measures freeze + optimize_for_inference against the module as loaded; here the
-    optimized one is made slow on purpose, so it must lose at every batch size and the runtime must
-    then run the module as loaded (deterministically, in every process)."""
+    """Export measures what the runtime runs (RuntimeMirror: freeze + oneDNN Graph per shape)
+    against the module as loaded; here the optimized one is made slow on purpose, so it must lose at
+    every batch size and the runtime must then run the module as loaded (deterministically, in
+    every process)."""
     import time
 
-    real = torch.jit.optimize_for_inference
+    mirror = sys.modules["torchbridge.export"].RuntimeMirror
+    real = mirror.__call__
 
-    def slow(module, *args, **kwargs):
-        optimized = real(module, *args, **kwargs)
+    def slow(self, *inputs):
+        time.sleep(0.005)
+        return real(self, *inputs)
 
-        def call(*inputs):
-            time.sleep(0.005)
-            return optimized(*inputs)
-
-        return call
-
-    monkeypatch.setattr(torch.jit, "optimize_for_inference", slow)
+    monkeypatch.setattr(mirror, "__call__", slow)
     path = tmp_path / "mlp.pt"
     artifact = tb.export(seeded(tb.models.digits_mlp), (digits(4),), path)
     monkeypatch.undo()
@@ -149,7 +147,7 @@ def test_export_times_the_optimized_module_and_the_runtime_follows(tmp_path, mon
     runtime = tb.Runtime(path, threads=THREADS)
     assert not runtime.optimized
     assert runtime.optimized_from_batch == 0
-    assert runtime.optimization == "none (freeze+optimize_for_inference measured slower at export)"
+    assert runtime.optimization == "none (freeze+onednn_graph measured slower at export)"
     x = digits(8)
     _, loaded = load_in_python(path)
     with torch.inference_mode():

@@ -61,7 +61,7 @@ void print_help(std::ostream& out) {
       << "  --seed N             seed for random inputs (default " << defaults.seed << ")\n"
       << "  --threads N          intra-op threads, 0 = LibTorch's default (default " << defaults.threads << ")\n"
       << "  --device D           cpu, cuda or cuda:N (default " << defaults.device << ")\n"
-      << "  --no-optimize        run the TorchScript module as loaded (default: freeze + optimize_for_inference)\n"
+      << "  --no-optimize        run the TorchScript module as loaded (default: freeze + oneDNN Graph fusion)\n"
       << "  --precision P        fp32, bf16 or fp16: the dtype float TorchScript models run in (default "
       << defaults.precision << ")\n"
       << "  --info               print the artifact's manifest and submodules\n"

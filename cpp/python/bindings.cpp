@@ -2,6 +2,8 @@
 // capsules (zero-copy both ways); python/torchbridge/runtime.py wraps this into torch.Tensors.
 #include <ATen/DLConvertor.h>
 #include <pybind11/pybind11.h>
+
+#include <optional>
 #include <pybind11/stl.h>
 #include <torch/version.h>
 
@@ -93,6 +95,26 @@ PYBIND11_MODULE(_C, m) {
   m.def("compare", [](const py::capsule& actual, const py::capsule& expected, double rtol, double atol) {
     return comparison_dict(torchbridge::compare(from_capsule(actual), from_capsule(expected), rtol, atol));
   });
+
+  // `with _C.OneDnnFusionScope():` registers oneDNN Graph fusion for the graphs optimized inside
+  // (export.load_in_python mirrors the runtime with it). The GIL is released while waiting for the
+  // process-wide lock, which a runtime compiling a shape in another thread may hold.
+  struct FusionScope {
+    std::optional<torchbridge::OneDnnFusionScope> scope;
+  };
+  py::class_<FusionScope>(m, "OneDnnFusionScope")
+      .def(py::init<>())
+      .def("__enter__",
+           [](FusionScope& self) {
+             if (self.scope) throw std::runtime_error("OneDnnFusionScope is already entered");
+             py::gil_scoped_release release;
+             self.scope.emplace();
+           })
+      .def("__exit__", [](FusionScope& self, const py::args&) {
+        self.scope.reset();
+        return false;
+      });
+  m.attr("FUSED_SHAPES") = torchbridge::kFusedShapes;
 
   py::class_<torchbridge::Runtime>(m, "Runtime")
       .def(py::init([](const std::string& path, const std::string& device, int threads, int warmup_runs, bool optimize,

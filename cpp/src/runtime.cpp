@@ -4,6 +4,8 @@
 #include <ATen/cpu/Utils.h>
 #include <caffe2/serialize/inline_container.h>
 #include <torch/cuda.h>
+#include <torch/csrc/jit/codegen/onednn/interface.h>
+#include <torch/csrc/jit/passes/pass_manager.h>
 #include <torch/script.h>
 #include <torch/version.h>
 
@@ -13,6 +15,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <set>
 #include <sstream>
@@ -198,6 +201,22 @@ void flatten_outputs(const c10::IValue& value, std::vector<at::Tensor>& out) {
   }
 }
 
+std::mutex& fusion_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+
+}  // namespace
+
+// LibTorch's own switch (RegisterLlgaFuseGraph::setEnabled) cannot register the pass again once
+// cleared, so the scope registers and clears the pass itself.
+OneDnnFusionScope::OneDnnFusionScope() : lock_(fusion_mutex()) {
+  pass_ = torch::jit::registerPrePass(torch::jit::fuser::onednn::fuseGraph);
+}
+OneDnnFusionScope::~OneDnnFusionScope() { torch::jit::clearPrePass(pass_); }
+
+namespace {
+
 // Loads TorchScript archives; AOTInductor packages load in aoti_backend.cpp.
 class TorchScriptBackend final : public Backend {
  public:
@@ -207,21 +226,25 @@ class TorchScriptBackend final : public Backend {
     module_ = load();
     if (!optimize) return;
     try {
-      // The same passes as torch.jit.optimize_for_inference(torch.jit.freeze(m)) in Python;
-      // an artifact exported already frozen is only optimized.
-      // Freeze, let go of the module as loaded, then optimize: keeps the peak memory of load at two
-      // copies of the weights rather than three.
+      // An artifact exported already frozen is used as it is. Freeze, then let go of the module as
+      // loaded: one copy of the weights.
       torch::jit::Module frozen =
           module_._ivalue()->type()->hasAttribute("training") ? torch::jit::freeze(module_) : module_;
       module_ = torch::jit::Module();
-      if (precision_ == at::kFloat) {
-        module_ = torch::jit::optimize_for_inference(frozen);
-        optimization_ = "freeze+optimize_for_inference";
-      } else {
-        // optimize_for_inference converts float32 only; bf16/fp16 convolutions run fastest on
-        // channels-last weights and inputs (oneDNN picks its AMX/AVX512 kernels).
+      if (precision_ != at::kFloat) {
+        // bf16/fp16 convolutions run fastest on channels-last weights and inputs (oneDNN picks its
+        // AMX/AVX512 kernels); optimize_for_inference converts float32 only.
         module_ = frozen;
         optimization_ = "freeze+channels_last";
+      } else if (device_.is_cpu()) {
+        // oneDNN Graph compiles fused kernels per input shape: each shape gets its own copy of the
+        // frozen module (sharing its weights), fused on its first calls; see forward().
+        module_ = frozen;
+        fused_ = true;
+        optimization_ = "freeze+onednn_graph";
+      } else {
+        module_ = torch::jit::optimize_for_inference(frozen);
+        optimization_ = "freeze+optimize_for_inference";
       }
     } catch (const std::exception& error) {
       // Freezing refuses modules that mutate their attributes, for example: run as loaded.
@@ -235,7 +258,8 @@ class TorchScriptBackend final : public Backend {
     // as_loaded_ is read in use_optimized_from whenever from_batch_ > 1: no lock on this path.
     if (from_batch_ > 1 && !inputs.empty() && inputs[0].dim() > 0 && inputs[0].size(0) < from_batch_)
       return call(as_loaded_, inputs);
-    return call(module_, inputs);
+    if (!fused_) return call(module_, inputs);
+    return call_fused(inputs);
   }
 
   // Batches of at least `batch` run the optimized module, smaller ones the module as loaded
@@ -279,6 +303,13 @@ class TorchScriptBackend final : public Backend {
     module_ = as_loaded();
     optimization_.clear();
     from_batch_ = 1;
+    {
+      const std::lock_guard<std::mutex> lock(fused_mutex_);
+      fused_ = false;
+      by_shape_.clear();
+      beyond_ = torch::jit::Module();
+      beyond_ready_ = false;
+    }
     const std::lock_guard<std::mutex> lock(as_loaded_mutex_);
     as_loaded_ = torch::jit::Module();
     as_loaded_ready_ = false;
@@ -306,6 +337,41 @@ class TorchScriptBackend final : public Backend {
     return as_loaded_;
   }
 
+  // The fused module for these input sizes: made on the first call at a new shape, where the
+  // profiling executor profiles (call 1) and optimizes with the pass registered (call 2, which
+  // compiles oneDNN Graph's kernels). Past kFusedShapes shapes: one module optimized by
+  // optimize_for_inference, made on first need. The lock is held while a shape is compiled.
+  std::vector<at::Tensor> call_fused(const std::vector<at::Tensor>& inputs) const {
+    std::vector<int64_t> key;
+    for (const auto& input : inputs) {
+      key.push_back(input.dim());
+      key.insert(key.end(), input.sizes().begin(), input.sizes().end());
+    }
+    torch::jit::Module module;
+    {
+      const std::lock_guard<std::mutex> lock(fused_mutex_);
+      if (const auto found = by_shape_.find(key); found != by_shape_.end()) {
+        module = found->second;
+      } else if (by_shape_.size() < static_cast<size_t>(kFusedShapes)) {
+        module = module_.clone();
+        {
+          const OneDnnFusionScope scope;
+          call(module, inputs);
+          call(module, inputs);
+        }
+        by_shape_.emplace(std::move(key), module);
+      } else {
+        if (!beyond_ready_) {
+          torch::jit::Module copy = module_.clone();
+          beyond_ = torch::jit::optimize_for_inference(copy);
+          beyond_ready_ = true;
+        }
+        module = beyond_;
+      }
+    }
+    return call(module, inputs);
+  }
+
   static std::vector<at::Tensor> call(torch::jit::Module module, const std::vector<at::Tensor>& inputs) {
     std::vector<c10::IValue> arguments(inputs.begin(), inputs.end());
     std::vector<at::Tensor> outputs;
@@ -325,6 +391,12 @@ class TorchScriptBackend final : public Backend {
   mutable bool as_loaded_ready_ = false;
   mutable std::mutex as_loaded_mutex_;
   int64_t from_batch_ = 1;  // batches below it run as loaded (measured faster there at load)
+  // oneDNN Graph: module_ is the frozen template, cloned per input shape.
+  bool fused_ = false;
+  mutable std::mutex fused_mutex_;
+  mutable std::map<std::vector<int64_t>, torch::jit::Module> by_shape_;
+  mutable torch::jit::Module beyond_;  // past kFusedShapes shapes
+  mutable bool beyond_ready_ = false;
 };
 
 // libtorchbridge links libtorch_cpu only. Two things need more of LibTorch, loaded here from the
@@ -563,9 +635,9 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
     }
   }
 
-  // optimize_for_inference moves tensors into oneDNN's layouts and back, which costs more than it
-  // saves on small inputs to a small model; export times both and records from which batch size
-  // the optimized module is faster (deterministic: every process makes the same choice).
+  // The optimized module can cost more than it saves on small inputs to a small model (oneDNN's
+  // layouts and fused-kernel calls); export times both and records from which batch size the
+  // optimized module is faster (deterministic: every process makes the same choice).
   const bool batch_dynamic = !impl_->manifest.inputs.empty() && !impl_->manifest.inputs[0].shape.empty() &&
                              impl_->manifest.inputs[0].shape[0] < 0;
   if (TorchScriptBackend* const ts = impl_->torchscript; ts != nullptr && !ts->optimization().empty()) {

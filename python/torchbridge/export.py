@@ -559,24 +559,24 @@ MEASURE_BATCHES = (1, 4, 16, 64)
 
 
 def _optimize_from_batch(module, golden: Sequence[torch.Tensor], dynamic_dims) -> int:
-    """The smallest batch size at which freeze + optimize_for_inference (what the C++ runtime
-    applies at load) runs faster than the module as exported, timed here in the same LibTorch:
-    the runtime runs the optimized module from that batch size up and the other below it. 1: at
-    every size (also for models too large to measure), 0: at none of MEASURE_BATCHES. oneDNN's
-    layout conversions cost more than they save on small inputs to a small model."""
+    """The smallest batch size at which what the C++ runtime runs at load (RuntimeMirror: freeze,
+    oneDNN Graph fusion per shape) is faster than the module as exported, timed here in the same
+    LibTorch: the runtime runs the optimized module from that batch size up and the other below it.
+    1: at every size (also for models too large to measure), 0: at none of MEASURE_BATCHES. Fused
+    kernels and oneDNN's layouts cost more than they save on small inputs to a small model."""
     tensors = list(module.parameters()) + list(module.buffers())
     if sum(t.numel() * t.element_size() for t in tensors) > MEASURE_LIMIT_BYTES:
         return 1
-    # Both as the runtime has them: loaded back from the archive, then (one copy) optimized.
+    # Both as the runtime has them: loaded back from the archive.
     buffer = io.BytesIO()
     torch.jit.save(module, buffer)
-    buffer.seek(0)
-    module = torch.jit.load(buffer).eval()
-    buffer.seek(0)
-    try:
-        optimized = torch.jit.optimize_for_inference(torch.jit.load(buffer).eval())
-    except Exception:  # the runtime finds out too, and runs the module as loaded
-        return 1
+
+    def load():
+        buffer.seek(0)
+        return torch.jit.load(buffer).eval()
+
+    module = load()
+    optimized = RuntimeMirror(load)
 
     def median_ms(fn, inputs, runs=7) -> float:
         times = []
@@ -586,14 +586,17 @@ def _optimize_from_batch(module, golden: Sequence[torch.Tensor], dynamic_dims) -
             times.append(time.perf_counter() - start)
         return sorted(times)[runs // 2] * 1000.0
 
-    with torch.inference_mode():
-        for batch in MEASURE_BATCHES:
-            inputs = fresh_inputs(golden, dynamic_dims, seed=0, dynamic_size=batch)
-            for _ in range(3):  # the profiling executor optimizes on the first calls
-                module(*inputs)
-                optimized(*inputs)
-            if median_ms(optimized, inputs) <= median_ms(module, inputs):
-                return batch
+    try:
+        with torch.inference_mode():
+            for batch in MEASURE_BATCHES:
+                inputs = fresh_inputs(golden, dynamic_dims, seed=0, dynamic_size=batch)
+                for _ in range(3):  # the profiling executor optimizes on the first calls
+                    module(*inputs)
+                    optimized(*inputs)
+                if median_ms(optimized, inputs) <= median_ms(module, inputs):
+                    return batch
+    except Exception:  # the runtime finds out too (golden check), and runs the module as loaded
+        return 1
     return 0
 
 
@@ -679,9 +682,10 @@ def load_in_python(path: str | os.PathLike, optimized_from_batch: int = 0) -> tu
     ('torchscript', torch.jit.load) or ('aoti', torch._inductor.aoti_load_package).
 
     optimized_from_batch: mirror what the C++ runtime does at load (`Runtime.optimized_from_batch`):
-    0 runs the module as loaded; N >= 1 runs torch.jit.freeze + torch.jit.optimize_for_inference
-    (the same LibTorch code) on batches of N or more and the module as loaded below N, so that the
-    two can be compared bit for bit. Ignored for a .pt2."""
+    0 runs the module as loaded; N >= 1 runs batches of N or more as the runtime does on the CPU in
+    fp32 (RuntimeMirror: torch.jit.freeze, then oneDNN Graph fusion per input shape, with the same
+    LibTorch code) and smaller ones as loaded, so that the two can be compared bit for bit. Ignored
+    for a .pt2."""
     path = Path(path)
     if artifact_format(path) == "aoti":
         from torchbridge.aoti import load_package
@@ -689,15 +693,48 @@ def load_in_python(path: str | os.PathLike, optimized_from_batch: int = 0) -> tu
         return "aoti", load_package(path)
     with expected_deprecations():
         module = torch.jit.load(str(path)).eval()
-        if optimized_from_batch < 1:
-            return "torchscript", module
-        # optimize_for_inference freezes first unless the artifact was exported frozen, as in C++.
-        if optimized_from_batch == 1:
-            return "torchscript", torch.jit.optimize_for_inference(module)
-        optimized = torch.jit.optimize_for_inference(torch.jit.load(str(path)).eval())
+    if optimized_from_batch < 1:
+        return "torchscript", module
+    return "torchscript", RuntimeMirror(lambda: torch.jit.load(str(path)).eval(), optimized_from_batch, module)
 
-        def by_batch(*inputs):
-            small = inputs and inputs[0].dim() > 0 and inputs[0].shape[0] < optimized_from_batch
-            return module(*inputs) if small else optimized(*inputs)
 
-        return "torchscript", by_batch
+class RuntimeMirror:
+    """What the C++ runtime runs for a float TorchScript model on the CPU (runtime.cpp,
+    TorchScriptBackend), done by torch in this process: batches below `from_batch` run the module
+    as loaded; the others run a frozen copy of the module per input shape, fused by oneDNN Graph on
+    its first two calls (the pass registered only meanwhile, through the runtime's own
+    OneDnnFusionScope), for the first _C.FUSED_SHAPES shapes seen, and freeze +
+    optimize_for_inference beyond. `load` returns a fresh module as loaded (eval mode)."""
+
+    def __init__(self, load: Callable[[], Any], from_batch: int = 1, loaded=None):
+        from torchbridge import _C
+
+        self._C = _C
+        self._load = load
+        self.from_batch = from_batch
+        self.loaded = loaded if loaded is not None or from_batch <= 1 else load()
+        self.by_shape: dict[tuple[int, ...], Any] = {}
+        self.beyond = None
+
+    def _frozen(self):
+        with expected_deprecations():
+            module = self._load()
+            # An artifact exported frozen has no `training` attribute and is used as it is, as in C++.
+            return torch.jit.freeze(module) if module._c.hasattr("training") else module
+
+    def __call__(self, *inputs):
+        if self.from_batch > 1 and inputs and inputs[0].dim() > 0 and inputs[0].shape[0] < self.from_batch:
+            return self.loaded(*inputs)
+        key = tuple(n for t in inputs for n in (t.dim(), *t.shape))
+        module = self.by_shape.get(key)
+        if module is None and len(self.by_shape) < self._C.FUSED_SHAPES:
+            module = self._frozen()
+            with self._C.OneDnnFusionScope():
+                module(*inputs)  # profiled
+                module(*inputs)  # optimized with the pass: oneDNN Graph compiles for this shape
+            self.by_shape[key] = module
+        elif module is None:
+            if self.beyond is None:
+                self.beyond = torch.jit.optimize_for_inference(self._frozen())
+            module = self.beyond
+        return module(*inputs)

@@ -37,6 +37,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -99,13 +100,36 @@ struct Manifest {
   std::string json;  // the manifest as stored
 };
 
+/// Input shapes (all inputs' sizes together) a float TorchScript model gets oneDNN Graph kernels
+/// for, in the order they are first seen; the runtime's warm-up takes the golden batch and batch 1.
+constexpr int kFusedShapes = 8;
+
+/// oneDNN Graph fusion is a TorchScript graph pass that LibTorch registers process-wide. While a
+/// OneDnnFusionScope lives, every graph the profiling executor optimizes, in any thread, is fused
+/// (scopes are serialized by a process-wide lock). The runtime opens one around the first two calls
+/// of each new input shape and never leaves the pass registered; torchbridge's Python mirror of
+/// the runtime (export.load_in_python) opens the same scope to run the same graphs.
+class OneDnnFusionScope {
+ public:
+  OneDnnFusionScope();
+  ~OneDnnFusionScope();
+  OneDnnFusionScope(const OneDnnFusionScope&) = delete;
+  OneDnnFusionScope& operator=(const OneDnnFusionScope&) = delete;
+
+ private:
+  std::unique_lock<std::mutex> lock_;
+  unsigned pass_ = 0;
+};
+
 struct RuntimeOptions {
   std::string device = "cpu";  // "cpu", "cuda", "cuda:1"
   int threads = 0;             // intra-op threads for the process; 0 keeps LibTorch's default
   int warmup_runs = 3;         // forwards run at load on the golden example (0 disables)
-  /// TorchScript: freeze and run torch::jit::optimize_for_inference at load (folds BatchNorm into
-  /// convolutions, prepacks oneDNN weights, fuses conv+add+relu), kept only if the golden example
-  /// still matches within the manifest's tolerance. A .pt2 was optimized when it was compiled.
+  /// TorchScript: freeze at load (folds BatchNorm into convolutions); on the CPU in fp32, the
+  /// frozen graph runs with oneDNN Graph fusion, compiled for each input shape on its first call
+  /// (up to kFusedShapes shapes; torch::jit::optimize_for_inference beyond). Kept only if the
+  /// golden example still matches within the manifest's tolerance. A .pt2 was optimized when it
+  /// was compiled.
   bool optimize = true;
   /// "fp32" (default: the artifact's own dtype), "bf16" or "fp16": floating weights and inputs are
   /// converted at load/call and outputs converted back. Faster where the CPU has bf16/fp16 units
@@ -146,8 +170,9 @@ class Runtime {
   const std::string& format() const;
   const RuntimeOptions& options() const;
   const Manifest& manifest() const;
-  /// What load did to the model for speed, e.g. "freeze+optimize_for_inference", "none (optimize
-  /// off)", "none (quantized artifact)", or why an optimization was dropped.
+  /// What load did to the model for speed, e.g. "freeze+onednn_graph", "freeze+channels_last"
+  /// (bf16/fp16), "freeze+optimize_for_inference" (CUDA), "none (optimize off)", "none (quantized
+  /// artifact...)", or why an optimization was dropped.
   const std::string& optimization() const;
   /// True when forward runs a module optimized at load (the Python mirror applies the same passes).
   bool optimized() const;
