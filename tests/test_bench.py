@@ -76,8 +76,11 @@ def test_ratios_and_derived_checks(mlp_bench):
     assert overhead == {str(b): pytest.approx(report.p50("cpp", b) / report.p50("libtorch", b)) for b in BATCHES}
     cpp = report.info("cpp")
     assert derived["cpp first call / cpp p50"]["1"] == pytest.approx(cpp.first_call_ms[1] / report.p50("cpp", 1))
-    rss = report.info("cli").peak_rss_mb / report.info("eager").peak_rss_mb
-    assert derived["cli RSS / eager-process RSS"] == pytest.approx(rss)
+    cli, eager = report.info("cli"), report.info("eager")
+    assert set(cli.peak_rss_by_batch_mb) == set(eager.peak_rss_by_batch_mb) == set(BATCHES)
+    rss = {str(b): pytest.approx(cli.peak_rss_by_batch_mb[b] / eager.peak_rss_by_batch_mb[b]) for b in BATCHES}
+    assert derived["cli RSS / eager-process RSS"] == rss
+    assert eager.peak_rss_by_batch_mb[BATCHES[-1]] == pytest.approx(eager.peak_rss_mb)
 
 
 def test_markdown_table_and_plot(mlp_bench):

@@ -12,6 +12,7 @@ from torch import nn
 
 import torchbridge as tb
 from conftest import THREADS, digits, run_cli, seeded
+from torchbridge import _C
 from torchbridge.export import load_in_python
 
 
@@ -48,6 +49,21 @@ def test_float_torchscript_is_optimized_by_default_and_matches_python_exactly(cn
             assert torch.equal(runtime(small), loaded(small))
     report = tb.verify(model, path, threads=THREADS, cli=False)
     assert report.passed
+
+
+def test_every_input_shape_matches_the_python_mirror_bit_for_bit(cnn):
+    """oneDNN Graph compiles per input shape for the first FUSED_SHAPES shapes (the runtime's
+    warm-up took the golden batch and batch 1), optimize_for_inference runs the shapes after them:
+    the Python mirror follows the same rule with the same LibTorch, so every batch size is exact."""
+    _, path = cnn
+    runtime = tb.Runtime(path, threads=THREADS, warmup_batches=[3])
+    _, mirror = load_in_python(path, runtime.optimized_from_batch)
+    with torch.inference_mode():
+        for batch in range(1, _C.FUSED_SHAPES + 3):
+            x = digits(batch)
+            assert torch.equal(runtime(x), mirror(x)), f"batch {batch}"
+            assert torch.equal(runtime(x), mirror(x)), f"batch {batch}, second call"
+    assert len(mirror.by_shape) == _C.FUSED_SHAPES and mirror.beyond is not None
 
 
 def test_optimize_off_runs_the_module_as_loaded(cnn):
@@ -122,7 +138,6 @@ def test_quantized_artifacts_run_as_exported(tmp_path):
     assert runtime.optimization.startswith("none (quantized artifact")
     with pytest.raises(tb.TorchbridgeError, match="applies to float TorchScript artifacts"):
         tb.Runtime(path, threads=THREADS, precision="bf16")
-
 
 
 def test_export_times_the_optimized_module_and_the_runtime_follows(tmp_path, monkeypatch):

@@ -661,8 +661,10 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
     if (batch_dynamic && !warmup.empty() && warmup[0].dim() > 0) {
       std::vector<int64_t> sizes = {1};
       if (optimized_from_batch() > 1) sizes.push_back(optimized_from_batch());
+      sizes.insert(sizes.end(), options.warmup_batches.begin(), options.warmup_batches.end());
+      std::set<int64_t> done = {warmup[0].size(0)};
       for (const int64_t size : sizes) {
-        if (size == warmup[0].size(0)) continue;
+        if (size < 1 || !done.insert(size).second) continue;
         const std::vector<at::Tensor> inputs = example_inputs(size);
         for (int i = 0; i < options.warmup_runs; ++i) forward(inputs);
       }

@@ -224,7 +224,7 @@ TEST(float_torchscript_is_optimized_at_load_unless_turned_off) {
   const Runtime optimized(kTinyMlp);
   // Optimized at every batch size, from some batch size on, or (measured slower) not at all.
   const std::string& what = optimized.optimization();
-  REQUIRE(what.rfind("freeze+optimize_for_inference", 0) == 0 || what.find("measured slower") != std::string::npos);
+  REQUIRE(what.rfind("freeze+onednn_graph", 0) == 0 || what.find("measured slower") != std::string::npos);
   REQUIRE_EQ(optimized.optimized(), optimized.optimized_from_batch() >= 1);
   torchbridge::RuntimeOptions options;
   options.optimize = false;
@@ -235,6 +235,20 @@ TEST(float_torchscript_is_optimized_at_load_unless_turned_off) {
   REQUIRE_CLOSE(optimized.forward({x})[0], plain.forward({x})[0], optimized.manifest().rtol, optimized.manifest().atol);
   // Submodules come from the module as loaded: freezing inlines them.
   REQUIRE(optimized.submodule_names() == plain.submodule_names());
+}
+
+TEST(fused_shapes_and_the_shapes_beyond_them_match_the_module_as_loaded) {
+  // oneDNN Graph compiles per input shape for the first kFusedShapes shapes (warm-up took two);
+  // later shapes run optimize_for_inference. Every one must agree with the module as loaded.
+  const Runtime optimized(kTinyMlp);
+  torchbridge::RuntimeOptions options;
+  options.optimize = false;
+  const Runtime plain(kTinyMlp, options);
+  for (int64_t batch = 1; batch <= torchbridge::kFusedShapes + 3; ++batch) {
+    const at::Tensor x = at::randn({batch, 4});
+    for (int call = 0; call < 2; ++call)
+      REQUIRE_CLOSE(optimized.forward({x})[0], plain.forward({x})[0], optimized.manifest().rtol, optimized.manifest().atol);
+  }
 }
 
 TEST(reduced_precision_returns_the_manifest_dtype) {

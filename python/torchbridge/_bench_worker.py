@@ -11,7 +11,8 @@ spec: {"path": "eager" | "torchscript" | "aoti" | "libtorch" | "cpp" | "onnxrunt
 
 The result holds import_ms (the modules the path needs), load_ms, first_call_ms per batch size
 (the first forward at that size, batch sizes in the order given, so only the first one is the
-first call after load), rss_after_import_mb and peak_rss_mb (VmHWM, see _rss_mb) at the end; or "error".
+first call after load), rss_after_import_mb, peak_rss_by_batch_mb (VmHWM, see _rss_mb, after the calls
+at each batch size in turn) and peak_rss_mb at the end; or "error".
 
 torchbridge.bench runs this file by its path rather than with -m so that the eager, torchscript,
 aoti and onnxruntime processes import only torch (and onnxruntime), as a user's process running
@@ -50,7 +51,7 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def _loader(kind: str, modules: list[str], optimized_from_batch: int = 0):
+def _loader(kind: str, modules: list[str], optimized_from_batch: int = 0, batch_sizes=()):
     """Import what `kind` needs; return a function file, threads -> callable(list of tensors).
     modules: for eager, the modules defining the model's classes, imported here so that load
     times only the unpickling, as in a process that already has the model's code."""
@@ -90,7 +91,8 @@ def _loader(kind: str, modules: list[str], optimized_from_batch: int = 0):
         import torchbridge
 
         def load(file, threads):
-            runtime = torchbridge.Runtime(file, threads=threads)
+            # Told the batch sizes to come, as torchbridge-run is by --batch: compiled at load.
+            runtime = torchbridge.Runtime(file, threads=threads, warmup_batches=batch_sizes)
             return lambda inputs: runtime.forward(*inputs)
 
     elif kind == "onnxruntime":
@@ -113,34 +115,35 @@ def measure(spec: dict) -> dict:
     import time
 
     start = time.perf_counter()
-    load = _loader(spec["path"], spec.get("modules", []), int(spec.get("optimized_from_batch", 0)))
+    batch_sizes = [int(b) for b in spec["batch_sizes"]]
+    load = _loader(spec["path"], spec.get("modules", []), int(spec.get("optimized_from_batch", 0)), batch_sizes)
     import torch
 
     import_ms = (time.perf_counter() - start) * 1000.0
     threads = int(spec["threads"])
     torch.set_num_threads(threads)
     rss_after_import = _rss_mb()
-    batch_sizes = [int(b) for b in spec["batch_sizes"]]
     inputs = {b: torch.load(spec["inputs"][str(b)], weights_only=True) for b in batch_sizes}
 
     start = time.perf_counter()
     forward = load(spec["file"], threads)
     load_ms = (time.perf_counter() - start) * 1000.0
-    first_call_ms = {}
+    first_call_ms, peak_by_batch = {}, {}
     with torch.inference_mode():
         for b in batch_sizes:
             start = time.perf_counter()
             forward(inputs[b])
             first_call_ms[str(b)] = (time.perf_counter() - start) * 1000.0
-        for b in batch_sizes:
             for _ in range(int(spec.get("calls", 5))):
                 forward(inputs[b])
+            peak_by_batch[str(b)] = _rss_mb()
     return {
         "import_ms": import_ms,
         "load_ms": load_ms,
         "first_call_ms": first_call_ms,
         "rss_after_import_mb": rss_after_import,
         "peak_rss_mb": _rss_mb(),
+        "peak_rss_by_batch_mb": peak_by_batch,
         "threads": torch.get_num_threads(),
     }
 

@@ -264,11 +264,14 @@ class PathInfo:
     first_call_ms: dict[int, float] = field(default_factory=dict)
     rss_after_import_mb: float | None = None
     peak_rss_mb: float | None = None
+    #: VmHWM after the calls at each batch size, in the order run (for cli: one process per size)
+    peak_rss_by_batch_mb: dict[int, float] = field(default_factory=dict)
     note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["first_call_ms"] = {str(b): v for b, v in self.first_call_ms.items()}
+        data["peak_rss_by_batch_mb"] = {str(b): v for b, v in self.peak_rss_by_batch_mb.items()}
         return data
 
 
@@ -335,9 +338,12 @@ class BenchReport:
             if cpp is not None and batch in cpp.first_call_ms and p50:
                 first[batch] = cpp.first_call_ms[batch] / p50
         cli, eager = self.info("cli"), self.info("eager")
-        rss = None
-        if cli and eager and cli.peak_rss_mb and eager.peak_rss_mb:
-            rss = cli.peak_rss_mb / eager.peak_rss_mb
+        rss = {}
+        if cli and eager:
+            for batch in self.batch_sizes:
+                a, b = cli.peak_rss_by_batch_mb.get(batch), eager.peak_rss_by_batch_mb.get(batch)
+                if a and b:
+                    rss[batch] = a / b
         checks = [
             (
                 "cpp p50 / onnxruntime p50",
@@ -351,7 +357,11 @@ class BenchReport:
                 p50_ratio("cpp", "libtorch"),
             ),
             ("cpp first call / cpp p50", "near 1: the runtime's warm-up at load keeps the first call cheap", first),
-            ("cli RSS / eager-process RSS", "peak RSS of torchbridge-run over a Python process running eager", rss),
+            (
+                "cli RSS / eager-process RSS",
+                "peak RSS of torchbridge-run at that batch size over a Python process running eager up to it",
+                rss,
+            ),
         ]
         return [{"check": c, "meaning": m, "value": v} for c, m, v in checks]
 
@@ -838,6 +848,7 @@ def bench(
                 info.load_ms = first_run.get("load_ms")
                 info.first_call_ms = {b: r.get("first_call_ms") for b, r in cli_runs.items()}
                 info.peak_rss_mb = max(r.get("peak_rss_mb", 0.0) for r in cli_runs.values())
+                info.peak_rss_by_batch_mb = {b: r.get("peak_rss_mb", 0.0) for b, r in cli_runs.items()}
                 info.note = (
                     "torchbridge-run's own load_ms, first_call_ms (one process per batch size), peak_rss_mb (max)"
                 )
@@ -882,6 +893,7 @@ def bench(
                 info.first_call_ms = {int(b): v for b, v in result["first_call_ms"].items()}
                 info.rss_after_import_mb = result["rss_after_import_mb"]
                 info.peak_rss_mb = result["peak_rss_mb"]
+                info.peak_rss_by_batch_mb = {int(b): v for b, v in result["peak_rss_by_batch_mb"].items()}
             infos.append(info)
 
     notes += [
@@ -895,9 +907,11 @@ def bench(
         "load ms, first call ms, peak RSS: a fresh Python process per path running only that path "
         f"(torch.set_num_threads({threads})); first call: the first forward at each batch size, in the order "
         f"{', '.join(map(str, batch_sizes))}, so only the first is the first call after load; peak RSS: "
-        f"VmHWM after {ISOLATED_CALLS} more calls per batch size (not ru_maxrss, which a child inherits from "
-        "this process on Linux). cli: torchbridge-run's own figures.",
-        "cpp and pt2 load times include the runtime's 3 warm-up forwards on the golden example (its default).",
+        f"VmHWM after the first and {ISOLATED_CALLS} more calls at each batch size in turn (not ru_maxrss, which "
+        "a child inherits from this process on Linux). cli: torchbridge-run's own figures.",
+        "cpp and pt2 load times include the runtime's 3 warm-up forwards on the golden example, batch 1 and the "
+        "batch sizes measured (warmup_batches, as torchbridge-run warms up at its --batch): oneDNN Graph "
+        "compiles for each new input shape on its first call.",
         "The eager, torchscript/aoti and onnxruntime processes import only torch (and onnxruntime, and for eager "
         "the modules defining the model); libtorch and cpp import torchbridge, which imports Lightning: see "
         "'RSS after import'.",

@@ -42,11 +42,14 @@ class Runtime:
 
     `threads` sets LibTorch's intra-op thread count for the whole process (Python's torch
     included); None keeps the current setting. `optimize` (default on) freezes a float TorchScript
-    model and runs optimize_for_inference at load, kept only if the golden example still matches;
-    `optimization` says what was applied. `precision` "bf16" or "fp16" runs a float TorchScript
-    model in that dtype (inputs and outputs stay float32): faster on CPUs with AMX/AVX512-BF16 and
-    on GPUs, about 1e-2 relative away from fp32. Every error raises TorchbridgeError with the C++
-    message; its `code` is 'artifact', 'input', 'invalid_argument' or 'runtime'.
+    model at load and, on the CPU in fp32, runs it with oneDNN Graph fusion, compiled on the first
+    call at each input shape (up to _C.FUSED_SHAPES shapes; the warm-up at load takes the golden
+    batch and batch 1), kept only if the golden example still matches; `optimization` says what
+    was applied. `warmup_batches` names more batch sizes to compile for at load. `precision`
+    "bf16" or "fp16" runs a float TorchScript model in that dtype (inputs and outputs stay
+    float32): faster on CPUs with AMX/AVX512-BF16 and on GPUs, about 1e-2 relative away from fp32.
+    Every error raises TorchbridgeError with the C++ message; its `code` is 'artifact', 'input',
+    'invalid_argument' or 'runtime'.
     """
 
     def __init__(
@@ -57,10 +60,17 @@ class Runtime:
         warmup_runs: int = 3,
         optimize: bool = True,
         precision: str = "fp32",
+        warmup_batches: tuple[int, ...] | list[int] = (),
     ):
         self.path = Path(path)
         self._native = _C.Runtime(
-            os.fspath(path), device, int(threads or 0), int(warmup_runs), bool(optimize), str(precision)
+            os.fspath(path),
+            device,
+            int(threads or 0),
+            int(warmup_runs),
+            bool(optimize),
+            str(precision),
+            [int(b) for b in warmup_batches],
         )
         text = self._native.manifest_json
         self.manifest: dict[str, Any] | None = json.loads(text) if text else None
@@ -79,7 +89,7 @@ class Runtime:
 
     @property
     def optimization(self) -> str:
-        """What load did for speed: 'freeze+optimize_for_inference', or 'none (<why>)'."""
+        """What load did for speed: 'freeze+onednn_graph', or 'none (<why>)'."""
         return self._native.optimization
 
     @property

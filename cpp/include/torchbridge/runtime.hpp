@@ -125,6 +125,10 @@ struct RuntimeOptions {
   std::string device = "cpu";  // "cpu", "cuda", "cuda:1"
   int threads = 0;             // intra-op threads for the process; 0 keeps LibTorch's default
   int warmup_runs = 3;         // forwards run at load on the golden example (0 disables)
+  /// Batch sizes to warm up at load besides the golden example's and 1 (a model with a dynamic
+  /// batch dimension): oneDNN Graph compiles for each new shape on its first call, 0.1-2 s for
+  /// ResNet-18, paid at load for the sizes named here.
+  std::vector<int64_t> warmup_batches;
   /// TorchScript: freeze at load (folds BatchNorm into convolutions); on the CPU in fp32, the
   /// frozen graph runs with oneDNN Graph fusion, compiled for each input shape on its first call
   /// (up to kFusedShapes shapes; torch::jit::optimize_for_inference beyond). Kept only if the
