@@ -66,6 +66,18 @@ def test_every_input_shape_matches_the_python_mirror_bit_for_bit(cnn):
     assert len(mirror.by_shape) == _C.FUSED_SHAPES and mirror.beyond is not None
 
 
+def test_fuse_off_runs_optimize_for_inference_and_matches_its_mirror(cnn):
+    _, path = cnn
+    runtime = tb.Runtime(path, threads=THREADS, fuse=False)
+    assert runtime.optimization.startswith("freeze+optimize_for_inference")
+    _, mirror = load_in_python(path, runtime.optimized_from_batch, fuse=False)
+    with torch.inference_mode():
+        for batch in (1, 5, 64):
+            x = digits(batch)
+            assert torch.equal(runtime(x), mirror(x)), f"batch {batch}"
+    assert not mirror.by_shape
+
+
 def test_optimize_off_runs_the_module_as_loaded(cnn):
     _, path = cnn
     runtime = tb.Runtime(path, threads=THREADS, optimize=False)
@@ -81,6 +93,8 @@ def test_cli_reports_the_optimization_and_can_turn_it_off(cnn):
     _, path = cnn
     default = json.loads(run_cli(path, "--json", "--threads", str(THREADS)).stdout)
     assert default["optimization"].startswith("freeze+onednn_graph")
+    unfused = json.loads(run_cli(path, "--json", "--no-fuse", "--threads", str(THREADS)).stdout)
+    assert unfused["optimization"].startswith("freeze+optimize_for_inference")
     plain = json.loads(run_cli(path, "--json", "--no-optimize", "--threads", str(THREADS)).stdout)
     assert plain["optimization"] == "none (optimize off)"
     bad = run_cli(path, "--precision", "int4")

@@ -40,6 +40,7 @@ struct Params {
   bool info = false;
   bool json = false;
   bool optimize = true;
+  bool fuse = true;
   std::string precision = "fp32";
 };
 
@@ -62,6 +63,8 @@ void print_help(std::ostream& out) {
       << "  --threads N          intra-op threads, 0 = LibTorch's default (default " << defaults.threads << ")\n"
       << "  --device D           cpu, cuda or cuda:N (default " << defaults.device << ")\n"
       << "  --no-optimize        run the TorchScript module as loaded (default: freeze + oneDNN Graph fusion)\n"
+      << "  --no-fuse            freeze + optimize_for_inference instead of oneDNN Graph: less memory at large\n"
+      << "                       batches, no compilation per input shape, about 10 % slower\n"
       << "  --precision P        fp32, bf16 or fp16: the dtype float TorchScript models run in (default "
       << defaults.precision << ")\n"
       << "  --info               print the artifact's manifest and submodules\n"
@@ -120,6 +123,8 @@ bool parse_args(int argc, char** argv, Params& params) {
       params.device = value();
     } else if (arg == "--no-optimize") {
       params.optimize = false;
+    } else if (arg == "--no-fuse") {
+      params.fuse = false;
     } else if (arg == "--precision") {
       params.precision = value();
     } else if (arg == "--info") {
@@ -208,6 +213,7 @@ int run(const Params& params) {
   options.device = params.device;
   options.threads = params.threads;
   options.optimize = params.optimize;
+  options.fuse = params.fuse;
   options.precision = params.precision;
   // Random inputs come at --batch: compile for it at load, so the first call is not the slow one.
   if (params.inputs.empty()) options.warmup_batches = {params.batch};

@@ -118,7 +118,7 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<torchbridge::Runtime>(m, "Runtime")
       .def(py::init([](const std::string& path, const std::string& device, int threads, int warmup_runs, bool optimize,
-                       const std::string& precision, const std::vector<int64_t>& warmup_batches) {
+                       const std::string& precision, const std::vector<int64_t>& warmup_batches, bool fuse) {
              torchbridge::RuntimeOptions options;
              options.device = device;
              options.threads = threads;
@@ -126,12 +126,13 @@ PYBIND11_MODULE(_C, m) {
              options.optimize = optimize;
              options.precision = precision;
              options.warmup_batches = warmup_batches;
+             options.fuse = fuse;
              py::gil_scoped_release release;
              return std::make_unique<torchbridge::Runtime>(path, options);
            }),
            py::arg("path"), py::arg("device") = "cpu", py::arg("threads") = 0, py::arg("warmup_runs") = 3,
            py::arg("optimize") = true, py::arg("precision") = "fp32",
-           py::arg("warmup_batches") = std::vector<int64_t>{})
+           py::arg("warmup_batches") = std::vector<int64_t>{}, py::arg("fuse") = true)
       .def("forward",
            [](const torchbridge::Runtime& self, const std::vector<py::capsule>& inputs) {
              std::vector<at::Tensor> tensors = from_capsules(inputs);

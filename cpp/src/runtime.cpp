@@ -1,5 +1,6 @@
 #include "torchbridge/runtime.hpp"
 
+#include <ATen/Config.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/Utils.h>
 #include <caffe2/serialize/inline_container.h>
@@ -210,10 +211,18 @@ std::mutex& fusion_mutex() {
 
 // LibTorch's own switch (RegisterLlgaFuseGraph::setEnabled) cannot register the pass again once
 // cleared, so the scope registers and clears the pass itself.
+// A LibTorch built without oneDNN has no fuser: the scope then registers nothing, and the
+// runtime runs optimize_for_inference instead.
 OneDnnFusionScope::OneDnnFusionScope() : lock_(fusion_mutex()) {
+#if AT_MKLDNN_ENABLED()
   pass_ = torch::jit::registerPrePass(torch::jit::fuser::onednn::fuseGraph);
+#endif
 }
-OneDnnFusionScope::~OneDnnFusionScope() { torch::jit::clearPrePass(pass_); }
+OneDnnFusionScope::~OneDnnFusionScope() {
+#if AT_MKLDNN_ENABLED()
+  torch::jit::clearPrePass(pass_);
+#endif
+}
 
 namespace {
 
@@ -221,7 +230,8 @@ namespace {
 class TorchScriptBackend final : public Backend {
  public:
   // precision: the floating dtype the module runs in (kFloat keeps the artifact's own).
-  TorchScriptBackend(const std::string& path, const at::Device& device, at::ScalarType precision, bool optimize)
+  TorchScriptBackend(const std::string& path, const at::Device& device, at::ScalarType precision, bool optimize,
+                     bool fuse)
       : path_(path), device_(device), precision_(precision) {
     module_ = load();
     if (!optimize) return;
@@ -236,7 +246,7 @@ class TorchScriptBackend final : public Backend {
         // AMX/AVX512 kernels); optimize_for_inference converts float32 only.
         module_ = frozen;
         optimization_ = "freeze+channels_last";
-      } else if (device_.is_cpu()) {
+      } else if (fuse && device_.is_cpu() && AT_MKLDNN_ENABLED()) {
         // oneDNN Graph compiles fused kernels per input shape: each shape gets its own copy of the
         // frozen module (sharing its weights), fused on its first calls; see forward().
         module_ = frozen;
@@ -599,7 +609,7 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
       // Quantized artifacts run as exported: their int8 kernels are already packed for the engine.
       const bool quantized = !impl_->manifest.quantized_engine.empty();
       auto backend = std::make_unique<TorchScriptBackend>(path, impl_->device, impl_->precision,
-                                                          options.optimize && !quantized);
+                                                          options.optimize && !quantized, options.fuse);
       impl_->optimization = !options.optimize   ? "none (optimize off)"
                             : quantized         ? "none (quantized artifact: int8 kernels are prepacked already)"
                             : backend->failure().empty() ? backend->optimization()

@@ -235,6 +235,12 @@ TEST(float_torchscript_is_optimized_at_load_unless_turned_off) {
   REQUIRE_CLOSE(optimized.forward({x})[0], plain.forward({x})[0], optimized.manifest().rtol, optimized.manifest().atol);
   // Submodules come from the module as loaded: freezing inlines them.
   REQUIRE(optimized.submodule_names() == plain.submodule_names());
+  torchbridge::RuntimeOptions unfused_options;
+  unfused_options.fuse = false;
+  const Runtime unfused(kTinyMlp, unfused_options);
+  REQUIRE(unfused.optimization().rfind("freeze+optimize_for_inference", 0) == 0 ||
+          unfused.optimization().find("measured slower") != std::string::npos);
+  REQUIRE_CLOSE(unfused.forward({x})[0], plain.forward({x})[0], optimized.manifest().rtol, optimized.manifest().atol);
 }
 
 TEST(fused_shapes_and_the_shapes_beyond_them_match_the_module_as_loaded) {

@@ -677,15 +677,17 @@ def open_artifact(path: str | os.PathLike) -> Artifact:
     return Artifact(path=path, manifest=manifest)
 
 
-def load_in_python(path: str | os.PathLike, optimized_from_batch: int = 0) -> tuple[str, Callable[..., Any]]:
+def load_in_python(
+    path: str | os.PathLike, optimized_from_batch: int = 0, fuse: bool = True
+) -> tuple[str, Callable[..., Any]]:
     """The artifact loaded by torch itself in this process, as (path name, callable):
     ('torchscript', torch.jit.load) or ('aoti', torch._inductor.aoti_load_package).
 
     optimized_from_batch: mirror what the C++ runtime does at load (`Runtime.optimized_from_batch`):
     0 runs the module as loaded; N >= 1 runs batches of N or more as the runtime does on the CPU in
     fp32 (RuntimeMirror: torch.jit.freeze, then oneDNN Graph fusion per input shape, with the same
-    LibTorch code) and smaller ones as loaded, so that the two can be compared bit for bit. Ignored
-    for a .pt2."""
+    LibTorch code) and smaller ones as loaded, so that the two can be compared bit for bit; `fuse`
+    as given to the Runtime. Ignored for a .pt2."""
     path = Path(path)
     if artifact_format(path) == "aoti":
         from torchbridge.aoti import load_package
@@ -695,7 +697,9 @@ def load_in_python(path: str | os.PathLike, optimized_from_batch: int = 0) -> tu
         module = torch.jit.load(str(path)).eval()
     if optimized_from_batch < 1:
         return "torchscript", module
-    return "torchscript", RuntimeMirror(lambda: torch.jit.load(str(path)).eval(), optimized_from_batch, module)
+    return "torchscript", RuntimeMirror(
+        lambda: torch.jit.load(str(path)).eval(), optimized_from_batch, module, fuse=fuse
+    )
 
 
 class RuntimeMirror:
@@ -704,9 +708,10 @@ class RuntimeMirror:
     as loaded; the others run a frozen copy of the module per input shape, fused by oneDNN Graph on
     its first two calls (the pass registered only meanwhile, through the runtime's own
     OneDnnFusionScope), for the first _C.FUSED_SHAPES shapes seen, and freeze +
-    optimize_for_inference beyond. `load` returns a fresh module as loaded (eval mode)."""
+    optimize_for_inference beyond (at every shape with fuse=False). `load` returns a fresh module as
+    loaded (eval mode)."""
 
-    def __init__(self, load: Callable[[], Any], from_batch: int = 1, loaded=None):
+    def __init__(self, load: Callable[[], Any], from_batch: int = 1, loaded=None, fuse: bool = True):
         from torchbridge import _C
 
         self._C = _C
@@ -714,6 +719,7 @@ class RuntimeMirror:
         self.from_batch = from_batch
         self.loaded = loaded if loaded is not None or from_batch <= 1 else load()
         self.by_shape: dict[tuple[int, ...], Any] = {}
+        self.fuse = fuse
         self.beyond = None
 
     def _frozen(self):
@@ -727,7 +733,7 @@ class RuntimeMirror:
             return self.loaded(*inputs)
         key = tuple(n for t in inputs for n in (t.dim(), *t.shape))
         module = self.by_shape.get(key)
-        if module is None and len(self.by_shape) < self._C.FUSED_SHAPES:
+        if module is None and self.fuse and len(self.by_shape) < self._C.FUSED_SHAPES:
             module = self._frozen()
             with self._C.OneDnnFusionScope():
                 module(*inputs)  # profiled

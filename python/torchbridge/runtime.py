@@ -45,7 +45,9 @@ class Runtime:
     model at load and, on the CPU in fp32, runs it with oneDNN Graph fusion, compiled on the first
     call at each input shape (up to _C.FUSED_SHAPES shapes; the warm-up at load takes the golden
     batch and batch 1), kept only if the golden example still matches; `optimization` says what
-    was applied. `warmup_batches` names more batch sizes to compile for at load. `precision`
+    was applied. `warmup_batches` names more batch sizes to compile for at load. `fuse=False` runs
+    freeze + optimize_for_inference instead of oneDNN Graph: no compilation per shape and less
+    memory at large batches, about 10 % slower. `precision`
     "bf16" or "fp16" runs a float TorchScript model in that dtype (inputs and outputs stay
     float32): faster on CPUs with AMX/AVX512-BF16 and on GPUs, about 1e-2 relative away from fp32.
     Every error raises TorchbridgeError with the C++ message; its `code` is 'artifact', 'input',
@@ -61,6 +63,7 @@ class Runtime:
         optimize: bool = True,
         precision: str = "fp32",
         warmup_batches: tuple[int, ...] | list[int] = (),
+        fuse: bool = True,
     ):
         self.path = Path(path)
         self._native = _C.Runtime(
@@ -71,6 +74,7 @@ class Runtime:
             bool(optimize),
             str(precision),
             [int(b) for b in warmup_batches],
+            bool(fuse),
         )
         text = self._native.manifest_json
         self.manifest: dict[str, Any] | None = json.loads(text) if text else None

@@ -135,6 +135,11 @@ struct RuntimeOptions {
   /// golden example still matches within the manifest's tolerance. A .pt2 was optimized when it
   /// was compiled.
   bool optimize = true;
+  /// With optimize, on the CPU in fp32: false runs torch::jit::optimize_for_inference at every
+  /// shape instead of oneDNN Graph (about 10 % slower on ResNet-18, but no kernels compiled per
+  /// shape and lower peak memory at large batches: one prepacked copy of the weights, not one per
+  /// shape).
+  bool fuse = true;
   /// "fp32" (default: the artifact's own dtype), "bf16" or "fp16": floating weights and inputs are
   /// converted at load/call and outputs converted back. Faster where the CPU has bf16/fp16 units
   /// (AMX, AVX512-BF16) or on a GPU; results differ from fp32 by about 1e-2 relative. TorchScript only.
