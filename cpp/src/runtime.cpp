@@ -241,17 +241,18 @@ class TorchScriptBackend final : public Backend {
       torch::jit::Module frozen =
           module_._ivalue()->type()->hasAttribute("training") ? torch::jit::freeze(module_) : module_;
       module_ = torch::jit::Module();
-      if (precision_ != at::kFloat) {
-        // bf16/fp16 convolutions run fastest on channels-last weights and inputs (oneDNN picks its
-        // AMX/AVX512 kernels); optimize_for_inference converts float32 only.
-        module_ = frozen;
-        optimization_ = "freeze+channels_last";
-      } else if (fuse && device_.is_cpu() && AT_MKLDNN_ENABLED()) {
+      if (fuse && precision_ != at::kHalf && device_.is_cpu() && AT_MKLDNN_ENABLED()) {
         // oneDNN Graph compiles fused kernels per input shape: each shape gets its own copy of the
-        // frozen module (sharing its weights), fused on its first calls; see forward().
+        // frozen module (sharing its weights), fused on its first calls; see forward(). In bf16
+        // it uses AMX where the CPU has it (ResNet-18 b1 here: 3.6 ms vs 8.3 ms unfused).
         module_ = frozen;
         fused_ = true;
         optimization_ = "freeze+onednn_graph";
+      } else if (precision_ != at::kFloat) {
+        // Unfused bf16/fp16 convolutions run fastest on channels-last weights and inputs (oneDNN
+        // picks its AMX/AVX512 kernels); optimize_for_inference converts float32 only.
+        module_ = frozen;
+        optimization_ = "freeze+channels_last";
       } else {
         module_ = torch::jit::optimize_for_inference(frozen);
         optimization_ = "freeze+optimize_for_inference";

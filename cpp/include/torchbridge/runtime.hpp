@@ -129,16 +129,16 @@ struct RuntimeOptions {
   /// batch dimension): oneDNN Graph compiles for each new shape on its first call, 0.1-2 s for
   /// ResNet-18, paid at load for the sizes named here.
   std::vector<int64_t> warmup_batches;
-  /// TorchScript: freeze at load (folds BatchNorm into convolutions); on the CPU in fp32, the
-  /// frozen graph runs with oneDNN Graph fusion, compiled for each input shape on its first call
+  /// TorchScript: freeze at load (folds BatchNorm into convolutions); on the CPU in fp32 and bf16,
+  /// the frozen graph runs with oneDNN Graph fusion, compiled for each input shape on its first call
   /// (up to kFusedShapes shapes; torch::jit::optimize_for_inference beyond). Kept only if the
   /// golden example still matches within the manifest's tolerance. A .pt2 was optimized when it
   /// was compiled.
   bool optimize = true;
-  /// With optimize, on the CPU in fp32: false runs torch::jit::optimize_for_inference at every
-  /// shape instead of oneDNN Graph (about 10 % slower on ResNet-18, but no kernels compiled per
-  /// shape and lower peak memory at large batches: one prepacked copy of the weights, not one per
-  /// shape).
+  /// With optimize, on the CPU: false runs torch::jit::optimize_for_inference at every shape
+  /// instead of oneDNN Graph (fp32; bf16 runs frozen, channels-last): 10-20 % slower on ResNet-18
+  /// in fp32, but no kernels compiled per shape and lower peak memory at large batches (one
+  /// prepacked copy of the weights, not one per shape).
   bool fuse = true;
   /// "fp32" (default: the artifact's own dtype), "bf16" or "fp16": floating weights and inputs are
   /// converted at load/call and outputs converted back. Faster where the CPU has bf16/fp16 units
@@ -180,7 +180,7 @@ class Runtime {
   const RuntimeOptions& options() const;
   const Manifest& manifest() const;
   /// What load did to the model for speed, e.g. "freeze+onednn_graph", "freeze+channels_last"
-  /// (bf16/fp16), "freeze+optimize_for_inference" (CUDA), "none (optimize off)", "none (quantized
+  /// (bf16/fp16), "freeze+optimize_for_inference" (fuse off, or CUDA), "none (optimize off)", "none (quantized
   /// artifact...)", or why an optimization was dropped.
   const std::string& optimization() const;
   /// True when forward runs a module optimized at load (the Python mirror applies the same passes).
