@@ -106,7 +106,8 @@ def test_bf16_precision_keeps_float32_outputs_close_to_fp32(cnn):
     model, path = cnn
     runtime = tb.Runtime(path, threads=THREADS, precision="bf16")
     assert runtime.precision == "bf16"
-    assert runtime.optimization == "freeze+channels_last"
+    assert runtime.optimization == "freeze+onednn_graph"
+    assert tb.Runtime(path, threads=THREADS, precision="bf16", fuse=False).optimization == "freeze+channels_last"
     x = digits(32)
     y = runtime(x)
     assert y.dtype == torch.float32
