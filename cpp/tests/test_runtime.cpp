@@ -164,6 +164,40 @@ TEST(forward_from_four_threads_at_once_gives_identical_results) {
   REQUIRE_EQ(mismatches.load(), 0);
 }
 
+TEST(threads_meeting_new_shapes_at_once_each_get_the_right_outputs) {
+  // Each thread's first call is at a shape not compiled yet: compilation is serialized, and every
+  // result agrees with the module as loaded.
+  const Runtime runtime(kTinyMlp);
+  torchbridge::RuntimeOptions options;
+  options.optimize = false;
+  const Runtime plain(kTinyMlp, options);
+  constexpr int kThreads = 4;
+  std::vector<at::Tensor> inputs, expected;
+  for (int i = 0; i < kThreads; ++i) {
+    inputs.push_back(at::randn({20 + i, 4}));
+    expected.push_back(plain.forward({inputs.back()})[0]);
+  }
+  std::vector<at::Tensor> outputs(kThreads);
+  std::atomic<int> exceptions{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      while (!go.load()) std::this_thread::yield();
+      try {
+        for (int call = 0; call < 3; ++call) outputs[t] = runtime.forward({inputs[t]})[0];
+      } catch (const std::exception& error) {
+        if (exceptions++ == 0) std::cerr << "thread " << t << ": " << error.what() << "\n";
+      }
+    });
+  }
+  go = true;
+  for (auto& thread : threads) thread.join();
+  REQUIRE_EQ(exceptions.load(), 0);
+  for (int t = 0; t < kThreads; ++t)
+    REQUIRE_CLOSE(outputs[t], expected[t], runtime.manifest().rtol, runtime.manifest().atol);
+}
+
 TEST(forward_submodule_runs_one_layer) {
   // Submodules run as loaded, so composing them equals the unoptimized forward bit for bit.
   torchbridge::RuntimeOptions options;
