@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <future>
 #include <map>
 #include <mutex>
 #include <set>
@@ -350,37 +351,55 @@ class TorchScriptBackend final : public Backend {
 
   // The fused module for these input sizes: made on the first call at a new shape, where the
   // profiling executor profiles (call 1) and optimizes with the pass registered (call 2, which
-  // compiles oneDNN Graph's kernels). Past kFusedShapes shapes: one module optimized by
-  // optimize_for_inference, made on first need. The lock is held while a shape is compiled.
+  // compiles oneDNN Graph's kernels). Only the map is locked meanwhile: calls at shapes compiled
+  // already go on, calls at the same new shape wait for it. Past kFusedShapes shapes: one module
+  // optimized by optimize_for_inference, made on first need.
   std::vector<at::Tensor> call_fused(const std::vector<at::Tensor>& inputs) const {
     std::vector<int64_t> key;
     for (const auto& input : inputs) {
       key.push_back(input.dim());
       key.insert(key.end(), input.sizes().begin(), input.sizes().end());
     }
-    torch::jit::Module module;
+    std::shared_future<torch::jit::Module> fused;
+    std::promise<torch::jit::Module> compiling;
+    bool compile = false;
     {
       const std::lock_guard<std::mutex> lock(fused_mutex_);
       if (const auto found = by_shape_.find(key); found != by_shape_.end()) {
-        module = found->second;
+        fused = found->second;
       } else if (by_shape_.size() < static_cast<size_t>(kFusedShapes)) {
-        module = module_.clone();
-        {
-          const OneDnnFusionScope scope;
-          call(module, inputs);
-          call(module, inputs);
-        }
-        by_shape_.emplace(std::move(key), module);
+        fused = compiling.get_future().share();
+        by_shape_.emplace(key, fused);
+        compile = true;
       } else {
         if (!beyond_ready_) {
           torch::jit::Module copy = module_.clone();
           beyond_ = torch::jit::optimize_for_inference(copy);
           beyond_ready_ = true;
         }
-        module = beyond_;
+        return call(beyond_, inputs);
       }
     }
-    return call(module, inputs);
+    if (compile) {
+      try {
+        torch::jit::Module module = module_.clone();
+        {
+          const OneDnnFusionScope scope;
+          call(module, inputs);
+          call(module, inputs);
+        }
+        compiling.set_value(module);
+      } catch (...) {
+        // Not kept: the callers waiting get the error, a later call at this shape tries again.
+        {
+          const std::lock_guard<std::mutex> lock(fused_mutex_);
+          by_shape_.erase(key);
+        }
+        compiling.set_exception(std::current_exception());
+        throw;
+      }
+    }
+    return call(fused.get(), inputs);
   }
 
   static std::vector<at::Tensor> call(torch::jit::Module module, const std::vector<at::Tensor>& inputs) {
@@ -405,7 +424,7 @@ class TorchScriptBackend final : public Backend {
   // oneDNN Graph: module_ is the frozen template, cloned per input shape.
   bool fused_ = false;
   mutable std::mutex fused_mutex_;
-  mutable std::map<std::vector<int64_t>, torch::jit::Module> by_shape_;
+  mutable std::map<std::vector<int64_t>, std::shared_future<torch::jit::Module>> by_shape_;
   mutable torch::jit::Module beyond_;  // past kFusedShapes shapes
   mutable bool beyond_ready_ = false;
 };
