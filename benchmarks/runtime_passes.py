@@ -76,9 +76,6 @@ def measure(threads: int, batch: int, runs: int) -> None:
     x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory() as workdir, torch.inference_mode():
         found, load, traced_cl, x_cl = variants(Path(workdir), x, threads)
-        for fn, inputs in found.values():  # each graph is optimized before oneDNN Graph is on
-            for _ in range(4):
-                fn(inputs)
         # The runtime's default, as its Python mirror runs it (the pass registered only while each
         # shape compiles), and the same fusion on channels-last weights and input.
         found["freeze + oneDNN Graph fusion (runtime default)"] = (RuntimeMirror(load), x)

@@ -133,6 +133,28 @@ TEST(example_inputs_satisfy_the_manifest) {
   REQUIRE(runtime.forward(inputs)[0].sizes() == at::IntArrayRef({5, 3}));
 }
 
+// Runs body(t) in `count` threads released at the same moment; returns how many threw (the first
+// error is printed).
+template <class Body>
+int run_at_once(int count, Body body) {
+  std::atomic<int> exceptions{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < count; ++t) {
+    threads.emplace_back([&, t] {
+      while (!go.load()) std::this_thread::yield();
+      try {
+        body(t);
+      } catch (const std::exception& error) {
+        if (exceptions++ == 0) std::cerr << "thread " << t << ": " << error.what() << "\n";
+      }
+    });
+  }
+  go = true;
+  for (auto& thread : threads) thread.join();
+  return exceptions.load();
+}
+
 TEST(forward_from_four_threads_at_once_gives_identical_results) {
   const Runtime runtime(kTinyMlp);
   constexpr int kThreads = 4;
@@ -143,29 +165,16 @@ TEST(forward_from_four_threads_at_once_gives_identical_results) {
     expected.push_back(runtime.forward({inputs.back()})[0]);
   }
   std::atomic<int> mismatches{0};
-  std::atomic<int> exceptions{0};
-  std::atomic<bool> go{false};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      while (!go.load()) std::this_thread::yield();
-      for (int call = 0; call < kCalls; ++call) {
-        try {
-          if (!at::equal(runtime.forward({inputs[t]})[0], expected[t])) ++mismatches;
-        } catch (const std::exception& error) {
-          if (exceptions++ == 0) std::cerr << "thread " << t << ": " << error.what() << "\n";
-        }
-      }
-    });
-  }
-  go = true;
-  for (auto& thread : threads) thread.join();
-  REQUIRE_EQ(exceptions.load(), 0);
+  const int exceptions = run_at_once(kThreads, [&](int t) {
+    for (int call = 0; call < kCalls; ++call)
+      if (!at::equal(runtime.forward({inputs[t]})[0], expected[t])) ++mismatches;
+  });
+  REQUIRE_EQ(exceptions, 0);
   REQUIRE_EQ(mismatches.load(), 0);
 }
 
 TEST(threads_meeting_new_shapes_at_once_each_get_the_right_outputs) {
-  // Each thread's first call is at a shape not compiled yet: compilation is serialized, and every
+  // Each thread's first call is at a shape not compiled yet: compilations take turns, and every
   // result agrees with the module as loaded.
   const Runtime runtime(kTinyMlp);
   torchbridge::RuntimeOptions options;
@@ -178,22 +187,10 @@ TEST(threads_meeting_new_shapes_at_once_each_get_the_right_outputs) {
     expected.push_back(plain.forward({inputs.back()})[0]);
   }
   std::vector<at::Tensor> outputs(kThreads);
-  std::atomic<int> exceptions{0};
-  std::atomic<bool> go{false};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      while (!go.load()) std::this_thread::yield();
-      try {
-        for (int call = 0; call < 3; ++call) outputs[t] = runtime.forward({inputs[t]})[0];
-      } catch (const std::exception& error) {
-        if (exceptions++ == 0) std::cerr << "thread " << t << ": " << error.what() << "\n";
-      }
-    });
-  }
-  go = true;
-  for (auto& thread : threads) thread.join();
-  REQUIRE_EQ(exceptions.load(), 0);
+  const int exceptions = run_at_once(kThreads, [&](int t) {
+    for (int call = 0; call < 3; ++call) outputs[t] = runtime.forward({inputs[t]})[0];
+  });
+  REQUIRE_EQ(exceptions, 0);
   for (int t = 0; t < kThreads; ++t)
     REQUIRE_CLOSE(outputs[t], expected[t], runtime.manifest().rtol, runtime.manifest().atol);
 }

@@ -693,13 +693,13 @@ def load_in_python(
         from torchbridge.aoti import load_package
 
         return "aoti", load_package(path)
-    with expected_deprecations():
-        module = torch.jit.load(str(path)).eval()
+    def load():
+        with expected_deprecations():
+            return torch.jit.load(str(path)).eval()
+
     if optimized_from_batch < 1:
-        return "torchscript", module
-    return "torchscript", RuntimeMirror(
-        lambda: torch.jit.load(str(path)).eval(), optimized_from_batch, module, fuse=fuse
-    )
+        return "torchscript", load()
+    return "torchscript", RuntimeMirror(load, optimized_from_batch, fuse=fuse)
 
 
 class RuntimeMirror:
@@ -711,15 +711,15 @@ class RuntimeMirror:
     optimize_for_inference beyond (at every shape with fuse=False). `load` returns a fresh module as
     loaded (eval mode)."""
 
-    def __init__(self, load: Callable[[], Any], from_batch: int = 1, loaded=None, fuse: bool = True):
+    def __init__(self, load: Callable[[], Any], from_batch: int = 1, fuse: bool = True):
         from torchbridge import _C
 
         self._C = _C
         self._load = load
         self.from_batch = from_batch
-        self.loaded = loaded if loaded is not None or from_batch <= 1 else load()
-        self.by_shape: dict[tuple[int, ...], Any] = {}
         self.fuse = fuse
+        self.loaded = load()  # runs the batches below from_batch; a bad file fails here, not on a call
+        self.by_shape: dict[tuple[int, ...], Any] = {}
         self.beyond = None
 
     def _frozen(self):
