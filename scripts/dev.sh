@@ -6,6 +6,8 @@
 #   scripts/dev.sh test              C++ tests (ctest) and the pytest suite, torch 2.14.1
 #   scripts/dev.sh test-cpu          the same against torch 2.13.0+cpu, C++ built from CMAKE_PREFIX_PATH
 #   scripts/dev.sh setup             only create .venv and build
+#   scripts/dev.sh gpu               on a CUDA machine: build into the python3 that has torch, run
+#                                    tests/test_cuda.py and benchmarks/gpu.py (docs/bench_gpu.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,8 +63,18 @@ case "$command" in
     [ $# -gt 0 ] || set -- tests/test_parity.py tests/test_bad_input.py tests/test_cpp_app.py tests/test_runtime_options.py
     .venv-cpu/bin/python -m pytest "$@"
     ;;
+  gpu)
+    # The GPU machine's own torch (a CUDA build, any release from 2.11): no venv, nothing downloaded.
+    "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'torch sees no CUDA GPU')"
+    echo "== building torchbridge into $("$PYTHON" -c 'import sys; print(sys.prefix)')"
+    CMAKE_BUILD_PARALLEL_LEVEL=$JOBS "$PYTHON" -m pip install -q --no-build-isolation --no-deps .
+    status=0
+    "$PYTHON" -m pytest -v tests/test_cuda.py "$@" || status=$?
+    "$PYTHON" benchmarks/gpu.py
+    exit $status
+    ;;
   *)
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -41,6 +41,7 @@ struct Params {
   bool json = false;
   bool optimize = true;
   bool fuse = true;
+  bool cuda_graphs = true;
   std::string precision = "fp32";
 };
 
@@ -56,7 +57,8 @@ void print_help(std::ostream& out) {
          "  -o, --output PATH    .npy file for the next model output (repeat once per output)\n"
          "  --selftest           run the golden example stored in the artifact and compare\n"
          "  --bench N            time N forwards after warm-up; print p50/p90/p99 latency (default "
-      << defaults.bench << ": off)\n"
+      << defaults.bench << ": off); on a GPU the inputs\n"
+         "                       start on the device, and a second timing adds the host copies\n"
       << "  --warmup N           untimed forwards before --bench (default " << defaults.warmup << ")\n"
       << "  --batch N            size of dynamic dimensions in random inputs (default " << defaults.batch << ")\n"
       << "  --seed N             seed for random inputs (default " << defaults.seed << ")\n"
@@ -65,6 +67,8 @@ void print_help(std::ostream& out) {
       << "  --no-optimize        run the TorchScript module as loaded (default: freeze + oneDNN Graph fusion)\n"
       << "  --no-fuse            freeze + optimize_for_inference instead of oneDNN Graph: less memory at large\n"
       << "                       batches, no compilation per input shape, about 10 % slower\n"
+      << "  --no-cuda-graphs     on a CUDA device, launch every kernel instead of replaying a CUDA graph\n"
+      << "                       captured per input shape\n"
       << "  --precision P        fp32, bf16 or fp16: the dtype float TorchScript models run in (default "
       << defaults.precision << ")\n"
       << "  --info               print the artifact's manifest and submodules\n"
@@ -125,6 +129,8 @@ bool parse_args(int argc, char** argv, Params& params) {
       params.optimize = false;
     } else if (arg == "--no-fuse") {
       params.fuse = false;
+    } else if (arg == "--no-cuda-graphs") {
+      params.cuda_graphs = false;
     } else if (arg == "--precision") {
       params.precision = value();
     } else if (arg == "--info") {
@@ -214,6 +220,7 @@ int run(const Params& params) {
   options.threads = params.threads;
   options.optimize = params.optimize;
   options.fuse = params.fuse;
+  options.cuda_graphs = params.cuda_graphs;
   options.precision = params.precision;
   // Random inputs come at --batch: compile for it at load, so the first call is not the slow one.
   if (params.inputs.empty()) options.warmup_batches = {params.batch};
@@ -319,16 +326,33 @@ int run(const Params& params) {
     json << "]";
 
     if (params.bench > 0) {
-      for (int i = 0; i < params.warmup; ++i) runtime.forward(inputs);
-      std::vector<double> latencies;
-      latencies.reserve(static_cast<size_t>(params.bench));
-      for (int i = 0; i < params.bench; ++i) {
-        const auto start = Clock::now();
-        outputs = runtime.forward(inputs);
-        if (runtime.device().is_cuda()) torch::cuda::synchronize();
-        latencies.push_back(ms_since(start));
+      const bool gpu = runtime.device().is_cuda();
+      // On a GPU the timed inputs already live on the device (where a serving process keeps them);
+      // the copies from and to the host are timed separately below.
+      std::vector<at::Tensor> timed_inputs = inputs;
+      if (gpu)
+        for (auto& input : timed_inputs) input = input.to(runtime.device());
+      auto time_runs = [&](const std::vector<at::Tensor>& in, bool to_host) {
+        std::vector<double> times;
+        times.reserve(static_cast<size_t>(params.bench));
+        for (int i = 0; i < params.bench; ++i) {
+          const auto start = Clock::now();
+          outputs = runtime.forward(in);
+          if (to_host)
+            for (auto& output : outputs) output = output.to(at::kCPU);
+          if (gpu) torch::cuda::synchronize();
+          times.push_back(ms_since(start));
+        }
+        std::sort(times.begin(), times.end());
+        return times;
+      };
+      for (int i = 0; i < params.warmup; ++i) runtime.forward(timed_inputs);
+      std::vector<double> latencies = time_runs(timed_inputs, false);
+      double host_p50 = 0.0;
+      if (gpu) {
+        for (int i = 0; i < std::min(params.warmup, 3); ++i) runtime.forward(inputs);
+        host_p50 = percentile(time_runs(inputs, true), 0.5);
       }
-      std::sort(latencies.begin(), latencies.end());
       double total = 0;
       for (double value : latencies) total += value;
       const double mean = total / static_cast<double>(latencies.size());
@@ -340,7 +364,9 @@ int run(const Params& params) {
            << ", \"p50_ms\": " << json_number(p50) << ", \"p90_ms\": " << json_number(p90)
            << ", \"p99_ms\": " << json_number(p99) << ", \"mean_ms\": " << json_number(mean)
            << ", \"min_ms\": " << json_number(latencies.front()) << ", \"max_ms\": " << json_number(latencies.back())
-           << ", \"throughput_per_s\": " << json_number(throughput) << "}";
+           << ", \"throughput_per_s\": " << json_number(throughput);
+      if (gpu) json << ", \"inputs_on\": \"" << runtime.device().str() << "\", \"host_copies_p50_ms\": " << json_number(host_p50);
+      json << "}";
       if (!params.json) {
         std::printf("bench: %d runs after %d warm-up, batch %lld, %d threads, %s\n", params.bench, params.warmup,
                     static_cast<long long>(batch), at::get_num_threads(), params.device.c_str());
@@ -349,6 +375,9 @@ int run(const Params& params) {
         std::printf("  throughput %.1f samples/s   load %.1f ms   first call %.3f ms   peak RSS %.1f MB\n", throughput,
                     load_ms, first_ms, peak_rss_mb());
         std::printf("  at load: %s, precision %s\n", runtime.optimization().c_str(), params.precision.c_str());
+        if (gpu)
+          std::printf("  inputs on %s; with the copies from and to the host: p50 %.3f ms\n",
+                      runtime.device().str().c_str(), host_p50);
       }
     }
   }

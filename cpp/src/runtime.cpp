@@ -18,11 +18,13 @@
 #include <fstream>
 #include <future>
 #include <map>
+#include <optional>
 #include <mutex>
 #include <set>
 #include <sstream>
 
 #include "backend.hpp"
+#include "cuda_graphs.hpp"
 #include "json.hpp"
 
 #ifndef TORCHBRIDGE_VERSION
@@ -227,15 +229,102 @@ OneDnnFusionScope::~OneDnnFusionScope() {
 
 namespace {
 
+// Something made once per input shape (a fused module, a CUDA graph) on the first call at that
+// shape. Only the map is locked while it is made: calls at shapes made already go on, calls at the
+// same new shape wait for it. A make that throws is not kept: the callers waiting get the error and
+// a later call at that shape tries again. Past `capacity` shapes get() returns nothing.
+template <typename T>
+class PerShape {
+ public:
+  explicit PerShape(size_t capacity) : capacity_(capacity) {}
+
+  std::optional<T> get(const std::vector<at::Tensor>& inputs, const std::function<T()>& make) {
+    std::vector<int64_t> key;
+    for (const auto& input : inputs) {
+      key.push_back(input.dim());
+      key.insert(key.end(), input.sizes().begin(), input.sizes().end());
+    }
+    std::shared_future<T> entry;
+    std::promise<T> making;
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      if (const auto found = entries_.find(key); found != entries_.end()) return found->second.get();
+      if (entries_.size() >= capacity_) return std::nullopt;
+      entry = making.get_future().share();
+      entries_.emplace(key, entry);
+    }
+    try {
+      making.set_value(make());
+    } catch (...) {
+      {
+        const std::lock_guard<std::mutex> lock(mutex_);
+        entries_.erase(key);
+      }
+      making.set_exception(std::current_exception());
+      throw;
+    }
+    return entry.get();
+  }
+
+  void clear() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    entries_.clear();
+  }
+
+ private:
+  size_t capacity_;
+  std::mutex mutex_;
+  std::map<std::vector<int64_t>, std::shared_future<T>> entries_;
+};
+
+// The CUDA graph plugin (cuda_graphs.hpp), from the folder libtorchbridge came from; nullptr and
+// `why` when this build or LibTorch has none. Loaded once per process, after libtorch_cuda.so.
+cuda::CaptureFn cuda_graph_plugin(std::string& why) {
+  static std::mutex mutex;
+  static bool tried = false;
+  static cuda::CaptureFn capture = nullptr;
+  static std::string reason;
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (!tried) {
+    tried = true;
+    Dl_info info{};
+    if (dladdr(reinterpret_cast<void*>(&torchbridge::version), &info) == 0 || info.dli_fname == nullptr) {
+      reason = "cannot locate libtorchbridge";
+    } else {
+      std::string path = info.dli_fname;
+      path = path.substr(0, path.find_last_of('/') + 1) + cuda::kPluginFile;
+      if (void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL); handle == nullptr) {
+        const char* error = dlerror();
+        reason = std::string(cuda::kPluginFile) + " not loaded (torchbridge was built without CUDA headers, or " +
+                 (error ? error : "it is missing") + ")";
+      } else if (capture = reinterpret_cast<cuda::CaptureFn>(dlsym(handle, cuda::kCaptureSymbol)); capture == nullptr) {
+        reason = std::string(cuda::kPluginFile) + " lacks " + cuda::kCaptureSymbol;
+      }
+    }
+  }
+  why = reason;
+  return capture;
+}
+
+std::string shapes_string(const std::vector<at::Tensor>& inputs) {
+  std::string out;
+  for (const auto& input : inputs) out += (out.empty() ? "" : ", ") + shape_string(input.sizes());
+  return out;
+}
+
 // Loads TorchScript archives; AOTInductor packages load in aoti_backend.cpp.
 class TorchScriptBackend final : public Backend {
  public:
   // precision: the floating dtype the module runs in (kFloat keeps the artifact's own).
   TorchScriptBackend(const std::string& path, const at::Device& device, at::ScalarType precision, bool optimize,
-                     bool fuse)
+                     bool fuse, bool cuda_graphs)
       : path_(path), device_(device), precision_(precision) {
     module_ = load();
     if (!optimize) return;
+    if (device_.is_cuda()) {
+      // Fixed shapes per call site: let cuDNN time its algorithms once per shape (process-wide).
+      at::globalContext().setBenchmarkCuDNN(true);
+    }
     try {
       // An artifact exported already frozen is used as it is. Freeze, then let go of the module as
       // loaded: one copy of the weights.
@@ -263,6 +352,12 @@ class TorchScriptBackend final : public Backend {
       std::string message = error.what();
       failure_ = message.substr(0, message.find('\n'));
       module_ = load();
+      return;
+    }
+    if (device_.is_cuda() && cuda_graphs) {
+      std::string why;
+      capture_ = cuda_graph_plugin(why);
+      optimization_ += capture_ != nullptr ? "+cuda_graphs" : " (no CUDA graphs: " + why + ")";
     }
   }
 
@@ -270,6 +365,7 @@ class TorchScriptBackend final : public Backend {
     // as_loaded_ is read in use_optimized_from whenever from_batch_ > 1: no lock on this path.
     if (from_batch_ > 1 && !inputs.empty() && inputs[0].dim() > 0 && inputs[0].size(0) < from_batch_)
       return call(as_loaded_, inputs);
+    if (capture_ != nullptr) return call_graph(inputs);
     if (!fused_) return call(module_, inputs);
     return call_fused(inputs);
   }
@@ -315,10 +411,12 @@ class TorchScriptBackend final : public Backend {
     module_ = as_loaded();
     optimization_.clear();
     from_batch_ = 1;
+    fused_ = false;
+    fused_by_shape_.clear();
+    capture_ = nullptr;
+    graphs_.clear();
     {
-      const std::lock_guard<std::mutex> lock(fused_mutex_);
-      fused_ = false;
-      by_shape_.clear();
+      const std::lock_guard<std::mutex> lock(beyond_mutex_);
       beyond_ = torch::jit::Module();
       beyond_ready_ = false;
     }
@@ -349,57 +447,61 @@ class TorchScriptBackend final : public Backend {
     return as_loaded_;
   }
 
-  // The fused module for these input sizes: made on the first call at a new shape, where the
-  // profiling executor profiles (call 1) and optimizes with the pass registered (call 2, which
-  // compiles oneDNN Graph's kernels). Only the map is locked meanwhile: calls at shapes compiled
-  // already go on, calls at the same new shape wait for it. Past kFusedShapes shapes: one module
-  // optimized by optimize_for_inference, made on first need.
+  // The fused module for these input sizes: a clone of the frozen template, where the profiling
+  // executor profiles (call 1) and optimizes with the pass registered (call 2, which compiles
+  // oneDNN Graph's kernels). Past kFusedShapes shapes: one module optimized by
+  // optimize_for_inference, made on first need.
   std::vector<at::Tensor> call_fused(const std::vector<at::Tensor>& inputs) const {
-    std::vector<int64_t> key;
-    for (const auto& input : inputs) {
-      key.push_back(input.dim());
-      key.insert(key.end(), input.sizes().begin(), input.sizes().end());
+    const std::optional<torch::jit::Module> fused = fused_by_shape_.get(inputs, [&] {
+      torch::jit::Module module = module_.clone();
+      const OneDnnFusionScope scope;
+      call(module, inputs);
+      call(module, inputs);
+      return module;
+    });
+    if (fused) return call(*fused, inputs);
+    const std::lock_guard<std::mutex> lock(beyond_mutex_);
+    if (!beyond_ready_) {
+      torch::jit::Module copy = module_.clone();
+      beyond_ = torch::jit::optimize_for_inference(copy);
+      beyond_ready_ = true;
     }
-    std::shared_future<torch::jit::Module> fused;
-    std::promise<torch::jit::Module> compiling;
-    bool compile = false;
-    {
-      const std::lock_guard<std::mutex> lock(fused_mutex_);
-      if (const auto found = by_shape_.find(key); found != by_shape_.end()) {
-        fused = found->second;
-      } else if (by_shape_.size() < static_cast<size_t>(kFusedShapes)) {
-        fused = compiling.get_future().share();
-        by_shape_.emplace(key, fused);
-        compile = true;
-      } else {
-        if (!beyond_ready_) {
-          torch::jit::Module copy = module_.clone();
-          beyond_ = torch::jit::optimize_for_inference(copy);
-          beyond_ready_ = true;
-        }
-        return call(beyond_, inputs);
-      }
-    }
-    if (compile) {
+    return call(beyond_, inputs);
+  }
+
+  // On a CUDA device: a CUDA graph per input shape, captured from its own clone of the frozen
+  // module on the first call at that shape, then replayed (one launch instead of one per kernel).
+  // A model the graph cannot capture (it synchronizes with the host, e.g. branches on a tensor's
+  // value) runs without one at that shape, said once on stderr. Past kCudaGraphShapes shapes: no graph.
+  std::vector<at::Tensor> call_graph(const std::vector<at::Tensor>& inputs) const {
+    const auto graph = graphs_.get(inputs, [&]() -> std::shared_ptr<cuda::Graph> {
+      const torch::jit::Module module = module_.clone();
+      const cuda::Forward forward = [module](const std::vector<at::Tensor>& in) { return call(module, in); };
       try {
-        torch::jit::Module module = module_.clone();
-        {
-          const OneDnnFusionScope scope;
-          call(module, inputs);
-          call(module, inputs);
+        std::shared_ptr<cuda::Graph> graph(capture_(forward, inputs, /*warmup_runs=*/3));
+        // The replay runs the kernels the direct call runs (cuDNN's choice is cached per shape),
+        // so anything beyond rounding noise means the capture missed something.
+        const std::vector<at::Tensor> replayed = graph->replay(inputs);
+        const std::vector<at::Tensor> direct = forward(inputs);
+        for (size_t i = 0; i < direct.size(); ++i) {
+          const bool same = i < replayed.size() && replayed[i].sizes() == direct[i].sizes() &&
+                            replayed[i].scalar_type() == direct[i].scalar_type() &&
+                            (!at::isFloatingType(direct[i].scalar_type())
+                                 ? at::equal(replayed[i], direct[i])
+                                 : at::allclose(replayed[i].to(at::kFloat), direct[i].to(at::kFloat), 1e-3, 1e-5, true));
+          if (!same) throw std::runtime_error("the replayed graph's output " + std::to_string(i) + " differs from a direct run");
         }
-        compiling.set_value(module);
-      } catch (...) {
-        // Not kept: the callers waiting get the error, a later call at this shape tries again.
-        {
-          const std::lock_guard<std::mutex> lock(fused_mutex_);
-          by_shape_.erase(key);
-        }
-        compiling.set_exception(std::current_exception());
-        throw;
+        return graph;
+      } catch (const std::exception& error) {
+        std::string message = error.what();
+        std::fprintf(stderr, "torchbridge: %s: no CUDA graph for input shapes %s, running without one: %s\n",
+                     path_.c_str(), shapes_string(inputs).c_str(),
+                     message.substr(0, message.find("\nException raised from")).c_str());
+        return nullptr;
       }
-    }
-    return call(fused.get(), inputs);
+    });
+    if (graph && *graph) return (*graph)->replay(inputs);
+    return call(module_, inputs);
   }
 
   static std::vector<at::Tensor> call(torch::jit::Module module, const std::vector<at::Tensor>& inputs) {
@@ -423,10 +525,13 @@ class TorchScriptBackend final : public Backend {
   int64_t from_batch_ = 1;  // batches below it run as loaded (measured faster there at load)
   // oneDNN Graph: module_ is the frozen template, cloned per input shape.
   bool fused_ = false;
-  mutable std::mutex fused_mutex_;
-  mutable std::map<std::vector<int64_t>, std::shared_future<torch::jit::Module>> by_shape_;
+  mutable PerShape<torch::jit::Module> fused_by_shape_{kFusedShapes};
+  mutable std::mutex beyond_mutex_;
   mutable torch::jit::Module beyond_;  // past kFusedShapes shapes
   mutable bool beyond_ready_ = false;
+  // CUDA graphs: module_ is the frozen template; a null graph marks a shape that cannot be captured.
+  cuda::CaptureFn capture_ = nullptr;
+  mutable PerShape<std::shared_ptr<cuda::Graph>> graphs_{kCudaGraphShapes};
 };
 
 // libtorchbridge links libtorch_cpu only. Two things need more of LibTorch, loaded here from the
@@ -629,7 +734,8 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
       // Quantized artifacts run as exported: their int8 kernels are already packed for the engine.
       const bool quantized = !impl_->manifest.quantized_engine.empty();
       auto backend = std::make_unique<TorchScriptBackend>(path, impl_->device, impl_->precision,
-                                                          options.optimize && !quantized, options.fuse);
+                                                          options.optimize && !quantized, options.fuse,
+                                                          options.cuda_graphs);
       impl_->optimization = !options.optimize   ? "none (optimize off)"
                             : quantized         ? "none (quantized artifact: int8 kernels are prepacked already)"
                             : backend->failure().empty() ? backend->optimization()
@@ -653,7 +759,10 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
 
   // An optimized module must still give the golden outputs (within the manifest's tolerance, as
   // fusion changes rounding); otherwise run the module as loaded and say why.
-  if (!impl_->backend->optimization().empty() && impl_->precision == at::kFloat && !impl_->golden_inputs.empty()) {
+  // The golden outputs were computed on the CPU: a GPU's own rounding (TF32 convolutions) is no sign
+  // of a broken optimization there.
+  if (!impl_->backend->optimization().empty() && impl_->precision == at::kFloat && impl_->device.is_cpu() &&
+      !impl_->golden_inputs.empty()) {
     const SelftestReport check = selftest();
     if (!check.passed) {
       double worst = 0.0;
@@ -671,7 +780,9 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
   const bool batch_dynamic = !impl_->manifest.inputs.empty() && !impl_->manifest.inputs[0].shape.empty() &&
                              impl_->manifest.inputs[0].shape[0] < 0;
   if (TorchScriptBackend* const ts = impl_->torchscript; ts != nullptr && !ts->optimization().empty()) {
-    const int64_t from = impl_->precision == at::kFloat && batch_dynamic ? impl_->manifest.optimize_from_batch : 1;
+    // Measured at export on the CPU: it says nothing about a GPU.
+    const int64_t from =
+        impl_->precision == at::kFloat && batch_dynamic && impl_->device.is_cpu() ? impl_->manifest.optimize_from_batch : 1;
     if (from <= 0) {
       ts->drop_optimization();
       impl_->optimization = "none (" + impl_->optimization + " measured slower at export)";

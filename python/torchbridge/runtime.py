@@ -47,7 +47,9 @@ class Runtime:
     batch and batch 1), kept only if the golden example still matches; `optimization` says what
     was applied. `warmup_batches` names more batch sizes to compile for at load. `fuse=False` runs
     freeze + optimize_for_inference instead of oneDNN Graph: no compilation per shape and less
-    memory at large batches, about 10 % slower. `precision`
+    memory at large batches, about 10 % slower. On a CUDA device (`device="cuda"`), `optimize`
+    also captures a CUDA graph at each input shape on its first call and replays it afterwards
+    (`cuda_graphs=False` turns that off). `precision`
     "bf16" or "fp16" runs a float TorchScript model in that dtype (inputs and outputs stay
     float32): faster on CPUs with AMX/AVX512-BF16 and on GPUs, about 1e-2 relative away from fp32.
     Every error raises TorchbridgeError with the C++ message; its `code` is 'artifact', 'input',
@@ -64,6 +66,7 @@ class Runtime:
         precision: str = "fp32",
         warmup_batches: tuple[int, ...] | list[int] = (),
         fuse: bool = True,
+        cuda_graphs: bool = True,
     ):
         self.path = Path(path)
         self._native = _C.Runtime(
@@ -75,6 +78,7 @@ class Runtime:
             str(precision),
             [int(b) for b in warmup_batches],
             bool(fuse),
+            bool(cuda_graphs),
         )
         text = self._native.manifest_json
         self.manifest: dict[str, Any] | None = json.loads(text) if text else None

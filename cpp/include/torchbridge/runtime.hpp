@@ -104,6 +104,10 @@ struct Manifest {
 /// for, in the order they are first seen; the runtime's warm-up takes the golden batch and batch 1.
 constexpr int kFusedShapes = 8;
 
+/// Input shapes a float TorchScript model on a CUDA device gets a CUDA graph for (captured on the
+/// first call at each shape, replayed afterwards); other shapes run without one.
+constexpr int kCudaGraphShapes = 8;
+
 /// oneDNN Graph fusion is a TorchScript graph pass that LibTorch registers process-wide. While a
 /// OneDnnFusionScope lives, every graph the profiling executor optimizes, in any thread, is fused
 /// (scopes are serialized by a process-wide lock). The runtime opens one around the first two calls
@@ -140,6 +144,14 @@ struct RuntimeOptions {
   /// in fp32, but no kernels compiled per shape and lower peak memory at large batches (one
   /// prepacked copy of the weights, not one per shape).
   bool fuse = true;
+  /// With optimize, on a CUDA device: capture a CUDA graph of the frozen model at each input shape
+  /// (up to kCudaGraphShapes) on its first call and replay it afterwards, one launch instead of one
+  /// per kernel. Inputs are copied into the graph's own tensors and outputs copied out, so calls
+  /// stay independent; replays of one graph are serialized. Needs libtorchbridge_cuda.so (built
+  /// where the LibTorch is a CUDA build with CUDA headers); optimization() says when it is missing.
+  /// Loading a CUDA runtime with optimize also turns on cuDNN's algorithm search (benchmark mode)
+  /// for the process.
+  bool cuda_graphs = true;
   /// "fp32" (default: the artifact's own dtype), "bf16" or "fp16": floating weights and inputs are
   /// converted at load/call and outputs converted back. Faster where the CPU has bf16/fp16 units
   /// (AMX, AVX512-BF16) or on a GPU; results differ from fp32 by about 1e-2 relative. TorchScript only.
@@ -180,8 +192,8 @@ class Runtime {
   const RuntimeOptions& options() const;
   const Manifest& manifest() const;
   /// What load did to the model for speed, e.g. "freeze+onednn_graph", "freeze+channels_last"
-  /// (bf16/fp16), "freeze+optimize_for_inference" (fuse off, or CUDA), "none (optimize off)", "none (quantized
-  /// artifact...)", or why an optimization was dropped.
+  /// (bf16/fp16), "freeze+optimize_for_inference" (fuse off, or CUDA fp32), "+cuda_graphs" on a CUDA
+  /// device, "none (optimize off)", "none (quantized artifact...)", or why an optimization was dropped.
   const std::string& optimization() const;
   /// True when forward runs a module optimized at load (the Python mirror applies the same passes).
   bool optimized() const;
