@@ -117,11 +117,11 @@ def main() -> None:
         paths = {
             "eager fp16 (Python, channels-last)": eager(half, x16),
             "CUDA graph replay fp16 (Python)": python_graph(half, x16),
-            "C++ runtime fp16, CUDA graphs (default)": lambda rt=runtimes["fp16", True]: rt(x32),
-            "C++ runtime fp16, --no-cuda-graphs": lambda rt=runtimes["fp16", False]: rt(x32),
+            "C++ runtime fp16, CUDA graphs (default)": lambda rt=runtimes["fp16", True], x=x32: rt(x),
+            "C++ runtime fp16, --no-cuda-graphs": lambda rt=runtimes["fp16", False], x=x32: rt(x),
             "eager fp32 (Python, channels-last)": eager(full, x32cl),
-            "C++ runtime fp32, CUDA graphs (default)": lambda rt=runtimes["fp32", True]: rt(x32),
-            "C++ runtime fp32, --no-cuda-graphs": lambda rt=runtimes["fp32", False]: rt(x32),
+            "C++ runtime fp32, CUDA graphs (default)": lambda rt=runtimes["fp32", True], x=x32: rt(x),
+            "C++ runtime fp32, --no-cuda-graphs": lambda rt=runtimes["fp32", False], x=x32: rt(x),
         }
         times = time_interleaved({name: synced(fn) for name, fn in paths.items()}, runs=args.runs, warmup=20)
         with torch.inference_mode():

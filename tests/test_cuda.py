@@ -10,9 +10,9 @@ import threading
 
 import pytest
 import torch
-from conftest import Branchy, digits, requires_torchvision, run_cli, seeded
 
 import torchbridge as tb
+from conftest import Branchy, digits, requires_torchvision, run_cli, seeded
 from torchbridge import _C
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
