@@ -18,9 +18,16 @@ from torchbridge import _C
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 # Graph replay runs the kernels a direct run runs (cuDNN's algorithm is cached per shape): the two
-# agree to rounding. Against eager PyTorch on the GPU, both use TF32 convolutions in fp32.
+# agree to rounding. Against eager PyTorch on the GPU the runtime runs other kernels (BatchNorm
+# folded, convolution + bias + ReLU fused in cuDNN, TF32 in fp32): compared relative to the largest
+# output.
 SAME_KERNELS = dict(rtol=1e-5, atol=1e-6)
-VS_EAGER_GPU = dict(rtol=1e-3, atol=1e-4)
+
+
+def assert_near_eager(actual: torch.Tensor, expected: torch.Tensor, bound: float = 5e-3) -> None:
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype
+    relative = ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
+    assert relative < bound, f"max |diff| / max |expected| = {relative:.2e} (bound {bound:.0e})"
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +51,7 @@ def test_cuda_graphs_are_the_default_and_match_direct_runs(cnn_on_gpu):
         assert y.device.type == "cuda"
         torch.testing.assert_close(y, direct(x), **SAME_KERNELS)
         with torch.inference_mode():
-            torch.testing.assert_close(y, eager(x), **VS_EAGER_GPU)
+            assert_near_eager(y, eager(x))
     model.cpu()
 
 
@@ -98,7 +105,7 @@ def test_a_model_that_syncs_with_the_host_runs_without_a_graph(tmp_path, capfd):
     eager = model.cuda()
     for x in (torch.randn(2, 6, device="cuda"), -torch.ones(3, 6, device="cuda")):
         with torch.inference_mode():
-            torch.testing.assert_close(rt(x), eager(x), **VS_EAGER_GPU)
+            assert_near_eager(rt(x), eager(x))
     assert "no CUDA graph for input shapes" in capfd.readouterr().err
 
 
@@ -114,8 +121,7 @@ def test_fp16_resnet18_agrees_with_fp32(tmp_path):
     assert y.dtype == torch.float32
     with torch.inference_mode():
         reference = model.cuda()(x.cuda())
-    scale = reference.abs().max()
-    assert ((y - reference).abs().max() / scale).item() < 2e-2
+    assert_near_eager(y, reference, bound=2e-2)
     assert torch.equal(y.argmax(1), reference.argmax(1))
 
 
