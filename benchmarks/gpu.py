@@ -76,7 +76,7 @@ def cli(path: Path, batch: int, precision: str, runs: int, graphs: bool) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 256])
-    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--image", type=int, default=224)
     parser.add_argument("--out", type=Path, default=Path("docs/bench_gpu"))
     args = parser.parse_args()

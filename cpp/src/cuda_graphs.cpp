@@ -4,6 +4,7 @@
 #include <cuda_runtime_api.h>
 
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -20,6 +21,21 @@ namespace {
 void check(cudaError_t status, const char* what) {
   if (status != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
 }
+
+// While it lives, a synchronizing CUDA call (a tensor's value read on the host, a blocking copy)
+// throws instead of waiting. Process-wide in LibTorch, so it is held for one forward only.
+class RefuseHostSyncs {
+ public:
+  RefuseHostSyncs() : previous_(c10::cuda::warning_state().get_sync_debug_mode()) {
+    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
+  }
+  ~RefuseHostSyncs() { c10::cuda::warning_state().set_sync_debug_mode(previous_); }
+  RefuseHostSyncs(const RefuseHostSyncs&) = delete;
+  RefuseHostSyncs& operator=(const RefuseHostSyncs&) = delete;
+
+ private:
+  c10::cuda::SyncDebugMode previous_;
+};
 
 // A CUDA event that orders work between two streams.
 class Event {
@@ -61,6 +77,14 @@ class CapturedGraph final : public Graph {
     {
       const c10::cuda::CUDAStreamGuard stream_guard(side);
       for (int i = 0; i < warmup_runs; ++i) forward_(inputs_);
+      side.synchronize();
+      // A model that waits on the host (a branch on a tensor's value) cannot be captured. Find that
+      // out before capturing: LibTorch leaves its CUDA random generator in capture mode after a
+      // failed capture, which breaks every later random op of the process.
+      {
+        const RefuseHostSyncs refuse;
+        forward_(inputs_);
+      }
       side.synchronize();
       // Thread-local mode: other threads may go on using CUDA while this one captures.
       graph_.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
