@@ -21,6 +21,7 @@ import warnings
 
 import torch
 import torchvision
+from gpu import python_graph  # benchmarks/gpu.py, beside this script
 from torch.profiler import ProfilerActivity, profile
 
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
@@ -37,26 +38,6 @@ def timeit(fn, *args, n=30):
         torch.cuda.synchronize()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
-
-
-def graphed(fn, x):
-    static_x = x.clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn(static_x)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_y = fn(static_x)
-
-    def replay():
-        static_x.copy_(x)
-        graph.replay()
-        return static_y.clone()
-
-    return replay
 
 
 def top_kernels(fn, x, rows=10):
@@ -97,8 +78,8 @@ def main() -> None:
                 error = (fused(x_cl).float() - reference).abs().max() / reference.abs().max()
                 out["err fused vs eager"] = error.item()
                 if batch == 1:
-                    out["graph ofi CL in"] = timeit(graphed(fused, x_cl))
-                    out["graph freeze CL"] = timeit(graphed(frozen, x_cl))
+                    out["graph ofi CL in"] = timeit(python_graph(fused, x_cl))
+                    out["graph freeze CL"] = timeit(python_graph(frozen, x_cl))
                 shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
                 print(dtype, batch, shown, flush=True)
                 if args.profile and batch == 256 and dtype == torch.half:

@@ -5,6 +5,7 @@ Every test skips without a GPU (CI has none); they run on a machine with one, se
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 
@@ -30,21 +31,13 @@ def assert_near_eager(actual: torch.Tensor, expected: torch.Tensor, bound: float
     assert relative < bound, f"max |diff| / max |expected| = {relative:.2e} (bound {bound:.0e})"
 
 
-@pytest.fixture(scope="module")
-def cnn_on_gpu(tmp_path_factory):
-    model = seeded(tb.models.digits_cnn)
-    path = tmp_path_factory.mktemp("cuda") / "cnn.pt"
-    tb.export(model, (digits(),), path)
-    return model, path
-
-
-def test_cuda_graphs_are_the_default_and_match_direct_runs(cnn_on_gpu):
-    model, path = cnn_on_gpu
+def test_cuda_graphs_are_the_default_and_match_direct_runs(cnn_artifact):
+    model, path = cnn_artifact
     graphs = tb.Runtime(path, device="cuda")
     direct = tb.Runtime(path, device="cuda", cuda_graphs=False)
     assert "cuda_graphs" in graphs.optimization, graphs.optimization
     assert "cuda_graphs" not in direct.optimization, direct.optimization
-    eager = model.cuda()
+    eager = copy.deepcopy(model).cuda()
     for batch in (1, 5, 64):
         x = digits(batch).cuda()
         y = graphs(x)
@@ -52,11 +45,10 @@ def test_cuda_graphs_are_the_default_and_match_direct_runs(cnn_on_gpu):
         torch.testing.assert_close(y, direct(x), **SAME_KERNELS)
         with torch.inference_mode():
             assert_near_eager(y, eager(x))
-    model.cpu()
 
 
-def test_outputs_of_a_replay_are_not_overwritten_by_the_next(cnn_on_gpu):
-    _, path = cnn_on_gpu
+def test_outputs_of_a_replay_are_not_overwritten_by_the_next(cnn_artifact):
+    _, path = cnn_artifact
     rt = tb.Runtime(path, device="cuda")
     a, b = digits(8).cuda(), torch.randn(8, 1, 8, 8, device="cuda")
     ya = rt(a)
@@ -66,8 +58,8 @@ def test_outputs_of_a_replay_are_not_overwritten_by_the_next(cnn_on_gpu):
     assert not torch.equal(ya, yb)
 
 
-def test_shapes_beyond_the_graph_cap_run_without_graphs(cnn_on_gpu):
-    _, path = cnn_on_gpu
+def test_shapes_beyond_the_graph_cap_run_without_graphs(cnn_artifact):
+    _, path = cnn_artifact
     graphs = tb.Runtime(path, device="cuda")
     direct = tb.Runtime(path, device="cuda", cuda_graphs=False)
     for batch in range(1, _C.CUDA_GRAPH_SHAPES + 3):
@@ -75,8 +67,8 @@ def test_shapes_beyond_the_graph_cap_run_without_graphs(cnn_on_gpu):
         torch.testing.assert_close(graphs(x), direct(x), **SAME_KERNELS)
 
 
-def test_threads_share_one_graph(cnn_on_gpu):
-    _, path = cnn_on_gpu
+def test_threads_share_one_graph(cnn_artifact):
+    _, path = cnn_artifact
     rt = tb.Runtime(path, device="cuda")
     direct = tb.Runtime(path, device="cuda", cuda_graphs=False)
     inputs = [torch.randn(4, 1, 8, 8, device="cuda") for _ in range(4)]
@@ -125,8 +117,8 @@ def test_fp16_resnet18_agrees_with_fp32(tmp_path):
     assert torch.equal(y.argmax(1), reference.argmax(1))
 
 
-def test_cli_bench_on_gpu(cnn_on_gpu):
-    _, path = cnn_on_gpu
+def test_cli_bench_on_gpu(cnn_artifact):
+    _, path = cnn_artifact
     result = run_cli(path, "--device", "cuda", "--bench", "20", "--batch", "16", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
