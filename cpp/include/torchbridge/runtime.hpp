@@ -135,9 +135,11 @@ struct RuntimeOptions {
   std::vector<int64_t> warmup_batches;
   /// TorchScript: freeze at load (folds BatchNorm into convolutions); on the CPU in fp32 and bf16,
   /// the frozen graph runs with oneDNN Graph fusion, compiled for each input shape on its first call
-  /// (up to kFusedShapes shapes; torch::jit::optimize_for_inference beyond). Kept only if the
-  /// golden example still matches within the manifest's tolerance. A .pt2 was optimized when it
-  /// was compiled.
+  /// (up to kFusedShapes shapes; torch::jit::optimize_for_inference beyond), kept only if the
+  /// golden example still matches within the manifest's tolerance. On a CUDA device, in every
+  /// precision: freeze + optimize_for_inference on contiguous weights (convolution + bias (+ add)
+  /// + ReLU fused into cuDNN calls), channels-last inputs, and CUDA graphs (cuda_graphs). A .pt2
+  /// was optimized when it was compiled.
   bool optimize = true;
   /// With optimize, on the CPU: false runs torch::jit::optimize_for_inference at every shape
   /// instead of oneDNN Graph (fp32; bf16 runs frozen, channels-last): 10-20 % slower on ResNet-18
@@ -192,8 +194,8 @@ class Runtime {
   const RuntimeOptions& options() const;
   const Manifest& manifest() const;
   /// What load did to the model for speed, e.g. "freeze+onednn_graph", "freeze+channels_last"
-  /// (bf16/fp16), "freeze+optimize_for_inference" (fuse off, or CUDA fp32), "+cuda_graphs" on a CUDA
-  /// device, "none (optimize off)", "none (quantized artifact...)", or why an optimization was dropped.
+  /// (bf16/fp16 on the CPU), "freeze+optimize_for_inference" (fuse off, or CUDA), "+cuda_graphs" on
+  /// a CUDA device, "none (optimize off)", "none (quantized artifact...)", or why an optimization was dropped.
   const std::string& optimization() const;
   /// True when forward runs a module optimized at load (the Python mirror applies the same passes).
   bool optimized() const;
@@ -203,7 +205,9 @@ class Runtime {
   at::Device device() const;
 
   /// Validates the inputs against the manifest's specs (count, dtype, shape; Error(kInput)),
-  /// moves them to the runtime's device, and runs forward under c10::InferenceMode.
+  /// moves them to the runtime's device (converting floating ones to the precision and, for bf16/
+  /// fp16 or an optimized model on a GPU, 4-D ones to channels-last), and runs forward under
+  /// c10::InferenceMode. Outputs stay on the runtime's device.
   /// Returns the outputs flattened in order (a tuple or list output becomes several tensors).
   std::vector<at::Tensor> forward(const std::vector<at::Tensor>& inputs) const;
 
