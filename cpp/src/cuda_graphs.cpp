@@ -46,13 +46,14 @@ class Event {
   Event& operator=(const Event&) = delete;
   // Work queued on `waiting` from now on starts after the work queued on `done` so far.
   void order(const c10::cuda::CUDAStream& done, const c10::cuda::CUDAStream& waiting) {
-    check(cudaEventRecord(event_, done.stream()), "cudaEventRecord");
-    check(cudaStreamWaitEvent(waiting.stream(), event_, 0), "cudaStreamWaitEvent");
+    record(done);
+    block(waiting);
   }
   void record(const c10::cuda::CUDAStream& stream) {
     check(cudaEventRecord(event_, stream.stream()), "cudaEventRecord");
     recorded_ = true;
   }
+  // Work queued on `stream` from now on starts after the last record(); nothing before one.
   void block(const c10::cuda::CUDAStream& stream) {
     if (recorded_) check(cudaStreamWaitEvent(stream.stream(), event_, 0), "cudaStreamWaitEvent");
   }

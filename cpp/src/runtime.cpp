@@ -278,6 +278,14 @@ class PerShape {
   std::map<std::vector<int64_t>, std::shared_future<T>> entries_;
 };
 
+// The folder (with a trailing '/') of the shared library that holds `symbol`; "" if unknown.
+std::string library_folder(const void* symbol) {
+  Dl_info info{};
+  if (dladdr(symbol, &info) == 0 || info.dli_fname == nullptr) return "";
+  const std::string path = info.dli_fname;
+  return path.substr(0, path.find_last_of('/') + 1);
+}
+
 // The CUDA graph plugin (cuda_graphs.hpp), from the folder libtorchbridge came from; nullptr and
 // `why` when this build or LibTorch has none. Loaded once per process, after libtorch_cuda.so.
 cuda::CaptureFn cuda_graph_plugin(std::string& why) {
@@ -288,12 +296,11 @@ cuda::CaptureFn cuda_graph_plugin(std::string& why) {
   const std::lock_guard<std::mutex> lock(mutex);
   if (!tried) {
     tried = true;
-    Dl_info info{};
-    if (dladdr(reinterpret_cast<void*>(&torchbridge::version), &info) == 0 || info.dli_fname == nullptr) {
+    const std::string folder = library_folder(reinterpret_cast<const void*>(&torchbridge::version));
+    if (folder.empty()) {
       reason = "cannot locate libtorchbridge";
     } else {
-      std::string path = info.dli_fname;
-      path = path.substr(0, path.find_last_of('/') + 1) + cuda::kPluginFile;
+      const std::string path = folder + cuda::kPluginFile;
       if (void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL); handle == nullptr) {
         const char* error = dlerror();
         reason = std::string(cuda::kPluginFile) + " not loaded (torchbridge was built without CUDA headers, or " +
@@ -548,10 +555,8 @@ void load_torch_library(const std::string& name) {
   static std::set<std::string> loaded;
   const std::lock_guard<std::mutex> lock(mutex);
   if (!loaded.insert(name).second) return;
-  Dl_info info{};
-  if (dladdr(reinterpret_cast<void*>(&at::get_num_threads), &info) == 0 || info.dli_fname == nullptr) return;
-  std::string folder = info.dli_fname;
-  folder = folder.substr(0, folder.find_last_of('/') + 1);
+  const std::string folder = library_folder(reinterpret_cast<const void*>(&at::get_num_threads));
+  if (folder.empty()) return;
   if (dlopen((folder + name).c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr)
     std::fprintf(stderr, "torchbridge: cannot load %s (%s)\n", name.c_str(), dlerror());
 }
