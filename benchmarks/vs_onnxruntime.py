@@ -21,7 +21,6 @@ import argparse
 import collections
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,29 +34,19 @@ import torchvision
 
 import torchbridge as tb
 from torchbridge._warnings import expected_deprecations
-from torchbridge.bench import _onnx_export
+from torchbridge.bench import _onnx_export, _onnx_session, cli_bench, machine_info, time_interleaved
 from torchbridge.runtime import cli_path
 
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
 OUT = Path(__file__).resolve().parent.parent / "docs"
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
 def runtime_side(artifact: Path, threads: int, runs: int) -> dict:
     """torchbridge-run's p50, then its kernels under ONEDNN_VERBOSE (median per position)."""
-    base = [str(cli_path()), str(artifact), "--threads", str(threads), "--warmup", "10"]
-    plain = subprocess.run([*base, "--bench", str(runs), "--json"], capture_output=True, text=True, check=True)
-    p50 = json.loads(plain.stdout)["bench"]["p50_ms"]
+    p50 = cli_bench(artifact, 1, runs, 10, threads)["bench"]["p50_ms"]
+    command = [str(cli_path()), str(artifact), "--bench", str(runs), "--warmup", "10", "--threads", str(threads)]
     env = dict(os.environ, ONEDNN_VERBOSE="1")
-    verbose = subprocess.run(
-        [*base, "--bench", str(runs), "--json"], capture_output=True, text=True, check=True, env=env
-    )
+    verbose = subprocess.run([*command, "--json"], capture_output=True, text=True, check=True, env=env)
     lines = verbose.stdout.splitlines()
     traced_p50 = json.loads("\n".join(x for x in lines if not x.startswith("onednn_verbose")))["bench"]["p50_ms"]
     execs = [line.split(",") for line in lines if line.startswith("onednn_verbose,v1,") and ",exec," in line]
@@ -81,27 +70,10 @@ def runtime_side(artifact: Path, threads: int, runs: int) -> dict:
 
 
 def onnxruntime_side(onnx_path: Path, x: torch.Tensor, threads: int, runs: int, scratch: Path) -> dict:
-    import onnxruntime
-
-    def session(profile: bool):
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        if profile:
-            options.enable_profiling = True
-            options.profile_file_prefix = str(scratch / "ort_profile")
-        return onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-
-    plain = session(False)
+    plain = _onnx_session(onnx_path, threads)
     feed = {plain.get_inputs()[0].name: x.numpy()}
-    for _ in range(10):
-        plain.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        plain.run(None, feed)
-        times.append((time.perf_counter() - start) * 1e3)
-    profiled = session(True)
+    times = time_interleaved({"onnxruntime": lambda: plain.run(None, feed)}, runs, warmup=10)["onnxruntime"]
+    profiled = _onnx_session(onnx_path, threads, profile_prefix=str(scratch / "ort_profile"))
     for _ in range(10 + runs):
         profiled.run(None, feed)
     events = json.loads(Path(profiled.end_profiling()).read_text())
@@ -115,7 +87,6 @@ def onnxruntime_side(onnx_path: Path, x: torch.Tensor, threads: int, runs: int, 
 
 
 def compare(threads: int, runs: int, artifact: Path, onnx_path: Path, x: torch.Tensor, scratch: Path) -> dict:
-    torch.set_num_threads(threads)
     ours = runtime_side(artifact, threads, runs)
     peer = onnxruntime_side(onnx_path, x, threads, runs, scratch)
     our_convs = [s for s in ours["steps"] if s["level"] == "primitive" and s["kind"] == "convolution"]
@@ -225,10 +196,11 @@ def main() -> None:
         for threads in args.threads:
             print(f"measuring at {threads} thread(s)", file=sys.stderr)
             results.append(compare(threads, args.runs, artifact, onnx_path, x, scratch))
+    machine = machine_info(max(args.threads))
     meta = {
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
+        "cpu": machine["cpu"],
+        "cores": machine["cores"],
+        "torch": machine["torch"],
         "onnxruntime": onnxruntime.__version__,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "runs": args.runs,
