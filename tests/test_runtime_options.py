@@ -53,17 +53,26 @@ def test_float_torchscript_is_optimized_by_default_and_matches_python_exactly(cn
 
 def test_every_input_shape_matches_the_python_mirror_bit_for_bit(cnn):
     """oneDNN Graph compiles per input shape for the first FUSED_SHAPES shapes (the runtime's
-    warm-up took the golden batch and batch 1), optimize_for_inference runs the shapes after them:
-    the Python mirror follows the same rule with the same LibTorch, so every batch size is exact."""
+    warm-up took the golden batch, batch 1 and 3), optimize_for_inference runs the shapes after
+    them: the Python mirror runs what the runtime chose at each shape with the same LibTorch, so
+    every batch size is exact."""
     _, path = cnn
     runtime = tb.Runtime(path, threads=THREADS, warmup_batches=[3])
-    _, mirror = load_in_python(path, runtime.optimized_from_batch)
+    _, mirror = load_in_python(path, runtime.optimized_from_batch, runtime=runtime)
+    variants = []
     with torch.inference_mode():
         for batch in range(1, _C.FUSED_SHAPES + 3):
             x = digits(batch)
             assert torch.equal(runtime(x), mirror(x)), f"batch {batch}"
             assert torch.equal(runtime(x), mirror(x)), f"batch {batch}, second call"
-    assert len(mirror.by_shape) == _C.FUSED_SHAPES and mirror.beyond is not None
+            variants.append(runtime.variant_at(x))
+            assert mirror.variant_at(x) in (variants[-1], None), f"batch {batch}"  # None: as loaded
+    below = runtime.optimized_from_batch - 1  # batches below it run as loaded
+    assert set(variants[:below]) <= {"as_loaded"}
+    # Ten shapes from batch 1 (the golden batch among them): the first eight met get oneDNN Graph.
+    assert variants[below:].count("onednn_graph") == min(_C.FUSED_SHAPES, len(variants) - below)
+    if below == 0:
+        assert variants[-1] == "optimize_for_inference"
 
 
 def test_fuse_off_runs_optimize_for_inference_and_matches_its_mirror(cnn):
@@ -75,7 +84,7 @@ def test_fuse_off_runs_optimize_for_inference_and_matches_its_mirror(cnn):
         for batch in (1, 5, 64):
             x = digits(batch)
             assert torch.equal(runtime(x), mirror(x)), f"batch {batch}"
-    assert not mirror.by_shape
+    assert all(variant == "optimize_for_inference" for variant, _ in mirror.by_shape.values())
 
 
 def test_optimize_off_runs_the_module_as_loaded(cnn):

@@ -96,9 +96,8 @@ PYBIND11_MODULE(_C, m) {
     return comparison_dict(torchbridge::compare(from_capsule(actual), from_capsule(expected), rtol, atol));
   });
 
-  // `with _C.OneDnnFusionScope():` registers oneDNN Graph fusion for the graphs optimized inside
-  // (export.load_in_python mirrors the runtime with it). The GIL is released while waiting for the
-  // process-wide lock, which a runtime compiling a shape in another thread may hold.
+  // `with _C.OneDnnFusionScope():` fuses the graphs this thread optimizes inside with oneDNN Graph
+  // (export.RuntimeMirror mirrors the runtime with it).
   struct FusionScope {
     std::optional<torchbridge::OneDnnFusionScope> scope;
   };
@@ -107,7 +106,6 @@ PYBIND11_MODULE(_C, m) {
       .def("__enter__",
            [](FusionScope& self) {
              if (self.scope) throw std::runtime_error("OneDnnFusionScope is already entered");
-             py::gil_scoped_release release;
              self.scope.emplace();
            })
       .def("__exit__", [](FusionScope& self, const py::args&) {
@@ -116,6 +114,7 @@ PYBIND11_MODULE(_C, m) {
       });
   m.attr("FUSED_SHAPES") = torchbridge::kFusedShapes;
   m.attr("CUDA_GRAPH_SHAPES") = torchbridge::kCudaGraphShapes;
+  m.attr("CHECKED_SHAPES") = torchbridge::kCheckedShapes;
 
   py::class_<torchbridge::Runtime>(m, "Runtime")
       .def(py::init([](const std::string& path, const std::string& device, int threads, int warmup_runs, bool optimize,
@@ -158,6 +157,9 @@ PYBIND11_MODULE(_C, m) {
              return to_capsules(std::move(outputs));
            })
       .def("submodule_names", &torchbridge::Runtime::submodule_names)
+      .def("variant_at", [](const torchbridge::Runtime& self, const std::vector<py::capsule>& inputs) {
+        return self.variant_at(from_capsules(inputs));
+      })
       .def("validate", [](const torchbridge::Runtime& self, const std::vector<py::capsule>& inputs) {
         self.validate(from_capsules(inputs));
       })

@@ -22,6 +22,10 @@ class Backend {
   /// The speed passes applied at load ("" when none); drop_optimization() returns to the module
   /// as loaded, e.g. when the optimized one misses the golden outputs.
   virtual std::string optimization() const { return ""; }
+  /// Input shapes where a faster variant was rejected, and why ("" when none).
+  virtual std::string fallbacks() const { return ""; }
+  /// What runs at these inputs' shapes ("" when not decided yet, or not applicable).
+  virtual std::string variant_at(const std::vector<at::Tensor>& /*inputs*/) const { return ""; }
   virtual void drop_optimization() {}
 };
 

@@ -755,7 +755,7 @@ def bench(
         if "libtorch" in selected:
             # The bare LibTorch forward, with the passes the runtime applied at load: cpp / libtorch
             # measures only torchbridge's own layer.
-            _, bare = load_in_python(artifact, runtime.optimized_from_batch)
+            _, bare = load_in_python(artifact, runtime.optimized_from_batch, runtime=runtime)
             callables["libtorch"] = lambda inputs: bare(*inputs)
             files["libtorch"] = artifact
         if "cpp" in selected:

@@ -135,6 +135,12 @@ class Runtime:
         capsules = [_to_capsule(x, i) for i, x in enumerate(inputs)]
         return _from_capsules(self._native.forward_submodule(name, capsules))
 
+    def variant_at(self, *inputs) -> str:
+        """What runs at these inputs' shapes: 'onednn_graph', 'optimize_for_inference', 'frozen',
+        'as_loaded' (each checked against the module as loaded on the first call at that shape), or
+        '' before any call has met these shapes (and for a .pt2)."""
+        return self._native.variant_at([_to_capsule(x, i) for i, x in enumerate(inputs)])
+
     def submodule_names(self) -> list[str]:
         return list(self._native.submodule_names())
 

@@ -147,7 +147,7 @@ def verify(
 
     runtime = Runtime(art.path, threads=threads)
     # The same passes the runtime applied at load, so that TorchScript-in-Python vs C++ stays exact.
-    python_path, in_python = load_in_python(art.path, runtime.optimized_from_batch)
+    python_path, in_python = load_in_python(art.path, runtime.optimized_from_batch, runtime=runtime)
     # Same warm-up as the C++ runtime, so both profiling executors run their optimized graphs.
     with torch.inference_mode():
         for _ in range(3):
@@ -170,9 +170,10 @@ def verify(
         for label, inputs in input_sets:
             outputs: dict[str, list[torch.Tensor]] = {}
             outputs["eager"] = _run(model, inputs) if model is not None else golden_outputs
+            # The runtime first: at a new shape it chooses what runs there, and the mirror follows.
+            outputs["cpp"] = [t.cpu() for t in runtime.forward(*inputs)]
             with torch.inference_mode():
                 outputs[python_path] = _run(in_python, inputs)
-            outputs["cpp"] = [t.cpu() for t in runtime.forward(*inputs)]
             if cli:
                 outputs["cli"] = run_cli(art.path, inputs, threads, Path(workdir))
             checks = [

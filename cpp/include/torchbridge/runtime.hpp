@@ -37,7 +37,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -104,25 +103,24 @@ struct Manifest {
 /// for, in the order they are first seen; the runtime's warm-up takes the golden batch and batch 1.
 constexpr int kFusedShapes = 8;
 
+/// Input shapes at which an optimized TorchScript model's variant is chosen (and checked against the
+/// module as loaded) on the first call; calls at further shapes run the module as loaded.
+constexpr int kCheckedShapes = 1024;
+
 /// Input shapes a float TorchScript model on a CUDA device gets a CUDA graph for (captured on the
 /// first call at each shape, replayed afterwards); other shapes run without one.
 constexpr int kCudaGraphShapes = 8;
 
-/// oneDNN Graph fusion is a TorchScript graph pass that LibTorch registers process-wide. While a
-/// OneDnnFusionScope lives, every graph the profiling executor optimizes, in any thread, is fused
-/// (scopes are serialized by a process-wide lock). The runtime opens one around the first two calls
-/// of each new input shape and never leaves the pass registered; torchbridge's Python mirror of
-/// the runtime (export.load_in_python) opens the same scope to run the same graphs.
+/// oneDNN Graph fusion is a TorchScript graph pass. While a OneDnnFusionScope lives, the graphs the
+/// profiling executor optimizes in this thread are fused; other threads are not affected. The runtime
+/// opens one around the first calls of each new input shape; torchbridge's Python mirror of the
+/// runtime (export.RuntimeMirror) opens the same scope to run the same graphs.
 class OneDnnFusionScope {
  public:
   OneDnnFusionScope();
   ~OneDnnFusionScope();
   OneDnnFusionScope(const OneDnnFusionScope&) = delete;
   OneDnnFusionScope& operator=(const OneDnnFusionScope&) = delete;
-
- private:
-  std::unique_lock<std::mutex> lock_;
-  unsigned pass_ = 0;
 };
 
 struct RuntimeOptions {
@@ -135,11 +133,13 @@ struct RuntimeOptions {
   std::vector<int64_t> warmup_batches;
   /// TorchScript: freeze at load (folds BatchNorm into convolutions); on the CPU in fp32 and bf16,
   /// the frozen graph runs with oneDNN Graph fusion, compiled for each input shape on its first call
-  /// (up to kFusedShapes shapes; torch::jit::optimize_for_inference beyond), kept only if the
-  /// golden example still matches within the manifest's tolerance. On a CUDA device, in every
-  /// precision: freeze + optimize_for_inference on contiguous weights (convolution + bias (+ add)
-  /// + ReLU fused into cuDNN calls), channels-last inputs, and CUDA graphs (cuda_graphs). A .pt2
-  /// was optimized when it was compiled.
+  /// (up to kFusedShapes shapes; torch::jit::optimize_for_inference beyond). On a CUDA device, in
+  /// every precision: freeze + optimize_for_inference on contiguous weights (convolution + bias
+  /// (+ add) + ReLU fused into cuDNN calls), channels-last inputs, and CUDA graphs (cuda_graphs).
+  /// Whatever runs at an input shape was first run there and checked against the module as loaded
+  /// (within the manifest's rtol of the largest output; 2e-2 in bf16/fp16 or on a GPU): a variant
+  /// that raises or differs gives way to the next safer one, down to the module as loaded, and
+  /// optimization() says so. A .pt2 was optimized when it was compiled.
   bool optimize = true;
   /// With optimize, on the CPU: false runs torch::jit::optimize_for_inference at every shape
   /// instead of oneDNN Graph (fp32; bf16 runs frozen, channels-last): 10-20 % slower on ResNet-18
@@ -195,8 +195,13 @@ class Runtime {
   const Manifest& manifest() const;
   /// What load did to the model for speed, e.g. "freeze+onednn_graph", "freeze+channels_last"
   /// (bf16/fp16 on the CPU), "freeze+optimize_for_inference" (fuse off, or CUDA), "+cuda_graphs" on
-  /// a CUDA device, "none (optimize off)", "none (quantized artifact...)", or why an optimization was dropped.
-  const std::string& optimization() const;
+  /// a CUDA device, "none (optimize off)", "none (quantized artifact...)", or why an optimization was
+  /// dropped; followed by "; at [shapes]: <variant> (<why the faster ones were rejected>)" for each
+  /// input shape where a faster variant raised or differed from the module as loaded.
+  std::string optimization() const;
+  /// The variant that runs at these inputs' shapes: "onednn_graph", "optimize_for_inference",
+  /// "frozen", "as_loaded", or "" when no call has met these shapes yet (or for a .pt2).
+  std::string variant_at(const std::vector<at::Tensor>& inputs) const;
   /// True when forward runs a module optimized at load (the Python mirror applies the same passes).
   bool optimized() const;
   /// 0: forward runs the module as loaded; N >= 1: batches of N or more run the optimized module,
@@ -235,6 +240,9 @@ class Runtime {
   SelftestReport selftest() const;
 
  private:
+  /// The inputs as forward passes them to the model: on its device, in its precision, dense.
+  std::vector<at::Tensor> prepare_inputs(const std::vector<at::Tensor>& inputs) const;
+
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
