@@ -1030,8 +1030,9 @@ std::vector<at::Tensor> Runtime::prepare_inputs(const std::vector<at::Tensor>& i
     const at::MemoryFormat layout = floating && impl_->channels_last_inputs && tensor.dim() == 4
                                         ? at::MemoryFormat::ChannelsLast
                                         : at::MemoryFormat::Contiguous;
-    if (dtype != tensor.scalar_type() || !tensor.is_contiguous(layout))
-      tensor = tensor.to(dtype, /*non_blocking=*/false, /*copy=*/false, layout);
+    // (Tensor::to aliases a strided view whose suggested format is the one asked for: no copy.)
+    if (dtype != tensor.scalar_type()) tensor = tensor.to(dtype, /*non_blocking=*/false, /*copy=*/false, layout);
+    if (!tensor.is_contiguous(layout)) tensor = tensor.contiguous(layout);
     // A contiguous tensor may still carry any stride on a dimension of size 1 (a permuted view),
     // which oneDNN Graph reads as a layout: give it the canonical strides (same memory, no copy).
     if (layout == at::MemoryFormat::Contiguous) {

@@ -22,7 +22,8 @@ from torchbridge.errors import TorchbridgeError
 
 def _to_capsule(value, index: int):
     if isinstance(value, np.ndarray):
-        value = torch.from_numpy(value)
+        # torch shares numpy's memory unless a stride is negative (a reversed view): copy those.
+        value = torch.from_numpy(value if all(s >= 0 for s in value.strides) else value.copy())
     if not isinstance(value, torch.Tensor):
         error = TorchbridgeError(f"input {index} must be a torch.Tensor or numpy array, got {type(value).__name__}")
         error.code = "input"
