@@ -286,6 +286,10 @@ def test_int8_pt2_keeps_accuracy_and_matches_torch_in_cpp(cnn_pt2, digits_data, 
     quantized = tb.aoti.quantize_int8(model, (digits(4),), calibration)
     artifact = tb.export(quantized, (digits(4),), tmp_path / "cnn_int8.pt2")
     assert artifact.manifest["aoti"]["quantization"]
+    # 8-bit weights only where oneDNN has VNNI here; 7-bit ones are exact on every x86 CPU.
+    int8 = artifact.manifest["aoti"]["int8"]
+    assert int8["weight_bits"] == tb.aoti.default_weight_bits()
+    assert int8["needs_vnni"] == (int8["weight_bits"] == 8)
     source = _wrapper_source(artifact.path)  # oneDNN int8 kernels, not float ops on dequantized weights
     assert "qconv_pointwise" in source and "qlinear_pointwise" in source
 
@@ -306,6 +310,82 @@ def test_int8_pt2_keeps_accuracy_and_matches_torch_in_cpp(cnn_pt2, digits_data, 
     assert runtime.selftest()["passed"]
     report = tb.verify(quantized, artifact.path, threads=THREADS, fresh=1, cli=False)
     assert report.passed, report.table()
+
+
+def _onednn_int8_errors(weight_low: int, weight_high: int) -> tuple[float, float]:
+    """Largest |oneDNN - exact| of the int8 linear and convolution Inductor compiles a pt2e graph
+    to, on full-range uint8 activations and int8 weights in [weight_low, weight_high]: random
+    operands, and the worst case (every product at its extreme)."""
+    generator = torch.Generator().manual_seed(0)
+    errors = []
+    for extreme in (False, True):
+        if extreme:
+            x = torch.full((4, 512), 255, dtype=torch.uint8)
+            w = torch.full((8, 512), weight_high, dtype=torch.int8)
+            w[::2] = weight_low
+        else:
+            x = torch.randint(0, 256, (16, 512), generator=generator, dtype=torch.uint8)
+            w = torch.randint(weight_low, weight_high + 1, (32, 512), generator=generator, dtype=torch.int8)
+        ones, zeros = torch.ones(w.shape[0]), torch.zeros(w.shape[0], dtype=torch.int64)
+        packed = torch.ops.onednn.qlinear_prepack(w, x.shape)
+        linear = torch.ops.onednn.qlinear_pointwise(
+            x, 1.0, 0, packed, ones, zeros, None, 1.0, 0, torch.float32, "none", [], ""
+        )
+        exact = x.double() @ w.double().t()
+        errors.append(float((linear.double() - exact).abs().max()))
+
+        xc = x[:2].reshape(2, 32, 4, 4).contiguous(memory_format=torch.channels_last)
+        wc = w[:8].reshape(8, 32, 4, 4)[:, :, :3, :3].contiguous()
+        packed = torch.ops.onednn.qconv_prepack(wc, ones[:8], 1.0, 0, [1, 1], [1, 1], [1, 1], 1, xc.shape)
+        conv = torch.ops.onednn.qconv_pointwise(
+            xc, 1.0, 0, packed, ones[:8], zeros[:8], None, [1, 1], [1, 1], [1, 1], 1, 1.0, 0, torch.float32,
+            "none", [], "",
+        )  # fmt: skip
+        exact = torch.nn.functional.conv2d(xc.double(), wc.double(), padding=1)
+        errors.append(float((conv.double() - exact).abs().max()))
+    return max(errors[0::2]), max(errors[1::2])
+
+
+def test_onednn_int8_kernels_are_exact_for_the_weights_quantize_int8_picks():
+    """The root cause of wrong int8 packages on CPUs without VNNI, checked on this CPU: the weight
+    range quantize_int8 picks here is computed exactly, 7-bit weights everywhere, and 8-bit
+    weights saturate exactly where onednn_vnni() says oneDNN lacks VNNI."""
+    pytest.importorskip("torchao", reason="int8 on the .pt2 path uses torchao's PT2E quantization")
+    for bits in {7, tb.aoti.default_weight_bits()}:
+        assert _onednn_int8_errors(*tb.aoti.INT8_WEIGHT_RANGES[bits]) == (0.0, 0.0), bits
+    if tb.aoti.onednn_vnni() is None:
+        assert _onednn_int8_errors(*tb.aoti.INT8_WEIGHT_RANGES[8])[1] > 0  # VPMADDUBSW saturates
+
+
+def test_int8_weight_bits_follow_vnni_and_the_onednn_isa_cap():
+    vnni = tb.aoti.onednn_vnni
+    assert vnni({"avx2": True}, "") is None  # AVX2 (this issue's EPYC), AVX-512 before Cascade Lake
+    assert vnni({"avx512_vnni": True, "amx_int8": True}, "") == "avx512_vnni"  # Cascade Lake .. Sapphire Rapids
+    assert vnni({"avx_vnni": True}, "") == "avx_vnni"  # Alder Lake
+    assert vnni({"avx512_vnni": True}, "AVX2") is None  # oneDNN capped below VNNI
+    assert vnni({"avx512_vnni": True}, "avx2_vnni") is None  # AVX2-VNNI needs the avx_vnni flag
+    assert vnni({"avx512_vnni": True}, "AVX512_CORE_AMX") == "avx512_vnni"
+    assert vnni({"avx_vnni": True}, "AVX512_CORE_BF16") is None  # oneDNN's levels are not a chain
+
+
+def test_int8_graph_that_needs_vnni_is_refused_where_it_could_run_without(tmp_path, monkeypatch):
+    pytest.importorskip("torchao", reason="int8 on the .pt2 path uses torchao's PT2E quantization")
+    model = seeded(tb.models.digits_mlp)
+    eight_bit = tb.aoti.quantize_int8(model, (digits(4),), digits(32), weight_bits=8)
+    properties = tb.aoti.int8_properties(eight_bit)
+    assert properties["weight_range"] == [-128, 127] and properties["needs_vnni"]
+    seven_bit = tb.aoti.int8_properties(tb.aoti.quantize_int8(model, (digits(4),), digits(32), weight_bits=7))
+    assert seven_bit["weight_range"] == [-63, 63] and not seven_bit["needs_vnni"]
+
+    target = tmp_path / "int8.pt2"
+    with pytest.raises(tb.ExportError, match=r"isa='x86-64-v3' promises any CPU .* weight_bits=7"):
+        tb.export(eight_bit, (digits(4),), target, isa="x86-64-v3")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    with pytest.raises(tb.ExportError, match=r"oneDNN here is capped at AVX2.* saturate in int16"):
+        tb.export(eight_bit, (digits(4),), target)
+    assert not target.exists()
+    with pytest.raises(tb.TorchbridgeError, match="weight_bits must be one of"):
+        tb.aoti.quantize_int8(model, (digits(4),), digits(32), weight_bits=4)
 
 
 def test_golden_files_are_readable_npy(cnn_pt2):

@@ -4,7 +4,7 @@ into native code by AOTInductor, packaged with torchbridge's manifest and golden
     tb.export(model, (x,), "model.pt2")                      # or format="aoti" for any file name
     tb.export(model, (x,), "model.pt2", isa="x86-64-v3")    # runs on any AVX2 x86-64 CPU
     int8 = tb.aoti.quantize_int8(model, (x,), calibration)   # PT2E + X86InductorQuantizer (torchao)
-    tb.export(int8, (x,), "int8.pt2")
+    tb.export(int8, (x,), "int8.pt2")                        # 8-bit weights with VNNI, else 7-bit
 
 The package is the zip that torch._inductor.aoti_compile_and_package writes, plus the entries
 extra/torchbridge/manifest.json (as in a TorchScript artifact) and torchbridge/golden/*.npy, which
@@ -15,6 +15,7 @@ A .pt2 contains compiled native code and loading it runs that code: load only tr
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import warnings
@@ -77,6 +78,96 @@ QUANTIZED_RTOL = 5e-2
 
 def _cpu_features() -> list[str]:
     return sorted(name for name, value in torch.cpu.get_capabilities().items() if value is True)
+
+
+# --- int8 and the CPU's dot-product instructions -------------------------------------------------
+#
+# oneDNN's int8 convolutions and matmuls (what Inductor compiles a pt2e graph's qconv/qlinear to)
+# multiply uint8 activations by int8 weights. With VNNI (AVX512-VNNI, AVX-VNNI; every AMX CPU has
+# AVX512-VNNI) they use VPDPBUSD (AMX: TDPBUSD), which sums the u8 x s8 products exactly in int32.
+# Without VNNI (AVX2, AVX-512 before Cascade Lake, SSE4.1) they use VPMADDUBSW, which adds each
+# pair of products into an int16 with saturation: 255 x 127 x 2 = 64770 > 32767. oneDNN documents
+# this and leaves it to the user to keep one operand to 7 bits ("Nuances of int8 computations",
+# u8 x s8 on AVX2/AVX-512). Measured on an AVX2 EPYC, digits CNN: 8-bit weights put the package
+# 1.9 (18% of the largest logit) away from its quantize/dequantize reference on the export check;
+# weights in [-63, 63] make it match within 3e-6. 7-bit activations (torchao's reduce_range) do
+# not help: torchao 0.18's Inductor lowering ignores the 127 bound (o_qmax) of fused outputs, and
+# the package stays 4.9 away from its reference, with 7-bit weights as well.
+
+#: Weight ranges of quantize_int8: 8-bit where oneDNN has VNNI here, else 7-bit (symmetric, so
+#: the per-channel scale maps the largest weight to 63 exactly).
+INT8_WEIGHT_RANGES: dict[int, tuple[int, int]] = {8: (-128, 127), 7: (-63, 63)}
+
+#: |weight| up to this never saturates VPMADDUBSW with uint8 activations: 2 x 255 x 64 = 32640.
+_NO_SATURATION_WEIGHT = 64
+
+#: oneDNN's ISA levels as ONEDNN_MAX_CPU_ISA names them, with the bit masks of dnnl_cpu_isa_t (a
+#: level includes another when it has all its bits). Unknown names (newer levels) cap nothing.
+_ONEDNN_ISA_MASKS = {
+    "SSE41": 0x1,
+    "AVX": 0x3,
+    "AVX2": 0x7,
+    "AVX2_VNNI": 0xF,
+    "AVX2_VNNI_2": 0x1F,
+    "AVX512_CORE": 0x27,
+    "AVX512_CORE_VNNI": 0x67,
+    "AVX512_CORE_BF16": 0xE7,
+    "AVX10_1_512": 0x1EF,
+    "AVX512_CORE_FP16": 0x1EF,
+    "AVX10_1_512_AMX": 0xFEF,
+    "AVX512_CORE_AMX": 0xFEF,
+    "AVX10_1_512_AMX_FP16": 0x1FEF,
+    "AVX512_CORE_AMX_FP16": 0x1FEF,
+}
+#: oneDNN's VNNI levels and the CPU feature (torch.cpu.get_capabilities()) each needs.
+_ONEDNN_VNNI_LEVELS = ((0x67, "avx512_vnni"), (0xF, "avx_vnni"))
+
+
+def onednn_vnni(capabilities: dict[str, Any] | None = None, max_isa: str | None = None) -> str | None:
+    """The CPU feature that gives oneDNN's int8 kernels exact u8 x s8 dot products in this process
+    ("avx512_vnni" or "avx_vnni"), or None where they saturate (see INT8_WEIGHT_RANGES).
+
+    capabilities: torch.cpu.get_capabilities() (default: this CPU's); max_isa: oneDNN's ISA cap
+    (default: the ONEDNN_MAX_CPU_ISA or DNNL_MAX_CPU_ISA environment variable), which can hide
+    VNNI from oneDNN on a CPU that has it."""
+    if capabilities is None:
+        capabilities = torch.cpu.get_capabilities()
+    if max_isa is None:
+        max_isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    cap = _ONEDNN_ISA_MASKS.get(max_isa.strip().upper(), ~0)
+    for level, feature in _ONEDNN_VNNI_LEVELS:
+        if capabilities.get(feature) is True and level & cap == level:
+            return feature
+    return None
+
+
+def default_weight_bits() -> int:
+    """8 where oneDNN's int8 kernels are exact with 8-bit weights in this process (VNNI), else 7."""
+    return 8 if onednn_vnni() else 7
+
+
+def int8_properties(graph: torch.fx.GraphModule) -> dict[str, Any]:
+    """What the oneDNN kernels' exactness depends on, read from a pt2e graph's int8 constants and
+    activation quantizers: the range of the int8 weights, whether activations are signed, and so
+    whether the graph needs VNNI (see INT8_WEIGHT_RANGES)."""
+    low, high, signed_activations = 0, 0, False
+    for node in graph.graph.nodes:
+        if node.op != "call_function" or getattr(node.target, "namespace", None) != "quantized_decomposed":
+            continue
+        source = node.args[0] if node.args else None
+        if isinstance(source, torch.fx.Node) and source.op == "get_attr":
+            value = getattr(graph, str(source.target), None)
+            if isinstance(value, torch.Tensor) and value.dtype == torch.int8 and value.numel():
+                low, high = min(low, int(value.min())), max(high, int(value.max()))
+        elif "quantize_per_tensor" in str(node.target) and torch.int8 in node.args:
+            signed_activations = True
+    needs_vnni = signed_activations or max(-low, high) > _NO_SATURATION_WEIGHT
+    return {
+        "weight_range": [low, high],
+        "weight_bits": 8 if max(-low, high) > _NO_SATURATION_WEIGHT else 7,
+        "signed_activations": signed_activations,
+        "needs_vnni": needs_vnni,
+    }
 
 
 def is_pt2e_quantized(model: nn.Module) -> bool:
@@ -214,6 +305,9 @@ def export_aoti(
     dynamic_range = _check_range(dynamic_range)
     quantized = is_pt2e_quantized(model) if isinstance(model, nn.Module) else False
     rtol = (QUANTIZED_RTOL if quantized else 1e-5) if rtol is None else rtol
+    int8 = int8_properties(model) if quantized else None
+    if int8 is not None and int8["needs_vnni"]:
+        _refuse_saturating_int8(int8, isa)
     prepared: Prepared = prepare(model, example_inputs, dynamic_dims, rtol, atol)
     low, high = dynamic_range
 
@@ -289,7 +383,10 @@ def export_aoti(
                     "cpu_isa": metadata.get("AOTI_CPU_ISA", ""),
                     "device": metadata.get("AOTI_DEVICE_KEY", "cpu"),
                     "inductor_configs": {k: v for k, v in configs.items() if isinstance(v, (bool, int, float, str))},
-                    "quantization": "pt2e int8 (X86InductorQuantizer)" if quantized else None,
+                    "quantization": (
+                        f"pt2e int8 (X86InductorQuantizer), {int8['weight_bits']}-bit weights" if int8 else None
+                    ),
+                    "int8": int8,
                     "dynamic_range": [low, high],
                     "export_seconds": round(export_seconds, 2),
                     "compile_seconds": round(compile_seconds, 2),
@@ -300,6 +397,26 @@ def export_aoti(
 
     write_in_place(path, compile_and_package)
     return Artifact(path=path, manifest=manifest)
+
+
+def _refuse_saturating_int8(int8: dict[str, Any], isa: str) -> None:
+    """Refuse a pt2e graph whose oneDNN kernels are exact only with VNNI, where the package could
+    run without it: a portable isa, or this process (its oneDNN would give wrong answers now)."""
+    if int8["signed_activations"]:
+        operands = "int8 activations"
+    else:
+        operands = f"int8 weights in [{int8['weight_range'][0]}, {int8['weight_range'][1]}]"
+    why = (
+        f"this int8 graph has {operands}: oneDNN computes them exactly only with VNNI (avx512_vnni or "
+        f"avx_vnni); without it, its u8 x s8 dot products saturate in int16 and the package gives wrong answers"
+    )
+    fix = "quantize with tb.aoti.quantize_int8(..., weight_bits=7) for a package exact on every x86 CPU"
+    if isa != "native":
+        raise ExportError(f"isa='{isa}' promises any CPU of that level, but {why}; {fix}")
+    if onednn_vnni() is None:
+        capped = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+        here = f"oneDNN here is capped at {capped}" if capped else "this CPU lacks avx512_vnni and avx_vnni"
+        raise ExportError(f"{here}, and {why}; {fix}")
 
 
 def _float_convolutions(graph: torch.fx.GraphModule) -> list[str]:
@@ -345,6 +462,7 @@ def quantize_int8(
     calibration: torch.Tensor | Iterable,
     dynamic_dims: Sequence[Sequence[int]] | None = None,
     dynamic_range: tuple[int, int] = DEFAULT_DYNAMIC_RANGE,
+    weight_bits: int | None = None,
 ) -> torch.fx.GraphModule:
     """Static int8 quantization for the .pt2 path: torch.export, then torchao's prepare_pt2e with
     the X86InductorQuantizer (per-channel int8 weights, per-tensor uint8 activations), calibration,
@@ -354,10 +472,18 @@ def quantize_int8(
 
     calibration: model inputs to observe activation ranges: a tensor (one batch of a one-input
       model), or an iterable of batches, each a tensor or a tuple of tensors (e.g. images.split(64)).
+    weight_bits: 8 (weights in [-128, 127]) or 7 ([-63, 63]); default: 8 where this CPU's oneDNN
+      has VNNI, else 7, the range its int8 kernels compute exactly without VNNI (INT8_WEIGHT_RANGES).
+      A package with 8-bit weights then needs VNNI: export refuses it for a portable isa. Use 7 for
+      a package that is exact on every x86 CPU.
     """
     prepare_pt2e, convert_pt2e, quantizer_class, default_config = _pt2e_api()
     from torchao.quantization.pt2e import allow_exported_model_train_eval
 
+    if weight_bits is None:
+        weight_bits = default_weight_bits()
+    if weight_bits not in INT8_WEIGHT_RANGES:
+        raise TorchbridgeError(f"weight_bits must be one of {sorted(INT8_WEIGHT_RANGES)}, got {weight_bits!r}")
     example, dynamic_dims = model_inputs(model, example_inputs, dynamic_dims)
     dynamic_range = _check_range(dynamic_range)
     try:
@@ -366,7 +492,10 @@ def quantize_int8(
         graph = _export_program(model.eval(), example, dynamic_dims, dynamic_range, strict=True).module()
     except ExportError:
         graph = _export_program(model.eval(), example, dynamic_dims, dynamic_range).module()
-    quantizer = quantizer_class().set_global(default_config())
+    config = default_config()
+    weight_min, weight_max = INT8_WEIGHT_RANGES[weight_bits]
+    weight_spec = dataclasses.replace(config.weight, quant_min=weight_min, quant_max=weight_max)
+    quantizer = quantizer_class().set_global(dataclasses.replace(config, weight=weight_spec))
     if any(dynamic_dims):
         for name in _float_convolutions(graph):
             quantizer.set_module_name_qconfig(name, None)
