@@ -5,6 +5,9 @@
 #   scripts/dev.sh pipeline [args]   the main job: train -> export -> verify in C++ -> bench -> report
 #   scripts/dev.sh test              C++ tests (ctest) and the pytest suite, torch 2.14.1
 #   scripts/dev.sh test-cpu          the same against torch 2.13.0+cpu, C++ built from CMAKE_PREFIX_PATH
+#   scripts/dev.sh test-avx2 [tests] parity, fallback, quantization and .pt2 tests with ATen's and
+#                                    oneDNN's ISA capped at AVX2 (what an AMD EPYC Zen 3 has)
+#   scripts/dev.sh zoo [args]        the model zoo (benchmarks/zoo.py; --subset fast in CI) -> docs/zoo.md
 #   scripts/dev.sh setup             only create .venv and build
 #   scripts/dev.sh gpu               on a CUDA machine: build into the python3 that has torch, run
 #                                    tests/test_cuda.py and benchmarks/gpu.py (docs/bench_gpu.md)
@@ -55,6 +58,28 @@ case "$command" in
     .venv/bin/ruff check python tests examples benchmarks
     .venv/bin/python -m pytest "$@"
     ;;
+  test-avx2)
+    setup .venv requirements-dev.txt
+    export ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+    # Both caps must take effect, or this leg proves nothing about AVX2 machines.
+    .venv/bin/python - <<'PY'
+import subprocess, sys
+import torch
+capability = torch.backends.cpu.get_cpu_capability()
+probe = "import torch; torch.nn.Conv2d(3, 8, 3).eval()(torch.rand(8, 3, 64, 64))"
+verbose = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         env={**__import__("os").environ, "ONEDNN_VERBOSE": "1"}).stdout
+isa = next((line.split("isa:")[1] for line in verbose.splitlines() if "isa:" in line), "unknown")
+print(f"ATen CPU capability: {capability}; oneDNN ISA: {isa}")
+sys.exit(0 if capability == "AVX2" and "AVX2" in isa and "512" not in isa else "the AVX2 cap did not take effect")
+PY
+    [ $# -gt 0 ] || set -- tests/test_parity.py tests/test_fallback.py tests/test_quantize.py tests/test_aoti.py
+    .venv/bin/python -m pytest "$@"
+    ;;
+  zoo)
+    setup .venv requirements-dev.txt
+    .venv/bin/python benchmarks/zoo.py "$@"
+    ;;
   test-cpu)
     setup .venv-cpu requirements-cpu.txt
     mkdir -p build
@@ -74,7 +99,7 @@ case "$command" in
     exit $status
     ;;
   *)
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -303,6 +303,17 @@ def test_altered_cnn_layer_is_named_by_the_cpp_comparison(cnn_artifact, tmp_path
     assert "first layer beyond tolerance: features.3 (Conv2d)" in report.table()
 
 
+def test_verify_fails_the_altered_artifact_on_its_outputs_alone(cnn_artifact, tmp_path):
+    """The tolerance follows the model's own float32 noise: a changed weight is far beyond it."""
+    model, path = cnn_artifact
+    assert tb.verify(model, path, threads=THREADS, fresh=2, cli=False).passed
+    altered = _altered_copy(path, tmp_path / "altered.pt", "features.3", 1e-3)
+    report = tb.verify(model, altered, threads=THREADS, fresh=2, cli=False, raise_on_failure=False)
+    assert not report.passed
+    failed = {(r.reference, r.candidate) for r in report.rows if not r.passed}
+    assert ("eager", "cpp") in failed and ("torchscript", "cpp") not in failed, report.table()
+
+
 @requires_torchvision
 def test_resnet18_layers_pass_then_altered_conv_is_found(tmp_path):
     model = seeded(_resnet18)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import collections
+from typing import Optional
+
 import pytest
 import torch
 
@@ -151,3 +154,60 @@ def test_tensors_cross_the_binding_without_copies(tmp_path):
     x = torch.rand(5, 3)
     y = tb.Runtime(tmp_path / "identity.pt")(x)
     assert y.data_ptr() == x.data_ptr()  # DLPack in, DLPack out: the same memory
+
+
+class StructuredOutputs(torch.nn.Module):
+    """Outputs as models return them: a None auxiliary entry, a dict, a nested tuple."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor):
+        y = self.linear(x)
+        aux: Optional[torch.Tensor] = None  # noqa: UP045 (TorchScript reads typing.Optional)
+        return y, aux, {"scores": y.softmax(dim=1), "pair": (y.sum(dim=1), y.argmax(dim=1))}
+
+
+def test_none_dict_and_nested_outputs_come_back_as_the_model_returns_them(tmp_path):
+    model = seeded(StructuredOutputs)
+    x = torch.rand(5, 4)
+    artifact = tb.export(model, (torch.rand(2, 4),), tmp_path / "structured.pt")
+    assert artifact.manifest["method"] == "script"
+    names = [spec["name"] for spec in artifact.manifest["outputs"]]
+    assert names == ["output_0", "output_2.scores", "output_2.pair.0", "output_2.pair.1"]
+    with torch.no_grad():
+        y, aux, table = model(x)
+    runtime = tb.Runtime(tmp_path / "structured.pt", threads=THREADS)
+    got_y, got_aux, got_table = runtime(x)
+    assert got_aux is None and set(got_table) == {"scores", "pair"}
+    torch.testing.assert_close(got_y, y, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_table["scores"], table["scores"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_table["pair"][0], table["pair"][0], rtol=1e-5, atol=1e-6)
+    assert torch.equal(got_table["pair"][1], table["pair"][1])
+    assert len(runtime.forward(x)) == 4  # forward: the tensors, flat, in the manifest's order
+
+    # torchbridge-run writes one .npy per tensor, named by its path.
+    result = run_cli(tmp_path / "structured.pt", "--output-dir", tmp_path / "out", "--threads", THREADS)
+    assert result.returncode == 0, result.stderr
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == sorted(f"{name}.npy" for name in names)
+
+
+def test_a_named_tuple_output_keeps_its_fields(tmp_path):
+    Pair = collections.namedtuple("Pair", ["logits", "aux"])
+
+    class NamedOutputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor):
+            y = self.linear(x)
+            return Pair(y, y.relu())
+
+    artifact = tb.export(seeded(NamedOutputs), (torch.rand(2, 4),), tmp_path / "named.pt", method="trace")
+    assert [spec["name"] for spec in artifact.manifest["outputs"]] == ["logits", "aux"]
+    result = tb.Runtime(artifact.path, threads=THREADS)(torch.rand(3, 4))
+    assert type(result).__name__ == "Pair" and result._fields == ("logits", "aux")
+    assert torch.equal(result.aux, result.logits.relu())

@@ -3,9 +3,11 @@
 #include <torch/version.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -30,6 +32,7 @@ struct Params {
   std::string model;
   std::vector<std::string> inputs;
   std::vector<std::string> outputs;
+  std::string output_dir;
   std::string device = "cpu";
   int threads = 0;
   int bench = 0;
@@ -55,6 +58,8 @@ void print_help(std::ostream& out) {
          "options:\n"
          "  -i, --input PATH     .npy file for the next model input (repeat once per input, in order)\n"
          "  -o, --output PATH    .npy file for the next model output (repeat once per output)\n"
+         "  --output-dir DIR     write every output to DIR/NAME.npy, NAME its path in what the model\n"
+         "                       returns as the manifest names it (output_0, logits, output_1.boxes, ...)\n"
          "  --selftest           run the golden example stored in the artifact and compare\n"
          "  --bench N            time N forwards after warm-up; print p50/p90/p99 latency (default "
       << defaults.bench << ": off); on a GPU the inputs\n"
@@ -111,6 +116,8 @@ bool parse_args(int argc, char** argv, Params& params) {
       params.inputs.push_back(value());
     } else if (arg == "-o" || arg == "--output") {
       params.outputs.push_back(value());
+    } else if (arg == "--output-dir") {
+      params.output_dir = value();
     } else if (arg == "--selftest") {
       params.selftest = true;
     } else if (arg == "--bench") {
@@ -309,13 +316,30 @@ int run(const Params& params) {
                                      " --output path(s) were given; pass --output once per output");
       for (size_t i = 0; i < outputs.size(); ++i) torchbridge::write_npy(params.outputs[i], outputs[i]);
     }
+    std::vector<std::string> written = params.outputs;
+    if (!params.output_dir.empty()) {
+      std::error_code error;
+      std::filesystem::create_directories(params.output_dir, error);
+      if (error)
+        throw torchbridge::Error(torchbridge::ErrorCode::kInvalidArgument,
+                                 "--output-dir " + params.output_dir + ": cannot create the folder (" + error.message() + ")");
+      const auto& specs = runtime.manifest().outputs;
+      for (size_t i = 0; i < outputs.size(); ++i) {
+        std::string name = i < specs.size() && !specs[i].name.empty() ? specs[i].name : "output_" + std::to_string(i);
+        // A dict key can hold anything: keep the name a plain file name.
+        for (char& c : name)
+          if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') c = '_';
+        written.push_back(params.output_dir + "/" + name + ".npy");
+        torchbridge::write_npy(written.back(), outputs[i]);
+      }
+    }
     json << ", \"outputs\": [";
     for (size_t i = 0; i < outputs.size(); ++i) {
       json << (i ? ", " : "") << "{\"dtype\": \"" << torchbridge::dtype_name(outputs[i].scalar_type())
            << "\", \"shape\": " << shape_json(outputs[i]) << "}";
       if (!params.json && params.bench == 0) {
         std::cout << "output " << i << ": " << describe(outputs[i]);
-        if (i < params.outputs.size()) std::cout << " -> " << params.outputs[i];
+        for (size_t w = i; w < written.size(); w += outputs.size()) std::cout << " -> " << written[w];
         std::cout << "\n";
         if (params.outputs.empty()) {
           const at::Tensor flat = outputs[i].detach().to(at::kCPU).flatten();

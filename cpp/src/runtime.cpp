@@ -202,9 +202,12 @@ void flatten_outputs(const c10::IValue& value, std::vector<at::Tensor>& out) {
     for (const auto& element : value.toTupleRef().elements()) flatten_outputs(element, out);
   } else if (value.isList()) {
     for (const auto& element : value.toListRef()) flatten_outputs(element, out);
-  } else {
+  } else if (value.isGenericDict()) {
+    // In insertion order, as Python's dicts (export.flatten_outputs).
+    for (const auto& entry : value.toGenericDict()) flatten_outputs(entry.value(), out);
+  } else if (!value.isNone()) {  // None leaves (an unused auxiliary output) are not outputs
     throw Error(ErrorCode::kRuntime, std::string("model returned a ") + value.tagKind() +
-                                         "; torchbridge expects a tensor or a tuple/list of tensors");
+                                         "; torchbridge expects tensors in (nested) tuples, lists or dicts");
   }
 }
 
@@ -335,10 +338,11 @@ cuda::CaptureFn cuda_graph_plugin(std::string& why) {
   return capture;
 }
 
+// "[2, 3]" for one input, "([2, 32], [2, 32])" for several.
 std::string shapes_string(const std::vector<at::Tensor>& inputs) {
   std::string out;
   for (const auto& input : inputs) out += (out.empty() ? "" : ", ") + shape_string(input.sizes());
-  return out;
+  return inputs.size() == 1 ? out : "(" + out + ")";
 }
 
 // The first non-blank line of a LibTorch message, without its C++ stack.
@@ -360,8 +364,8 @@ constexpr char kAsLoaded[] = "as_loaded";
 // torch::jit::optimize_for_inference; CPU fp32 and CUDA, with a CUDA graph there), "frozen" (freeze
 // alone; CPU). None is trusted blindly: on the first call at an input shape each is run there in
 // turn and kept for that shape only if it runs and matches the module as loaded on the same inputs;
-// otherwise the next is tried, down to the module as loaded. A pass that breaks a model at some
-// shape costs speed at that shape, never a failed call or a wrong answer.
+// otherwise the next is tried, down to the module as loaded, and the rejected one is not tried at
+// later shapes. A pass that breaks a model costs speed, never a failed call or a wrong answer.
 class TorchScriptBackend final : public Backend {
  public:
   // precision: the floating dtype the module runs in (kFloat keeps the artifact's own).
@@ -510,7 +514,7 @@ class TorchScriptBackend final : public Backend {
     std::string rejected;
     for (const std::string& variant : variants_) {
       bool counted = false;
-      if (const std::lock_guard<std::mutex> lock(fallbacks_mutex_); raised_.count(variant)) continue;  // a pass that failed on this model's graph once
+      if (const std::lock_guard<std::mutex> lock(fallbacks_mutex_); rejected_.count(variant)) continue;
       try {
         if (variant == "onednn_graph") {
           // oneDNN Graph keeps compiled kernels and reordered weights per shape: only the first
@@ -530,8 +534,12 @@ class TorchScriptBackend final : public Backend {
         rejected += (rejected.empty() ? "" : "; ") + variant + " " + why;
       } catch (const std::exception& error) {
         rejected += (rejected.empty() ? "" : "; ") + variant + " raised: " + first_line(error.what());
+      }
+      {
+        // Rejected once, rejected for good: trying it again at every new shape costs a compile and
+        // a check per shape, and a pass that broke this model's graph once rarely mends elsewhere.
         const std::lock_guard<std::mutex> lock(fallbacks_mutex_);
-        raised_.insert(variant);
+        rejected_.insert(variant);
       }
       if (counted) fused_shapes_.fetch_sub(1);
     }
@@ -668,7 +676,7 @@ class TorchScriptBackend final : public Backend {
   mutable std::atomic<int> fused_shapes_{0};
   mutable std::mutex fallbacks_mutex_;  // guards the three below
   mutable std::vector<std::pair<std::string, std::vector<std::string>>> fallback_shapes_;  // cause -> shapes
-  mutable std::set<std::string> raised_;  // variants that raised: not tried at further shapes
+  mutable std::set<std::string> rejected_;  // variants that raised or differed: not tried again
   cuda::CaptureFn capture_ = nullptr;
   std::map<std::string, std::string> planted_;  // variant -> "raise" or "differ" (tests only)
 };

@@ -15,6 +15,7 @@ reading back); the TorchScript writer lives here, the AOTInductor one in aoti.py
 
 from __future__ import annotations
 
+import collections
 import copy
 import datetime
 import inspect
@@ -141,15 +142,90 @@ def _as_tuple(example_inputs) -> tuple[torch.Tensor, ...]:
 
 
 def flatten_outputs(value) -> list[torch.Tensor]:
-    """A model's output as a flat list of tensors (tensor, or nested tuple/list of tensors)."""
+    """A model's output as a flat list of tensors: the tensors of nested tuples (named tuples too),
+    lists and dicts (in insertion order, as the C++ runtime reads them), None leaves left out."""
     if isinstance(value, torch.Tensor):
         return [value]
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        value = list(value.values())
     if isinstance(value, (tuple, list)):
         return [t for item in value for t in flatten_outputs(item)]
     raise TorchbridgeError(
         f"model returned {type(value).__name__}; "
-        "torchbridge exports models returning a tensor or a tuple/list of tensors"
+        "torchbridge exports models returning tensors in (nested) tuples, lists or dicts"
     )
+
+
+def output_structure(value) -> Any:
+    """A model's return value as a JSON tree whose leaves are indices into flatten_outputs(value):
+    an int for a tensor, null for None, {"tuple"|"list": [...]}, {"dict": {key: ...}},
+    {"namedtuple": name, "fields": [...], "items": [...]}."""
+    count = 0
+
+    def walk(item):
+        nonlocal count
+        if isinstance(item, torch.Tensor):
+            count += 1
+            return count - 1
+        if item is None:
+            return None
+        if isinstance(item, dict):
+            return {"dict": {str(key): walk(sub) for key, sub in item.items()}}
+        if isinstance(item, tuple) and hasattr(item, "_fields"):
+            items = [walk(sub) for sub in item]
+            return {"namedtuple": type(item).__name__, "fields": list(item._fields), "items": items}
+        if isinstance(item, (tuple, list)):
+            return {"tuple" if isinstance(item, tuple) else "list": [walk(sub) for sub in item]}
+        flatten_outputs(item)  # raises, naming the type
+        return None
+
+    return walk(value)
+
+
+def output_names(structure: Any) -> list[str]:
+    """One name per tensor leaf, in flat order: its path in the return value ("output_0" for a lone
+    tensor, "output_<i>" for an element of a returned tuple, named tuple fields and dict keys by name,
+    nested elements joined with ".")."""
+    names: dict[int, str] = {}
+
+    def walk(node, path: str) -> None:
+        if isinstance(node, int):
+            names[node] = path
+        elif isinstance(node, dict):
+            if "dict" in node:
+                children = [(str(key), sub) for key, sub in node["dict"].items()]
+            elif "namedtuple" in node:
+                children = list(zip(node["fields"], node["items"]))
+            else:
+                children = [(str(i), sub) for i, sub in enumerate(node.get("tuple", node.get("list", [])))]
+            for key, sub in children:
+                top = not path
+                if top and not ("dict" in node or "namedtuple" in node):
+                    key = f"output_{key}"
+                walk(sub, key if top else f"{path}.{key}")
+
+    walk(structure, "")
+    if isinstance(structure, int):
+        names[structure] = "output_0"
+    return [names[i] for i in sorted(names)]
+
+
+def rebuild_outputs(structure: Any, tensors: Sequence[torch.Tensor]) -> Any:
+    """The return value of the model rebuilt from its flat tensors (inverse of output_structure)."""
+    if structure is None:
+        return None
+    if isinstance(structure, int):
+        return tensors[structure]
+    if "dict" in structure:
+        return {key: rebuild_outputs(sub, tensors) for key, sub in structure["dict"].items()}
+    if "namedtuple" in structure:
+        kind = collections.namedtuple(structure["namedtuple"], structure["fields"])
+        return kind(*(rebuild_outputs(sub, tensors) for sub in structure["items"]))
+    if "list" in structure:
+        return [rebuild_outputs(sub, tensors) for sub in structure["list"]]
+    return tuple(rebuild_outputs(sub, tensors) for sub in structure["tuple"])
 
 
 def _run(module, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -218,6 +294,11 @@ def fresh_inputs(
             high = int(tensor.max()) + 1 if tensor.numel() else 2
             out.append(torch.randint(low, max(high, low + 1), shape, generator=generator).to(tensor.dtype))
     return tuple(out)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def _input_names(model: nn.Module, count: int) -> list[str]:
@@ -306,6 +387,7 @@ class Prepared:
     eager_golden: list[torch.Tensor]
     rtol: float
     atol: float
+    structure: Any = 0  # output_structure of the eager model's return value
 
 
 def model_inputs(
@@ -342,15 +424,22 @@ def prepare(
     # The golden example: at most GOLDEN_BATCH samples along a dynamic batch dim.
     golden = tuple(t[:GOLDEN_BATCH] if 0 in dims else t for t, dims in zip(example, dynamic_dims))
     try:
-        eager_golden = _run(model, golden)
+        with torch.no_grad():
+            returned = model(*golden)
+        structure = output_structure(returned)
+        eager_golden = [t.detach() for t in flatten_outputs(returned)]
+    except TorchbridgeError:
+        raise
     except Exception as error:
         raise ExportError(f"the model fails on the example inputs: {error}") from error
+    if not eager_golden:
+        raise ExportError("the model returned no tensor (only None); torchbridge exports models with tensor outputs")
     for i, tensor in enumerate(eager_golden):
         dtype_name(tensor.dtype)
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ExportError(f"the model's output {i} on the example contains NaN/Inf; fix the model before export")
     atol = default_atol(eager_golden, rtol) if atol is None else atol
-    return Prepared(model, example, dynamic_dims, golden, eager_golden, rtol, atol)
+    return Prepared(model, example, dynamic_dims, golden, eager_golden, rtol, atol, structure)
 
 
 def tensor_specs(
@@ -377,9 +466,10 @@ def tensor_specs(
             spec.min_shape = [dynamic_range[0] if d in dims else s for d, s in enumerate(t.shape)]
             spec.max_shape = [dynamic_range[1] if d in dims else s for d, s in enumerate(t.shape)]
         inputs_spec.append(spec)
+    leaf_names = output_names(p.structure)
     outputs_spec = [
         TensorSpec(
-            f"output_{i}",
+            leaf_names[i],
             dtype_name(t.dtype),
             [None if d in outputs_dynamic[i] else s for d, s in enumerate(t.shape)],
         )
@@ -412,6 +502,7 @@ def build_manifest(
         "quantized_engine": None,
         "inputs": [s.to_json() for s in inputs_spec],
         "outputs": [s.to_json() for s in outputs_spec],
+        "output_structure": prepared.structure,
         "tolerance": {"rtol": prepared.rtol, "atol": prepared.atol},
         "golden": {
             "inputs": [f"torchbridge/golden/input_{i}.npy" for i in range(len(prepared.golden))],
@@ -520,16 +611,21 @@ def export(
             try:
                 module = torch.jit.script(model)
                 used = "script"
+                # A scripted module can compile and still not run as eager does (nn.LSTM scripts
+                # to overloads without a plain forward, for one).
+                _compare_or_raise(used, _run(module, golden), eager_golden, rtol, atol, "")
             except Exception as error:
                 if method == "script":
+                    if isinstance(error, ExportError):
+                        raise
                     raise ExportError(f"torch.jit.script failed: {error}") from error
-                notes.append(f"script failed, traced instead: {str(error).splitlines()[0]}")
+                notes.append(f"script failed, traced instead: {_first_line(error)}")
                 module, used = None, "trace"
         else:
             module, used = None, "trace"
         if module is None:
             module = _trace_checked(model, example, dynamic_dims, rtol, atol, trace_checks)
-        _compare_or_raise(used, _run(module, golden), eager_golden, rtol, atol, "")
+            _compare_or_raise(used, _run(module, golden), eager_golden, rtol, atol, "")
 
         optimized = False
         if optimize and not quantized:
@@ -742,7 +838,7 @@ class RuntimeMirror:
         self.loaded = load()  # the reference, and what runs as loaded; a bad file fails here
         self.by_shape: dict[tuple[int, ...], tuple[str, Any]] = {}  # shape key -> (variant, module)
         self.fused_shapes = 0
-        self.raised: set[str] = set()
+        self.rejected: set[str] = set()
         self._frozen_module = None
         self._optimized_module = None
 
@@ -782,17 +878,17 @@ class RuntimeMirror:
     def _choose(self, inputs) -> tuple[str, Any]:
         expected = _run(self.loaded, inputs)
         for variant in self.variants:
-            if variant in self.raised or (variant == "onednn_graph" and self.fused_shapes >= self._C.FUSED_SHAPES):
+            if variant in self.rejected or (variant == "onednn_graph" and self.fused_shapes >= self._C.FUSED_SHAPES):
                 continue
             try:
                 module, actual = self._make(variant, inputs)
+                if len(actual) == len(expected) and all(
+                    max_errors(a, e)[1] <= self.rtol for a, e in zip(actual, expected)
+                ):
+                    return variant, module
             except Exception:
-                self.raised.add(variant)  # not tried at further shapes, as in the runtime
-                continue
-            if len(actual) == len(expected) and all(
-                max_errors(a, e)[1] <= self.rtol for a, e in zip(actual, expected)
-            ):
-                return variant, module
+                pass
+            self.rejected.add(variant)  # raised or differed: not tried at further shapes, as in the runtime
         return "as_loaded", self.loaded
 
     def variant_at(self, *inputs) -> str | None:

@@ -18,6 +18,7 @@ import torch
 
 from torchbridge import _C
 from torchbridge.errors import TorchbridgeError
+from torchbridge.export import output_names, rebuild_outputs
 
 
 def _to_capsule(value, index: int):
@@ -128,7 +129,12 @@ class Runtime:
         return _from_capsules(self._native.forward(capsules))
 
     def __call__(self, *inputs):
+        """The outputs in the structure the model returned at export (a tensor, tuples, lists,
+        dicts, named tuples; None entries as None), read from the manifest."""
         outputs = self.forward(*inputs)
+        structure = (self.manifest or {}).get("output_structure")
+        if structure is not None and len(output_names(structure)) == len(outputs):
+            return rebuild_outputs(structure, outputs)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def forward_submodule(self, name: str, *inputs) -> list[torch.Tensor]:
