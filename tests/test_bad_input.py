@@ -54,6 +54,33 @@ def test_unloadable_artifact_cli_exit_status(bad_artifacts, kind):
     assert result.stderr.startswith("error: ") and EXPECTED_MESSAGES[kind] in result.stderr
 
 
+def _flip_byte(source, target, suffix: str):
+    """A copy of the artifact with one bit flipped in the middle of the record named `*suffix`."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(source) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(suffix))
+    data = bytearray(source.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    data[info.header_offset + 30 + name_length + extra_length + info.compress_size // 2] ^= 0x10
+    target.write_bytes(bytes(data))
+    return info.filename.split("/", 1)[1]
+
+
+@pytest.mark.parametrize("suffix", ["data/0", "extra/torchbridge/manifest.json", "golden/output_0.npy", "constants.pkl"])
+def test_a_flipped_bit_anywhere_is_refused_naming_the_record(cnn_artifact, tmp_path, suffix):
+    """LibTorch's reader does not check the zip's CRC-32s; the runtime checks every record at load."""
+    _, good = cnn_artifact
+    damaged = tmp_path / "damaged.pt"
+    record = _flip_byte(good, damaged, suffix)
+    with pytest.raises(tb.TorchbridgeError, match="damaged artifact") as caught:
+        tb.Runtime(damaged)
+    assert caught.value.code == "artifact" and f"record '{record}'" in str(caught.value)
+    result = run_cli(damaged, "--selftest")
+    assert result.returncode == LOAD_FAILURE and f"record '{record}'" in result.stderr, result.stderr
+
+
 def test_wrong_shape_dtype_and_count_name_the_expected_spec(cnn_artifact):
     _, path = cnn_artifact
     runtime = tb.Runtime(path, threads=THREADS)

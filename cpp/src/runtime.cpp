@@ -28,6 +28,7 @@
 
 #include "backend.hpp"
 #include "cuda_graphs.hpp"
+#include "integrity.hpp"
 #include "json.hpp"
 
 #ifndef TORCHBRIDGE_VERSION
@@ -832,6 +833,8 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
       throw Error(ErrorCode::kArtifact, path + ": zip archive that is neither TorchScript nor an AOTInductor package "
                                                "(expected a file written by torchbridge export)");
     }
+    // Before anything is parsed or, for a .pt2, compiled code is loaded.
+    check_archive_integrity(path, reader);
     if (reader.hasRecord(kManifestRecord)) {
       impl_->manifest = parse_manifest(read_record(reader, kManifestRecord), path);
       manifest_root = json::parse(impl_->manifest.json);

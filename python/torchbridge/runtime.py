@@ -40,14 +40,16 @@ class Runtime:
     """A loaded artifact, run by the C++ runtime.
 
     >>> rt = Runtime("model.pt", device="cpu", threads=2)   # or "model.pt2" (AOTInductor)
-    >>> y = rt(x)                 # a tensor, or a tuple for several outputs
+    >>> y = rt(x)                 # what the model returned at export: a tensor, tuples, dicts, ...
 
     `threads` sets LibTorch's intra-op thread count for the whole process (Python's torch
     included); None keeps the current setting. `optimize` (default on) freezes a float TorchScript
     model at load and, on the CPU in fp32, runs it with oneDNN Graph fusion, compiled on the first
     call at each input shape (up to _C.FUSED_SHAPES shapes; the warm-up at load takes the golden
-    batch and batch 1), kept only if the golden example still matches; `optimization` says what
-    was applied. `warmup_batches` names more batch sizes to compile for at load. `fuse=False` runs
+    batch and batch 1). Whatever runs at a shape was checked there against the module as loaded on
+    the first call, falling back (optimize_for_inference, freeze alone, as loaded) when a pass raises
+    or differs; `optimization` says what was applied and where it fell back, `variant_at(x)` what
+    runs at x's shapes. `warmup_batches` names more batch sizes to compile for at load. `fuse=False` runs
     freeze + optimize_for_inference instead of oneDNN Graph: no compilation per shape and less
     memory at large batches, about 10 % slower. On a CUDA device (`device="cuda"`), `optimize`
     also captures a CUDA graph at each input shape on its first call and replays it afterwards
