@@ -68,7 +68,10 @@ def _flip_byte(source, target, suffix: str):
     return info.filename.split("/", 1)[1]
 
 
-@pytest.mark.parametrize("suffix", ["data/0", "extra/torchbridge/manifest.json", "golden/output_0.npy", "constants.pkl"])
+RECORDS = ["data/0", "extra/torchbridge/manifest.json", "golden/output_0.npy", "constants.pkl"]
+
+
+@pytest.mark.parametrize("suffix", RECORDS)
 def test_a_flipped_bit_anywhere_is_refused_naming_the_record(cnn_artifact, tmp_path, suffix):
     """LibTorch's reader does not check the zip's CRC-32s; the runtime checks every record at load."""
     _, good = cnn_artifact
