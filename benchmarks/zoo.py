@@ -859,7 +859,8 @@ def write_report(rows: list[dict], meta: dict, out: Path) -> None:
     out.write_text("\n".join(lines) + "\n")
 
 
-FALLBACK = re.compile(r"; at ((?:\[[\d, ]*\](?:, )?)+): ")
+# "; at [2, 3, 224, 224]: " (one input) or "; at ([2, 32], [2, 32]): " (several)
+FALLBACK = re.compile(r"; at \(?((?:\[[\d, ]*\](?:, )?)+)\)?: ")
 
 
 def parse_optimization(text: str) -> tuple[str, list[tuple[int, str, str]]]:
