@@ -172,21 +172,28 @@ def test_cli_output_count_must_match(cnn_artifact, tmp_path):
 
 def test_selftest_mismatch_exit_status(tmp_path):
     """A model whose output depends on the thread count cannot fake a mismatch, so tamper with
-    the golden output stored in the archive instead."""
+    the golden output stored in the archive instead, and write its digests again (what a forger
+    would do: the digests catch damage, not a rewrite; the self-test still catches this one)."""
+    import io
     import zipfile
+
+    from torchbridge.export import DIGEST_RECORD, digest_record
 
     model = seeded(tb.models.digits_mlp)
     artifact = tb.export(model, (digits(),), tmp_path / "mlp.pt")
     tampered = tmp_path / "tampered.pt"
-    with zipfile.ZipFile(artifact.path) as source, zipfile.ZipFile(tampered, "w", zipfile.ZIP_STORED) as target:
-        for item in source.infolist():
-            data = source.read(item.filename)
-            if item.filename.endswith("golden/output_0.npy"):
-                golden = np.load(__import__("io").BytesIO(data))
-                buffer = __import__("io").BytesIO()
-                np.save(buffer, golden + 1.0)
-                data = buffer.getvalue()
-            target.writestr(item, data)
+    with zipfile.ZipFile(artifact.path) as source:
+        records = {item.filename: source.read(item.filename) for item in source.infolist()}
+    for name, data in records.items():
+        if name.endswith("golden/output_0.npy"):
+            buffer = io.BytesIO()
+            np.save(buffer, np.load(io.BytesIO(data)) + 1.0)
+            records[name] = buffer.getvalue()
+    top = next(iter(records)).split("/", 1)[0]
+    records[f"{top}/{DIGEST_RECORD}"] = digest_record({n.split("/", 1)[1]: d for n, d in records.items()})
+    with zipfile.ZipFile(tampered, "w", zipfile.ZIP_STORED) as target:
+        for name, data in records.items():
+            target.writestr(name, data)
     result = run_cli(tampered, "--selftest")
     assert result.returncode == MISMATCH and "MISMATCH" in result.stdout
     assert tb.Runtime(tampered).selftest()["passed"] is False
@@ -235,3 +242,175 @@ def test_plain_torchscript_without_manifest_runs_but_has_no_spec(tmp_path):
     assert runtime(digits()).shape == (4, 10)
     result = run_cli(tmp_path / "plain.pt")
     assert result.returncode == BAD_INPUT and "no torchbridge manifest" in result.stderr
+
+
+def _rewrite(source, target, edit):
+    """A well-formed copy of the archive `source` (valid CRC-32s), each record passed through
+    edit(name, data, archive) -> (name, data), or None to drop it."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as archive, zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as out:
+        for info in archive.infolist():
+            edited = edit(info.filename, archive.read(info.filename), archive)
+            if edited is not None:
+                out.writestr(edited[0], edited[1])
+    return target
+
+
+def _swap(first: str, second: str):
+    def edit(name, data, archive):
+        top = name.split("/", 1)[0]
+        if name == f"{top}/{first}":
+            return name, archive.read(f"{top}/{second}")
+        if name == f"{top}/{second}":
+            return name, archive.read(f"{top}/{first}")
+        return name, data
+
+    return edit
+
+
+def _same_size_records(path) -> tuple[str, str]:
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        by_size: dict[int, list[str]] = {}
+        for info in archive.infolist():
+            if "/data/" in info.filename:
+                by_size.setdefault(info.file_size, []).append(info.filename.split("/", 1)[1])
+    return next(tuple(names[:2]) for names in by_size.values() if len(names) >= 2)
+
+
+def test_records_bound_to_their_names_by_sha256(cnn_artifact, tmp_path):
+    """The zip's CRC-32s travel with the records: a well-formed archive with two weight records
+    swapped, a record renamed or added, or the manifest edited passes them. The digest record the
+    export writes catches each, in the bindings and the CLI alike."""
+    import json
+
+    _, good = cnn_artifact
+    first, second = _same_size_records(good)
+
+    def edit_manifest(name, data, archive):
+        if name.endswith("torchbridge/manifest.json"):
+            manifest = json.loads(data)
+            manifest["outputs"][0]["dtype"] = "float16"
+            return name, json.dumps(manifest).encode()
+        return name, data
+
+    def rename(name, data, archive):
+        return (name.replace("/data/0", "/data/00"), data) if name.endswith("/data/0") else (name, data)
+
+    def add(name, data, archive):
+        return name, data
+
+    cases = {
+        "swapped": (_rewrite(good, tmp_path / "swapped.pt", _swap(first, second)), f"record '{first}' fails its SHA-256"),
+        "manifest": (_rewrite(good, tmp_path / "manifest.pt", edit_manifest), "manifest.json' fails its SHA-256"),
+        "renamed": (_rewrite(good, tmp_path / "renamed.pt", rename), "record 'data/0' is missing"),
+        "digests removed": (
+            _rewrite(good, tmp_path / "nodigest.pt", lambda n, d, a: None if n.endswith("digests.json") else (n, d)),
+            "digests.json', which the manifest promises, is missing",
+        ),
+    }
+    for kind, (path, expected) in cases.items():
+        with pytest.raises(tb.TorchbridgeError, match="damaged artifact") as caught:
+            tb.Runtime(path)
+        assert caught.value.code == "artifact" and expected in str(caught.value), (kind, str(caught.value))
+        result = run_cli(path, "--selftest")
+        assert result.returncode == LOAD_FAILURE and expected in result.stderr, (kind, result.stderr)
+    # An added record is not one the artifact was exported with.
+    import zipfile
+
+    added = tmp_path / "added.pt"
+    _rewrite(good, added, add)
+    with zipfile.ZipFile(added, "a") as archive:
+        top = archive.namelist()[0].split("/", 1)[0]
+        archive.writestr(f"{top}/code/extra.py", "x = 1\n")
+    with pytest.raises(tb.TorchbridgeError, match="record 'code/extra.py' is not one the artifact was exported with"):
+        tb.Runtime(added)
+
+
+def test_sha256_matches_hashlib_with_and_without_libcrypto(cnn_artifact, tmp_path):
+    """Both SHA-256 implementations the runtime has (the system's libcrypto, the portable one)
+    accept the export's digests and refuse a changed record."""
+    import os
+    import subprocess
+    import sys
+
+    _, good = cnn_artifact
+    first, second = _same_size_records(good)
+    swapped = _rewrite(good, tmp_path / "swapped.pt", _swap(first, second))
+    code = (
+        "import sys, torchbridge as tb\n"
+        "tb.Runtime(sys.argv[1], warmup_runs=0)\n"
+        "try:\n    tb.Runtime(sys.argv[2], warmup_runs=0)\nexcept tb.TorchbridgeError as e:\n    print(e)\n"
+    )
+    for choice in ("", "portable"):
+        env = dict(os.environ, TORCHBRIDGE_SHA256=choice)
+        result = subprocess.run([sys.executable, "-c", code, str(good), str(swapped)], env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert f"record '{first}' fails its SHA-256 check" in result.stdout, (choice, result.stdout)
+
+
+MANIFEST_EDITS = {
+    "format_version 1e300": (lambda m: m.update(format_version=1e300), "format_version must be 1, got 1.0000000000000001e+300"),
+    "format_version 2": (lambda m: m.update(format_version=2), "format_version 2 is newer than this runtime"),
+    "dim 2**63": (lambda m: m["inputs"][0]["shape"].__setitem__(1, 2**63), "'inputs[0].shape[1]' must be an integer in [0, 2147483647]"),
+    "dim -4": (lambda m: m["inputs"][0]["shape"].__setitem__(1, -4), "'inputs[0].shape[1]' must be an integer"),
+    "dim 1e300": (lambda m: m["inputs"][0]["shape"].__setitem__(1, 1e300), "'inputs[0].shape[1]' must be an integer"),
+    "dim 1.5": (lambda m: m["inputs"][0]["shape"].__setitem__(1, 1.5), "must be an integer"),
+    "optimize_from_batch 4096": (
+        lambda m: m["runtime"].update(optimize_from_batch=4096),
+        "'runtime.optimize_from_batch' must be an integer in [0, 1024], got 4096",
+    ),
+    "output dtype": (lambda m: m["outputs"][0].update(dtype="complex64"), "'outputs[0].dtype': unknown dtype 'complex64'"),
+    "no outputs": (lambda m: m.update(outputs=[]), "'outputs' must list 1 to 65536 outputs"),
+    "rtol -1": (lambda m: m["tolerance"].update(rtol=-1), "'tolerance.rtol' must be in [0, 1]"),
+    "golden count": (lambda m: m["golden"]["inputs"].append("x.npy"), "'golden.inputs' names 2 records for 1 inputs"),
+    "format": (lambda m: m.update(format="onnx"), "format must be 'torchscript' or 'aoti'"),
+}
+
+
+@pytest.mark.parametrize("edit", list(MANIFEST_EDITS))
+def test_manifest_numbers_are_range_checked(cnn_artifact, tmp_path, edit):
+    """Absurd manifest values (a hand-edit, or an archive whose digest record was rewritten too) are
+    refused with what was expected, in both front ends, instead of being wrapped by a cast or
+    hanging the warm-up. The digest record is dropped and the manifest's integrity promise with
+    it, so these reach the manifest reader."""
+    import json
+
+    _, good = cnn_artifact
+    change, expected = MANIFEST_EDITS[edit]
+
+    def edit_manifest(name, data, archive):
+        if name.endswith("digests.json"):
+            return None
+        if name.endswith("torchbridge/manifest.json"):
+            manifest = json.loads(data)
+            del manifest["integrity"]
+            change(manifest)
+            return name, json.dumps(manifest).encode()
+        return name, data
+
+    path = _rewrite(good, tmp_path / "edited.pt", edit_manifest)
+    with pytest.raises(tb.TorchbridgeError, match="bad torchbridge manifest") as caught:
+        tb.Runtime(path)
+    assert caught.value.code == "artifact" and expected in str(caught.value), str(caught.value)
+    result = run_cli(path, "--selftest")
+    assert result.returncode == LOAD_FAILURE and expected in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("text", [b"\xef\xbb\xbf{}", b'{"a": "\x00"}', b'{"a": "\xff"}', b"{\"format_version\": NaN}"])
+def test_manifest_text_is_strict_json_in_both_front_ends(cnn_artifact, tmp_path, text):
+    _, good = cnn_artifact
+
+    def replace(name, data, archive):
+        if name.endswith("digests.json"):
+            return None
+        return (name, text) if name.endswith("torchbridge/manifest.json") else (name, data)
+
+    path = _rewrite(good, tmp_path / "text.pt", replace)
+    with pytest.raises(tb.TorchbridgeError, match="bad torchbridge manifest: invalid JSON") as caught:
+        tb.Runtime(path)
+    assert caught.value.code == "artifact"
+    result = run_cli(path, "--selftest")
+    assert result.returncode == LOAD_FAILURE and "invalid JSON" in result.stderr, result.stderr

@@ -1,12 +1,17 @@
 #include "integrity.hpp"
 
+#include <dlfcn.h>
+
+#include <algorithm>
 #include <array>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <map>
 #include <vector>
 
+#include "json.hpp"
 #include "torchbridge/runtime.hpp"
 
 namespace torchbridge {
@@ -39,6 +44,121 @@ struct Stored {
   uint32_t crc = 0;
   uint64_t size = 0;  // uncompressed
 };
+
+
+// SHA-256 (FIPS 180-4). The system's libcrypto, when the process can load it, hashes with the
+// CPU's SHA extensions (several times faster); this portable version is the fallback and the
+// reference the tests compare it with.
+class Sha256 {
+ public:
+  void update(const unsigned char* data, size_t size) {
+    length_ += size;
+    if (used_ > 0) {
+      const size_t take = std::min(size, sizeof(block_) - used_);
+      std::memcpy(block_ + used_, data, take);
+      used_ += take;
+      data += take;
+      size -= take;
+      if (used_ < sizeof(block_)) return;
+      compress(block_);
+      used_ = 0;
+    }
+    for (; size >= 64; data += 64, size -= 64) compress(data);
+    std::memcpy(block_, data, size);
+    used_ = size;
+  }
+
+  std::array<unsigned char, 32> finish() {
+    const uint64_t bits = length_ * 8;
+    const unsigned char pad = 0x80;
+    update(&pad, 1);
+    const unsigned char zero = 0;
+    while (used_ != 56) update(&zero, 1);
+    unsigned char tail[8];
+    for (int i = 0; i < 8; ++i) tail[i] = static_cast<unsigned char>(bits >> (56 - 8 * i));
+    update(tail, 8);
+    std::array<unsigned char, 32> out{};
+    for (int i = 0; i < 8; ++i)
+      for (int k = 0; k < 4; ++k) out[4 * i + k] = static_cast<unsigned char>(state_[i] >> (24 - 8 * k));
+    return out;
+  }
+
+ private:
+  static uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
+
+  void compress(const unsigned char* block) {
+    static constexpr uint32_t k[64] = {
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+        0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+        0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+        0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+        0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+        0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+        0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+    uint32_t w[64];
+    for (int i = 0; i < 16; ++i)
+      w[i] = static_cast<uint32_t>(block[4 * i]) << 24 | block[4 * i + 1] << 16 | block[4 * i + 2] << 8 | block[4 * i + 3];
+    for (int i = 16; i < 64; ++i) {
+      const uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
+      const uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
+      w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = state_[0], b = state_[1], c = state_[2], d = state_[3];
+    uint32_t e = state_[4], f = state_[5], g = state_[6], h = state_[7];
+    for (int i = 0; i < 64; ++i) {
+      const uint32_t t1 = h + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + k[i] + w[i];
+      const uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+      h = g;
+      g = f;
+      f = e;
+      e = d + t1;
+      d = c;
+      c = b;
+      b = a;
+      a = t1 + t2;
+    }
+    state_[0] += a;
+    state_[1] += b;
+    state_[2] += c;
+    state_[3] += d;
+    state_[4] += e;
+    state_[5] += f;
+    state_[6] += g;
+    state_[7] += h;
+  }
+
+  uint32_t state_[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+  unsigned char block_[64] = {};
+  size_t used_ = 0;
+  uint64_t length_ = 0;
+};
+
+using OneShotSha256 = unsigned char* (*)(const unsigned char*, size_t, unsigned char*);
+
+OneShotSha256 system_sha256() {
+  static const OneShotSha256 function = []() -> OneShotSha256 {
+    const char* choice = std::getenv("TORCHBRIDGE_SHA256");
+    if (choice != nullptr && std::string(choice) == "portable") return nullptr;
+    for (const char* name : {"libcrypto.so.3", "libcrypto.so"}) {
+      if (void* library = dlopen(name, RTLD_NOW | RTLD_LOCAL)) {
+        if (void* symbol = dlsym(library, "SHA256")) return reinterpret_cast<OneShotSha256>(symbol);
+      }
+    }
+    return nullptr;
+  }();
+  return function;
+}
+
+std::string hex(const unsigned char* digest, size_t size) {
+  static const char digits[] = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < size; ++i) {
+    out += digits[digest[i] >> 4];
+    out += digits[digest[i] & 15];
+  }
+  return out;
+}
 
 [[noreturn]] void damaged(const std::string& path, const std::string& what) {
   throw Error(ErrorCode::kArtifact, path + ": damaged artifact: " + what +
@@ -137,18 +257,78 @@ uint32_t crc32(uint32_t crc, const unsigned char* data, size_t size) {
   return ~crc;
 }
 
+std::string sha256_hex(const unsigned char* data, size_t size, bool portable) {
+  unsigned char digest[32];
+  if (const OneShotSha256 fast = portable ? nullptr : system_sha256()) {
+    fast(data, size, digest);
+    return hex(digest, 32);
+  }
+  Sha256 hash;
+  hash.update(data, size);
+  const auto out = hash.finish();
+  return hex(out.data(), out.size());
+}
+
+bool digest_excluded(const std::string& name) {
+  // Written by torch's zip writer itself at the end of every archive (a random id, the format
+  // version, the byte order); LibTorch checks the last two, and the CRC-32 covers all three.
+  return name == kDigestRecord || name == ".data/serialization_id" || name == ".data/version" || name == "version" ||
+         name == "byteorder";
+}
+
 void check_archive_integrity(const std::string& path, caffe2::serialize::PyTorchStreamReader& reader) {
   const std::map<std::string, Stored> stored = central_directory(path);
-  for (const std::string& name : reader.getAllRecords()) {
+  const std::vector<std::string> records = reader.getAllRecords();
+
+  // The digest record binds each record's name to its contents: the CRC-32s travel with the
+  // records, so a renamed or swapped record (or an edited manifest) would pass them.
+  std::map<std::string, std::string> digests;
+  bool has_digests = false;
+  if (reader.hasRecord(kDigestRecord)) {
+    has_digests = true;
+    auto [data, size] = reader.getRecord(kDigestRecord);
+    const auto found = stored.find(kDigestRecord);
+    if (found == stored.end() || found->second.size != size ||
+        (found->second.crc != 0 && crc32(0, static_cast<const unsigned char*>(data.get()), size) != found->second.crc))
+      damaged(path, std::string("record '") + kDigestRecord + "' fails its CRC-32 check");
+    try {
+      const json::Value root = json::parse(std::string(static_cast<const char*>(data.get()), size));
+      if (root.at("algorithm").as_string("algorithm") != "sha256")
+        throw std::runtime_error("unknown algorithm '" + root.at("algorithm").string + "'");
+      const json::Value& listed = root.at("records");
+      if (listed.type != json::Value::Type::kObject) throw std::runtime_error("'records' must be an object");
+      for (const auto& [name, value] : listed.object) {
+        const std::string& digest = value.as_string("records." + name);
+        if (digest.size() != 64) throw std::runtime_error("the digest of '" + name + "' is not 64 hex digits");
+        digests[name] = digest;
+      }
+    } catch (const std::exception& error) {
+      damaged(path, std::string("record '") + kDigestRecord + "' is unreadable: " + error.what());
+    }
+    for (const auto& [name, digest] : digests)
+      if (!reader.hasRecord(name))
+        damaged(path, "record '" + name + "' is missing (renamed or removed; the archive's digests list it)");
+  }
+
+  for (const std::string& name : records) {
     const auto found = stored.find(name);
     if (found == stored.end()) damaged(path, "record '" + name + "' is missing from the zip central directory");
     auto [data, size] = reader.getRecord(name);
     if (size != found->second.size)
       damaged(path, "record '" + name + "' holds " + std::to_string(size) + " bytes where the archive says " +
                         std::to_string(found->second.size));
+    const auto* bytes = static_cast<const unsigned char*>(data.get());
+    if (has_digests && !digest_excluded(name)) {
+      const auto listed = digests.find(name);
+      if (listed == digests.end())
+        damaged(path, "record '" + name + "' is not one the artifact was exported with (renamed or added)");
+      if (sha256_hex(bytes, size, false) != listed->second)
+        damaged(path, "record '" + name + "' fails its SHA-256 check (its contents differ from what was exported)");
+      continue;  // SHA-256 is the stronger check of the two
+    }
     // A writer may skip the checksum (torch.serialization.set_crc32_options(False)) and store 0.
     if (found->second.crc == 0 && size > 0) continue;
-    const uint32_t actual = crc32(0, static_cast<const unsigned char*>(data.get()), size);
+    const uint32_t actual = crc32(0, bytes, size);
     if (actual != found->second.crc) {
       char message[96];
       std::snprintf(message, sizeof(message), "fails its CRC-32 check (0x%08x where the archive says 0x%08x)", actual,

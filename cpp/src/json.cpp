@@ -1,6 +1,9 @@
 #include "json.hpp"
 
-#include <cstdlib>
+#include <algorithm>
+#include <cmath>
+#include <locale>
+#include <sstream>
 #include <stdexcept>
 
 namespace torchbridge::json {
@@ -111,15 +114,45 @@ class Parser {
     }
     if (consume_literal("null")) return value;
     if (c == '-' || (c >= '0' && c <= '9')) {
-      const char* begin = text_.c_str() + pos_;
-      char* end = nullptr;
       value.type = Value::Type::kNumber;
-      value.number = std::strtod(begin, &end);
-      if (end == begin) fail("malformed number");
-      pos_ += static_cast<size_t>(end - begin);
+      value.number = parse_number();
       return value;
     }
     fail(std::string("unexpected character '") + c + "'");
+  }
+
+  // JSON's grammar only (no inf, nan, hex or leading zeros, which strtod would take), finite.
+  double parse_number() {
+    const size_t begin = pos_;
+    auto digits = [&] {
+      const size_t start = pos_;
+      while (pos_ < text_.size() && text_[pos_] >= '0' && text_[pos_] <= '9') ++pos_;
+      return pos_ - start;
+    };
+    if (text_[pos_] == '-') ++pos_;
+    if (pos_ < text_.size() && text_[pos_] == '0') {
+      ++pos_;
+    } else if (digits() == 0) {
+      fail("malformed number");
+    }
+    if (pos_ < text_.size() && text_[pos_] == '.') {
+      ++pos_;
+      if (digits() == 0) fail("malformed number");
+    }
+    if (pos_ < text_.size() && (text_[pos_] == 'e' || text_[pos_] == 'E')) {
+      ++pos_;
+      if (pos_ < text_.size() && (text_[pos_] == '+' || text_[pos_] == '-')) ++pos_;
+      if (digits() == 0) fail("malformed number");
+    }
+    std::istringstream stream(text_.substr(begin, pos_ - begin));
+    stream.imbue(std::locale::classic());
+    double number = 0.0;
+    stream >> number;
+    if (stream.fail() || !std::isfinite(number)) {
+      pos_ = begin;
+      fail("number " + text_.substr(begin, std::min<size_t>(pos_ - begin, 40)) + " is out of range");
+    }
+    return number;
   }
 
   static void append_utf8(std::string& out, unsigned code) {
@@ -160,6 +193,10 @@ class Parser {
     while (pos_ < text_.size()) {
       const char c = text_[pos_++];
       if (c == '"') return out;
+      if (static_cast<unsigned char>(c) < 0x20) {
+        --pos_;
+        fail("control character in a string");
+      }
       if (c != '\\') {
         out += c;
         continue;
@@ -177,10 +214,14 @@ class Parser {
         case 't': out += '\t'; break;
         case 'u': {
           unsigned code = parse_hex4();
-          if (code >= 0xD800 && code < 0xDC00 && text_.compare(pos_, 2, "\\u") == 0) {
+          if (code >= 0xD800 && code < 0xDC00) {
+            if (text_.compare(pos_, 2, "\\u") != 0) fail("unpaired UTF-16 surrogate");
             pos_ += 2;
             const unsigned low = parse_hex4();
+            if (low < 0xDC00 || low > 0xDFFF) fail("unpaired UTF-16 surrogate");
             code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
+          } else if (code >= 0xDC00 && code <= 0xDFFF) {
+            fail("unpaired UTF-16 surrogate");
           }
           append_utf8(out, code);
           break;
@@ -216,6 +257,51 @@ const std::vector<Value>& Value::as_array(const std::string& what) const {
   return array;
 }
 
-Value parse(const std::string& text) { return Parser(text).parse_document(); }
+namespace {
+
+// The offset of the first byte that does not continue a well-formed UTF-8 sequence, or npos.
+size_t invalid_utf8(const std::string& text) {
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    size_t length = 0;
+    unsigned code = 0;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xE0) == 0xC0) {
+      length = 2;
+      code = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      length = 3;
+      code = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      length = 4;
+      code = c & 0x07;
+    } else {
+      return i;
+    }
+    if (i + length > text.size()) return i;
+    for (size_t k = 1; k < length; ++k) {
+      const auto next = static_cast<unsigned char>(text[i + k]);
+      if ((next & 0xC0) != 0x80) return i;
+      code = code << 6 | (next & 0x3F);
+    }
+    static const unsigned kMinimum[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (code < kMinimum[length] || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return i;
+    i += length;
+  }
+  return std::string::npos;
+}
+
+}  // namespace
+
+Value parse(const std::string& text) {
+  if (text.compare(0, 3, "\xEF\xBB\xBF") == 0) throw std::runtime_error("invalid JSON: starts with a UTF-8 byte order mark");
+  const size_t bad = invalid_utf8(text);
+  if (bad != std::string::npos)
+    throw std::runtime_error("invalid JSON at offset " + std::to_string(bad) + ": not UTF-8 text");
+  return Parser(text).parse_document();
+}
 
 }  // namespace torchbridge::json

@@ -30,6 +30,7 @@
 #include "cuda_graphs.hpp"
 #include "integrity.hpp"
 #include "json.hpp"
+#include "manifest.hpp"
 
 #ifndef TORCHBRIDGE_VERSION
 #define TORCHBRIDGE_VERSION "0.0.0"
@@ -66,71 +67,9 @@ std::string tensor_string(const at::Tensor& tensor) {
   return dtype + shape_string(tensor.sizes());
 }
 
-TensorSpec parse_spec(const json::Value& value, const std::string& what) {
-  TensorSpec spec;
-  spec.name = value.has("name") ? value.at("name").as_string(what + ".name") : "";
-  spec.dtype = dtype_from_name(value.at("dtype").as_string(what + ".dtype"));
-  for (const auto& dim : value.at("shape").as_array(what + ".shape")) {
-    spec.shape.push_back(dim.is_null() ? -1 : static_cast<int64_t>(dim.as_number(what + ".shape")));
-  }
-  if (value.has("min_shape") && value.has("max_shape")) {
-    for (const auto& dim : value.at("min_shape").as_array(what + ".min_shape"))
-      spec.min_shape.push_back(static_cast<int64_t>(dim.as_number(what + ".min_shape")));
-    for (const auto& dim : value.at("max_shape").as_array(what + ".max_shape"))
-      spec.max_shape.push_back(static_cast<int64_t>(dim.as_number(what + ".max_shape")));
-    if (spec.min_shape.size() != spec.shape.size() || spec.max_shape.size() != spec.shape.size())
-      throw std::runtime_error(what + ": min_shape/max_shape must have one entry per dimension");
-  }
-  return spec;
-}
-
-Manifest parse_manifest(const std::string& text, const std::string& path) {
-  Manifest manifest;
-  manifest.present = true;
-  manifest.json = text;
-  try {
-    const json::Value root = json::parse(text);
-    manifest.format_version = static_cast<int>(root.at("format_version").as_number("format_version"));
-    if (manifest.format_version != 1)
-      throw std::runtime_error("format_version " + std::to_string(manifest.format_version) +
-                               " is newer than this runtime understands (1); upgrade torchbridge");
-    manifest.format = root.at("format").as_string("format");
-    manifest.torchbridge_version = root.at("torchbridge_version").as_string("torchbridge_version");
-    manifest.torch_version = root.at("torch_version").as_string("torch_version");
-    manifest.method = root.has("method") ? root.at("method").as_string("method") : "";
-    manifest.model = root.has("model") ? root.at("model").as_string("model") : "";
-    if (root.has("runtime") && root.at("runtime").has("optimize_from_batch"))
-      manifest.optimize_from_batch =
-          static_cast<int64_t>(root.at("runtime").at("optimize_from_batch").as_number("runtime.optimize_from_batch"));
-    if (root.has("quantized_engine") && !root.at("quantized_engine").is_null())
-      manifest.quantized_engine = root.at("quantized_engine").as_string("quantized_engine");
-    const auto& inputs = root.at("inputs").as_array("inputs");
-    for (size_t i = 0; i < inputs.size(); ++i) manifest.inputs.push_back(parse_spec(inputs[i], "inputs[" + std::to_string(i) + "]"));
-    const auto& outputs = root.at("outputs").as_array("outputs");
-    for (size_t i = 0; i < outputs.size(); ++i) manifest.outputs.push_back(parse_spec(outputs[i], "outputs[" + std::to_string(i) + "]"));
-    if (root.has("tolerance")) {
-      manifest.rtol = root.at("tolerance").at("rtol").as_number("tolerance.rtol");
-      manifest.atol = root.at("tolerance").at("atol").as_number("tolerance.atol");
-    }
-  } catch (const Error& error) {
-    throw Error(ErrorCode::kArtifact, path + ": bad torchbridge manifest: " + error.what());
-  } catch (const std::exception& error) {
-    throw Error(ErrorCode::kArtifact, path + ": bad torchbridge manifest: " + error.what());
-  }
-  return manifest;
-}
-
 std::string read_record(caffe2::serialize::PyTorchStreamReader& reader, const std::string& name) {
   auto [data, size] = reader.getRecord(name);
   return std::string(static_cast<const char*>(data.get()), size);
-}
-
-std::vector<std::string> golden_names(const json::Value& root, const char* key) {
-  std::vector<std::string> names;
-  if (!root.has("golden")) return names;
-  for (const auto& name : root.at("golden").at(key).as_array(std::string("golden.") + key))
-    names.push_back(name.as_string("golden entry"));
-  return names;
 }
 
 at::QEngine qengine_from_name(const std::string& name, const std::string& path) {
@@ -836,16 +775,40 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
     // Before anything is parsed or, for a .pt2, compiled code is loaded.
     check_archive_integrity(path, reader);
     if (reader.hasRecord(kManifestRecord)) {
-      impl_->manifest = parse_manifest(read_record(reader, kManifestRecord), path);
-      manifest_root = json::parse(impl_->manifest.json);
+      ParsedManifest parsed = parse_manifest(read_record(reader, kManifestRecord), path);
+      if (parsed.sealed && !reader.hasRecord(kDigestRecord))
+        throw Error(ErrorCode::kArtifact, path + ": damaged artifact: record '" + kDigestRecord +
+                                              "', which the manifest promises, is missing (export it again or restore a copy)");
+      impl_->manifest = std::move(parsed.manifest);
+      manifest_root = std::move(parsed.root);
       // Under extra/ in TorchScript; at the top level in a .pt2 (torch's loader reads extra/ as text).
       auto golden_record = [&](const std::string& name) {
         return reader.hasRecord("extra/" + name) ? "extra/" + name : name;
       };
-      for (const auto& name : golden_names(manifest_root, "inputs"))
-        impl_->golden_inputs.push_back(parse_npy(read_record(reader, golden_record(name)), path + ":" + name));
-      for (const auto& name : golden_names(manifest_root, "outputs"))
-        impl_->golden_outputs.push_back(parse_npy(read_record(reader, golden_record(name)), path + ":" + name));
+      // The golden example is part of the artifact: damage to it is the artifact's fault.
+      auto golden = [&](const std::string& name) {
+        if (!reader.hasRecord(golden_record(name)))
+          throw Error(ErrorCode::kArtifact, path + ": damaged artifact: golden record '" + name +
+                                                "', which the manifest names, is missing (export it again)");
+        try {
+          return parse_npy(read_record(reader, golden_record(name)), name);
+        } catch (const Error& error) {
+          throw Error(ErrorCode::kArtifact, path + ": damaged artifact: golden record " + error.what());
+        }
+      };
+      for (const auto& name : parsed.golden_inputs) impl_->golden_inputs.push_back(golden(name));
+      for (const auto& name : parsed.golden_outputs) impl_->golden_outputs.push_back(golden(name));
+      for (size_t i = 0; i < impl_->golden_inputs.size(); ++i)
+        if (!impl_->manifest.inputs[i].matches(impl_->golden_inputs[i]))
+          throw Error(ErrorCode::kArtifact, path + ": damaged artifact: golden record '" + parsed.golden_inputs[i] +
+                                                "' holds " + tensor_string(impl_->golden_inputs[i]) +
+                                                " where the manifest declares " + impl_->manifest.inputs[i].to_string());
+      for (size_t i = 0; i < impl_->golden_outputs.size(); ++i)
+        if (impl_->golden_outputs[i].scalar_type() != impl_->manifest.outputs[i].dtype ||
+            impl_->golden_outputs[i].dim() != static_cast<int64_t>(impl_->manifest.outputs[i].shape.size()))
+          throw Error(ErrorCode::kArtifact, path + ": damaged artifact: golden record '" + parsed.golden_outputs[i] +
+                                                "' holds " + tensor_string(impl_->golden_outputs[i]) +
+                                                " where the manifest declares " + impl_->manifest.outputs[i].to_string());
     }
   } catch (const Error&) {
     throw;

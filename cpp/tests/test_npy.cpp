@@ -166,7 +166,7 @@ TEST(wrong_magic_is_an_input_error) {
 
 TEST(truncated_file_is_an_input_error) {
   REQUIRE_ERROR(torchbridge::read_npy(tbtest::data_path("tiny_mlp_input_truncated.npy")), ErrorCode::kInput,
-              "truncated data: header promises 48 bytes, file holds 38");
+              "truncated data: the header's shape needs 48 bytes, the file holds 38");
 
   const std::string whole = torchbridge::to_npy_bytes(at::ones({4}, at::kDouble));
   REQUIRE_ERROR(torchbridge::parse_npy(whole.substr(0, 30), "cut in header"), ErrorCode::kInput, "truncated header");
@@ -197,6 +197,48 @@ TEST(malformed_headers_are_input_errors) {
   std::string bad_version = torchbridge::to_npy_bytes(at::ones({1}));
   bad_version[6] = 9;
   REQUIRE_ERROR(torchbridge::parse_npy(bad_version, "h.npy"), ErrorCode::kInput, "unknown format version 9");
+}
+
+// The header is read as the dict numpy writes, not searched: damage is refused, not half-read.
+TEST(damaged_headers_and_data_are_refused_not_misread) {
+  const std::string data(16, '\0');
+  auto with = [&](const std::string& dict, const std::string& payload) { return make_npy(dict, payload); };
+  for (const std::string order : {"'True'", "Truee", "NotTrue", "1", "true"}) {
+    const std::string file = with("{'descr': '<f4', 'fortran_order': " + order + ", 'shape': (2, 2), }", data);
+    REQUIRE_ERROR(torchbridge::parse_npy(file, "h.npy"), ErrorCode::kInput, "h.npy: not a valid .npy file");
+  }
+  // Fortran order spelled right still transposes.
+  const std::string fortran = with("{'descr': '<i4', 'fortran_order': True, 'shape': (2, 2), }",
+                                   raw_bytes(at::tensor({1, 2, 3, 4}, at::kInt)));
+  REQUIRE(torchbridge::parse_npy(fortran, "f.npy").equal(at::tensor({1, 3, 2, 4}, at::kInt).reshape({2, 2})));
+  // Bytes after the data, or inside the header.
+  const std::string good = with("{'descr': '<f4', 'fortran_order': False, 'shape': (4,), }", data);
+  REQUIRE(torchbridge::parse_npy(good, "good.npy").numel() == 4);
+  REQUIRE_ERROR(torchbridge::parse_npy(good + "xx", "t.npy"), ErrorCode::kInput, "2 unexpected bytes after the data");
+  REQUIRE_ERROR(torchbridge::parse_npy(with("{'descr': '<f4', 'fortran_order': False, 'shape': (4,), } x", data), "h.npy"),
+                ErrorCode::kInput, "unexpected bytes after the header dict");
+  REQUIRE_ERROR(torchbridge::parse_npy(with("{'descr': '<f4', 'shape': (4,), 'fortran_order': False, 'extra': 1}", data), "h.npy"),
+                ErrorCode::kInput, "unexpected or repeated header key 'extra'");
+  REQUIRE_ERROR(torchbridge::parse_npy(with("{'descr': '<f4', 'descr': '<f4', 'fortran_order': False, 'shape': (4,)}", data), "h.npy"),
+                ErrorCode::kInput, "repeated");
+  // Shapes whose byte count overflows, or exceeds the file, are refused before any allocation.
+  for (const std::string shape : {"(4294967296, 4294967296)", "(9223372036854775807,)", "(99999999999999999999,)",
+                                  "(1099511627776,)"}) {
+    const std::string file = with("{'descr': '<f4', 'fortran_order': False, 'shape': " + shape + ", }", data);
+    REQUIRE_ERROR(torchbridge::parse_npy(file, "big.npy"), ErrorCode::kInput, "big.npy: not a valid .npy file");
+  }
+  // A bool byte other than 0 or 1.
+  REQUIRE_ERROR(torchbridge::parse_npy(with("{'descr': '|b1', 'fortran_order': False, 'shape': (2,), }", std::string("\x01\x02", 2)), "b.npy"),
+                ErrorCode::kInput, "other than 0 or 1");
+  // Version 2 and 3 headers (4-byte length) read like version 1.
+  REQUIRE(torchbridge::parse_npy(make_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (4,), }", data, 2), "v2.npy").numel() == 4);
+  REQUIRE(torchbridge::parse_npy(make_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (4,), }", data, 3), "v3.npy").numel() == 4);
+  // The file reader checks the size before reading the data.
+  const std::string path = (kScratch / "trailing.npy").string();
+  tbtest::write_file(path, good + "x");
+  REQUIRE_ERROR(torchbridge::read_npy(path), ErrorCode::kInput, "1 unexpected bytes after the data");
+  tbtest::write_file(path, good);
+  REQUIRE(torchbridge::read_npy(path).numel() == 4);
 }
 
 TEST(writing_a_dtype_numpy_lacks_is_refused) {

@@ -28,6 +28,7 @@ from torch import nn
 
 from torchbridge.errors import ExportError, TorchbridgeError
 from torchbridge.export import (
+    DIGEST_RECORD,
     MANIFEST_ENTRY,
     Artifact,
     Prepared,
@@ -35,6 +36,7 @@ from torchbridge.export import (
     _compare_or_raise,
     _run,
     build_manifest,
+    digest_record,
     extra_entries,
     fresh_inputs,
     model_inputs,
@@ -245,14 +247,18 @@ def _copy_with_entries(compiled: Path, target: Path, entries: dict[str, bytes]) 
     top level, because torch's loader decodes every extra/ entry as UTF-8 text."""
     from torch.export.pt2_archive import PT2ArchiveReader, PT2ArchiveWriter
 
+    records: dict[str, bytes] = {}
     with PT2ArchiveReader(str(compiled)) as reader, PT2ArchiveWriter(str(target)) as writer:
         for name in reader.get_file_names():
             # The writer adds the zip-format records itself.
             if name.startswith(".data/") or name == "byteorder":
                 continue
-            writer.write_bytes(name, reader.read_bytes(name))
+            records[name] = reader.read_bytes(name)
         for name, data in entries.items():
-            writer.write_bytes("extra/" + name if name == MANIFEST_ENTRY else name, data)
+            records["extra/" + name if name == MANIFEST_ENTRY else name] = data
+        for name, data in records.items():
+            writer.write_bytes(name, data)
+        writer.write_bytes(DIGEST_RECORD, digest_record(records))
 
 
 def _register_int8_lowering() -> None:

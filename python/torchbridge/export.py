@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import copy
 import datetime
+import hashlib
 import inspect
 import io
 import json
@@ -40,6 +41,12 @@ from torchbridge.errors import ExportError, TorchbridgeError
 
 FORMAT_VERSION = 1
 MANIFEST_ENTRY = "torchbridge/manifest.json"
+#: The SHA-256 of every other record, which the C++ runtime checks before it loads anything: it binds
+#: each record's name to its contents, which the zip's own CRC-32s do not (a renamed or swapped
+#: record, an edited manifest keep valid CRCs).
+DIGEST_RECORD = "extra/torchbridge/digests.json"
+#: Records torch's zip writer adds itself at the end of an archive (not covered by the digests).
+WRITER_RECORDS = frozenset({".data/serialization_id", ".data/version", "version", "byteorder"})
 GOLDEN_BATCH = 2  # golden examples keep at most this many samples along a dynamic batch dim
 METHODS = ("auto", "script", "trace")
 FORMATS = ("torchscript", "aoti")
@@ -509,6 +516,8 @@ def build_manifest(
             "outputs": [f"torchbridge/golden/output_{i}.npy" for i in range(len(prepared.eager_golden))],
         },
         "notes": notes,
+        # The archive carries DIGEST_RECORD: the runtime refuses it when that record is missing.
+        "integrity": "sha256",
     }
     manifest.update(fields)
     return manifest
@@ -522,6 +531,30 @@ def extra_entries(manifest: dict[str, Any], prepared: Prepared) -> dict[str, byt
     for name, tensor in zip(manifest["golden"]["outputs"], prepared.eager_golden):
         entries[name] = _npy_bytes(tensor)
     return entries
+
+
+def digest_record(records: dict[str, bytes]) -> bytes:
+    """The contents of DIGEST_RECORD for an archive holding `records` (name -> bytes)."""
+    digests = {
+        name: hashlib.sha256(data).hexdigest()
+        for name, data in sorted(records.items())
+        if name not in WRITER_RECORDS and name != DIGEST_RECORD
+    }
+    return json.dumps({"algorithm": "sha256", "records": digests}, indent=1).encode()
+
+
+def seal(source: Path, target: Path) -> None:
+    """Copy the TorchScript archive `source` to `target` with DIGEST_RECORD added, through torch's
+    own zip writer (records keep the alignment LibTorch's reader expects)."""
+    reader = torch._C.PyTorchFileReader(str(source))
+    records = {name: reader.get_record(name) for name in reader.get_all_records() if name != ".data/serialization_id"}
+    writer = torch._C.PyTorchFileWriter(str(target))
+    for name, data in records.items():
+        writer.write_record(name, data, len(data))
+    digests = digest_record(records)
+    writer.write_record(DIGEST_RECORD, digests, len(digests))
+    writer.write_end_of_file()
+    del writer
 
 
 def write_in_place(path: Path, write: Callable[[Path], None]) -> None:
@@ -640,7 +673,10 @@ def export(
         extra = extra_entries(manifest, prepared)
 
         def save(temporary: Path) -> None:
-            torch.jit.save(module, str(temporary), _extra_files=extra)
+            unsealed = temporary.parent / "unsealed" / temporary.name
+            unsealed.parent.mkdir()
+            torch.jit.save(module, str(unsealed), _extra_files=extra)
+            seal(unsealed, temporary)
             torch.jit.load(str(temporary))
 
         path = Path(path)

@@ -1,0 +1,29 @@
+// The artifact manifest (extra/torchbridge/manifest.json), parsed once, in C++, for both front ends:
+// every field is type- and range-checked here, and the Python side reads the manifest from the
+// runtime, so torchbridge-run and the bindings accept and refuse the same files.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "json.hpp"
+#include "torchbridge/runtime.hpp"
+
+namespace torchbridge {
+
+/// Bounds a manifest number must respect.
+constexpr int64_t kMaxManifestDim = (int64_t{1} << 31) - 1;
+constexpr int64_t kMaxOptimizeFromBatch = 1024;
+
+struct ParsedManifest {
+  Manifest manifest;
+  json::Value root;
+  std::vector<std::string> golden_inputs;   // record names, one per input
+  std::vector<std::string> golden_outputs;  // one per output
+  bool sealed = false;                      // the archive must carry the SHA-256 digest record
+};
+
+/// Parses and checks `text`; throws Error(kArtifact) "<path>: bad torchbridge manifest: <what>".
+ParsedManifest parse_manifest(const std::string& text, const std::string& path);
+
+}  // namespace torchbridge
