@@ -80,6 +80,15 @@ PY
     setup .venv requirements-dev.txt
     .venv/bin/python benchmarks/zoo.py "$@"
     ;;
+  corrupt)
+    # scripts/dev.sh corrupt [SEED] [pytest args]: the seeded corruption test at full size, 300
+    # damaged copies of each artifact kind (CI's sample is 100, seed 1616); the tables go to the terminal.
+    setup .venv requirements-dev.txt
+    seed=1616
+    if [[ ${1:-} =~ ^[0-9]+$ ]]; then seed=$1; shift; fi
+    TORCHBRIDGE_CORRUPT_N=${TORCHBRIDGE_CORRUPT_N:-300} TORCHBRIDGE_CORRUPT_SEED=$seed \
+      .venv/bin/python -m pytest -v tests/test_corruption.py "$@"
+    ;;
   test-cpu)
     setup .venv-cpu requirements-cpu.txt
     mkdir -p build
