@@ -414,3 +414,29 @@ def test_manifest_text_is_strict_json_in_both_front_ends(cnn_artifact, tmp_path,
     assert caught.value.code == "artifact"
     result = run_cli(path, "--selftest")
     assert result.returncode == LOAD_FAILURE and "invalid JSON" in result.stderr, result.stderr
+
+
+def test_tensors_dlpack_cannot_carry_are_refused_clearly(cnn_artifact):
+    """Sparse, meta, quantized and nested tensors, numpy object arrays: TorchbridgeError('input')
+    naming what to pass instead; big-endian numpy arrays are converted; an empty batch and an input
+    over max_input_bytes are refused."""
+    _, path = cnn_artifact
+    runtime = tb.Runtime(path, threads=THREADS, max_input_bytes=1 << 20)
+    x = digits()
+    cases = [
+        (x.to_sparse(), "has layout torch.sparse_coo"),
+        (torch.empty(2, 1, 8, 8, device="meta"), "on device 'meta'"),
+        (torch.quantize_per_tensor(x, 0.1, 0, torch.quint8), "quantized tensor"),
+        (torch.nested.nested_tensor([x[0], x[1]]), "nested tensor"),
+        (np.array([[1, "a"]], dtype=object), "numpy dtype object"),
+        (torch.zeros(0, 1, 8, 8), "is empty: size 0 in dim 0"),
+        (torch.zeros(4097, 1, 8, 8), "more than max_input_bytes (1048576)"),
+    ]
+    for value, expected in cases:
+        with pytest.raises(tb.TorchbridgeError) as caught:
+            runtime(value)
+        assert caught.value.code == "input" and expected in str(caught.value), str(caught.value)
+    big_endian = x.numpy().astype(">f4")
+    torch.testing.assert_close(runtime(big_endian), runtime(x), rtol=0, atol=0)
+    result = run_cli(path, "--max-input-bytes", "100", "--batch", "4")
+    assert result.returncode == BAD_INPUT and "more than max_input_bytes (100)" in result.stderr, result.stderr

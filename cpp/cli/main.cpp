@@ -46,6 +46,7 @@ struct Params {
   bool fuse = true;
   bool cuda_graphs = true;
   std::string precision = "fp32";
+  int64_t max_input_bytes = torchbridge::RuntimeOptions().max_input_bytes;
 };
 
 void print_help(std::ostream& out) {
@@ -68,6 +69,8 @@ void print_help(std::ostream& out) {
       << "  --batch N            size of dynamic dimensions in random inputs (default " << defaults.batch << ")\n"
       << "  --seed N             seed for random inputs (default " << defaults.seed << ")\n"
       << "  --threads N          intra-op threads, 0 = LibTorch's default (default " << defaults.threads << ")\n"
+      << "  --max-input-bytes N  refuse an input larger than N bytes, 0 = no limit (default " << defaults.max_input_bytes
+      << ")\n"
       << "  --device D           cpu, cuda or cuda:N (default " << defaults.device << ")\n"
       << "  --no-optimize        run the TorchScript module as loaded (default: freeze + oneDNN Graph fusion)\n"
       << "  --no-fuse            freeze + optimize_for_inference instead of oneDNN Graph: less memory at large\n"
@@ -130,6 +133,8 @@ bool parse_args(int argc, char** argv, Params& params) {
       params.seed = static_cast<uint64_t>(parse_int(arg, value(), 0));
     } else if (arg == "--threads") {
       params.threads = static_cast<int>(parse_int(arg, value(), 0));
+    } else if (arg == "--max-input-bytes") {
+      params.max_input_bytes = parse_int(arg, value(), 0);
     } else if (arg == "--device") {
       params.device = value();
     } else if (arg == "--no-optimize") {
@@ -229,6 +234,7 @@ int run(const Params& params) {
   options.fuse = params.fuse;
   options.cuda_graphs = params.cuda_graphs;
   options.precision = params.precision;
+  options.max_input_bytes = params.max_input_bytes;
   // Random inputs come at --batch: compile for it at load, so the first call is not the slow one.
   if (params.inputs.empty()) options.warmup_batches = {params.batch};
   const auto load_start = Clock::now();

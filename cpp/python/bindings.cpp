@@ -119,7 +119,7 @@ PYBIND11_MODULE(_C, m) {
   py::class_<torchbridge::Runtime>(m, "Runtime")
       .def(py::init([](const std::string& path, const std::string& device, int threads, int warmup_runs, bool optimize,
                        const std::string& precision, const std::vector<int64_t>& warmup_batches, bool fuse,
-                       bool cuda_graphs) {
+                       bool cuda_graphs, int64_t max_input_bytes) {
              torchbridge::RuntimeOptions options;
              options.device = device;
              options.threads = threads;
@@ -129,13 +129,14 @@ PYBIND11_MODULE(_C, m) {
              options.warmup_batches = warmup_batches;
              options.fuse = fuse;
              options.cuda_graphs = cuda_graphs;
+             options.max_input_bytes = max_input_bytes;
              py::gil_scoped_release release;
              return std::make_unique<torchbridge::Runtime>(path, options);
            }),
            py::arg("path"), py::arg("device") = "cpu", py::arg("threads") = 0, py::arg("warmup_runs") = 3,
            py::arg("optimize") = true, py::arg("precision") = "fp32",
            py::arg("warmup_batches") = std::vector<int64_t>{}, py::arg("fuse") = true,
-           py::arg("cuda_graphs") = true)
+           py::arg("cuda_graphs") = true, py::arg("max_input_bytes") = int64_t{1} << 30)
       .def("forward",
            [](const torchbridge::Runtime& self, const std::vector<py::capsule>& inputs) {
              std::vector<at::Tensor> tensors = from_capsules(inputs);

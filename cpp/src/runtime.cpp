@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <map>
 #include <optional>
@@ -39,6 +40,44 @@
 namespace torchbridge {
 
 const char* version() { return TORCHBRIDGE_VERSION; }
+
+std::string Error::printable(const std::string& message) {
+  std::string out;
+  out.reserve(message.size());
+  size_t i = 0;
+  auto escape = [&](unsigned char c) {
+    static const char digits[] = "0123456789abcdef";
+    out += "\\x";
+    out += digits[c >> 4];
+    out += digits[c & 15];
+  };
+  while (i < message.size()) {
+    const auto c = static_cast<unsigned char>(message[i]);
+    if (c < 0x80) {
+      if (c < 0x20 && c != '\n' && c != '\t') escape(c);
+      else out += static_cast<char>(c);
+      ++i;
+      continue;
+    }
+    const size_t length = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+    bool valid = length > 0 && i + length <= message.size();
+    unsigned code = length == 2 ? c & 0x1F : length == 3 ? c & 0x0F : c & 0x07;
+    for (size_t k = 1; valid && k < length; ++k) {
+      const auto next = static_cast<unsigned char>(message[i + k]);
+      valid = (next & 0xC0) == 0x80;
+      code = code << 6 | (next & 0x3F);
+    }
+    static const unsigned kMinimum[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (valid && code >= kMinimum[length] && code <= 0x10FFFF && !(code >= 0xD800 && code <= 0xDFFF)) {
+      out.append(message, i, length);
+      i += length;
+    } else {
+      escape(c);
+      ++i;
+    }
+  }
+  return out;
+}
 
 namespace {
 
@@ -957,6 +996,25 @@ const std::vector<at::Tensor>& Runtime::golden_inputs() const { return impl_->go
 const std::vector<at::Tensor>& Runtime::golden_outputs() const { return impl_->golden_outputs; }
 
 void Runtime::validate(const std::vector<at::Tensor>& inputs) const {
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const at::Tensor& input = inputs[i];
+    const std::string which = "input " + std::to_string(i);
+    if (!input.defined()) throw Error(ErrorCode::kInput, which + ": got an undefined tensor");
+    if (input.is_nested()) throw Error(ErrorCode::kInput, which + " is a nested tensor; pass a dense (strided) tensor");
+    if (input.layout() != at::kStrided)
+      throw Error(ErrorCode::kInput, which + " has layout " + c10::toString(input.layout()) +
+                                         "; pass a dense (strided) tensor (e.g. .to_dense())");
+    if (input.is_quantized())
+      throw Error(ErrorCode::kInput, which + " is a quantized tensor; pass the float tensor (.dequantize()): "
+                                             "a quantized artifact quantizes its inputs itself");
+    if (!input.device().is_cpu() && !input.device().is_cuda())
+      throw Error(ErrorCode::kInput, which + " is on device '" + input.device().str() + "' (expected cpu or cuda)");
+    const int64_t limit = impl_->options.max_input_bytes;
+    if (limit > 0 && static_cast<int64_t>(input.nbytes()) > limit)
+      throw Error(ErrorCode::kInput, which + " (" + tensor_string(input) + ") holds " + std::to_string(input.nbytes()) +
+                                         " bytes, more than max_input_bytes (" + std::to_string(limit) +
+                                         "): split the batch, or raise the limit");
+  }
   const Manifest& manifest = impl_->manifest;
   if (!manifest.present) return;
   auto expected_list = [&] {
@@ -973,6 +1031,10 @@ void Runtime::validate(const std::vector<at::Tensor>& inputs) const {
     if (!spec.matches(inputs[i]) && outside < 0)
       throw Error(ErrorCode::kInput, "input " + std::to_string(i) + " must be " + spec.to_string() + " (? = any size), got " +
                                          tensor_string(inputs[i]));
+    for (size_t d = 0; d < spec.shape.size() && outside < 0; ++d)
+      if (spec.shape[d] < 0 && inputs[i].size(static_cast<int64_t>(d)) == 0)
+        throw Error(ErrorCode::kInput, "input " + std::to_string(i) + " (" + spec.to_string() + ") is empty: size 0 in dim " +
+                                           std::to_string(d) + " (got " + tensor_string(inputs[i]) + ")");
     if (outside >= 0) {
       TensorSpec unbounded = spec;
       unbounded.min_shape.clear();

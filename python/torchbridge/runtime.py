@@ -21,14 +21,35 @@ from torchbridge.errors import TorchbridgeError
 from torchbridge.export import output_names, rebuild_outputs
 
 
+def _input_error(message: str) -> TorchbridgeError:
+    error = TorchbridgeError(message)
+    error.code = "input"
+    return error
+
+
 def _to_capsule(value, index: int):
     if isinstance(value, np.ndarray):
+        if not value.dtype.isnative:  # big-endian data: the same values in this CPU's byte order
+            value = value.astype(value.dtype.newbyteorder("="))
         # torch shares numpy's memory unless a stride is negative (a reversed view): copy those.
-        value = torch.from_numpy(value if all(s >= 0 for s in value.strides) else value.copy())
+        try:
+            value = torch.from_numpy(value if all(s >= 0 for s in value.strides) else value.copy())
+        except TypeError as error:
+            raise _input_error(f"input {index}: numpy dtype {value.dtype} has no tensor equivalent ({error})") from None
     if not isinstance(value, torch.Tensor):
-        error = TorchbridgeError(f"input {index} must be a torch.Tensor or numpy array, got {type(value).__name__}")
-        error.code = "input"
-        raise error
+        raise _input_error(f"input {index} must be a torch.Tensor or numpy array, got {type(value).__name__}")
+    # DLPack carries dense tensors only: name what else was passed instead of DLPack's message.
+    if value.is_nested:
+        raise _input_error(f"input {index} is a nested tensor; pass a dense (strided) tensor")
+    if value.layout != torch.strided:
+        raise _input_error(f"input {index} has layout {value.layout}; pass a dense (strided) tensor (e.g. .to_dense())")
+    if value.is_quantized:
+        raise _input_error(
+            f"input {index} is a quantized tensor; pass the float tensor (.dequantize()): "
+            "a quantized artifact quantizes its inputs itself"
+        )
+    if value.device.type not in ("cpu", "cuda"):
+        raise _input_error(f"input {index} is on device '{value.device}' (expected cpu or cuda)")
     return value.detach().__dlpack__()
 
 
@@ -56,6 +77,8 @@ class Runtime:
     (`cuda_graphs=False` turns that off). `precision`
     "bf16" or "fp16" runs a float TorchScript model in that dtype (inputs and outputs stay
     float32): faster on CPUs with AMX/AVX512-BF16 and on GPUs, about 1e-2 relative away from fp32.
+    `max_input_bytes` (1 GiB; 0: no limit) bounds each input forward() accepts; an empty dynamic
+    dimension (batch 0) is refused too.
     Every error raises TorchbridgeError with the C++ message; its `code` is 'artifact', 'input',
     'invalid_argument' or 'runtime'.
     """
@@ -71,6 +94,7 @@ class Runtime:
         warmup_batches: tuple[int, ...] | list[int] = (),
         fuse: bool = True,
         cuda_graphs: bool = True,
+        max_input_bytes: int = 1 << 30,
     ):
         self.path = Path(path)
         self._native = _C.Runtime(
@@ -83,6 +107,7 @@ class Runtime:
             [int(b) for b in warmup_batches],
             bool(fuse),
             bool(cuda_graphs),
+            int(max_input_bytes),
         )
         text = self._native.manifest_json
         self.manifest: dict[str, Any] | None = json.loads(text) if text else None

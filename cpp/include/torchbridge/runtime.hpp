@@ -56,8 +56,11 @@ enum class ErrorCode {
 
 class Error : public std::runtime_error {
  public:
-  Error(ErrorCode code, const std::string& message) : std::runtime_error(message), code_(code) {}
+  /// Bytes of `message` that are not UTF-8 text (a damaged file's name or contents quoted by
+  /// LibTorch) are written as \xNN, so every message prints and converts to a Python str.
+  Error(ErrorCode code, const std::string& message) : std::runtime_error(printable(message)), code_(code) {}
   ErrorCode code() const noexcept { return code_; }
+  static std::string printable(const std::string& message);
 
  private:
   ErrorCode code_;
@@ -158,6 +161,9 @@ struct RuntimeOptions {
   /// converted at load/call and outputs converted back. Faster where the CPU has bf16/fp16 units
   /// (AMX, AVX512-BF16) or on a GPU; results differ from fp32 by about 1e-2 relative. TorchScript only.
   std::string precision = "fp32";
+  /// The largest single input forward() accepts, in bytes (1 GiB by default; 0: no limit). Larger
+  /// ones, and inputs with an empty dynamic dimension, are refused with Error(kInput).
+  int64_t max_input_bytes = int64_t{1} << 30;
 };
 
 /// How one output compares with its reference.
