@@ -9,6 +9,9 @@
 #                                    oneDNN's ISA capped at AVX2 (what an AMD EPYC Zen 3 has)
 #   scripts/dev.sh zoo [args]        the model zoo (benchmarks/zoo.py; --subset fast in CI) -> docs/zoo.md
 #   scripts/dev.sh setup             only create .venv and build
+#   scripts/dev.sh asan              C++ tests (ctest) with ASan + UBSan (gcc), build/cpp-asan
+#   scripts/dev.sh fuzz [seconds]    build the libFuzzer harnesses (clang) into build/cpp-fuzz and run
+#                                    each for that long (default 60); non-zero exit on a crash
 #   scripts/dev.sh gpu               on a CUDA machine: build into the python3 that has torch, run
 #                                    tests/test_cuda.py and benchmarks/gpu.py (docs/bench_gpu.md)
 set -euo pipefail
@@ -39,6 +42,21 @@ ctest_build() {  # ctest_build VENV BUILD_DIR: a pure CMake build, LibTorch give
     || { cat "$build.configure.log"; return 1; }
   PATH="$venv/bin:$PATH" cmake --build "$build" -j "$JOBS"
   PATH="$venv/bin:$PATH" ctest --test-dir "$build" --output-on-failure
+}
+
+# The sanitizer legs need only torch in .venv: no reinstall of the package when it is there.
+venv_with_torch() {
+  if [ -x .venv/bin/python ] && .venv/bin/python -c "import torch" 2>/dev/null; then return; fi
+  setup .venv requirements-dev.txt
+}
+
+# Run-time options of the sanitized builds. LibTorch is not instrumented; each exception is
+# explained in cpp/tests/sanitizers/README.md (the suppression files sit beside it).
+sanitizer_env() {
+  local dir=$PWD/cpp/tests/sanitizers
+  export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1:check_initialization_order=1:detect_stack_use_after_return=1"
+  export LSAN_OPTIONS="suppressions=$dir/lsan.supp:print_suppressions=0"
+  export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:suppressions=$dir/ubsan.supp"
 }
 
 command=${1:-}
@@ -89,6 +107,59 @@ PY
     TORCHBRIDGE_CORRUPT_N=${TORCHBRIDGE_CORRUPT_N:-300} TORCHBRIDGE_CORRUPT_SEED=$seed \
       .venv/bin/python -m pytest -v tests/test_corruption.py "$@"
     ;;
+  asan)
+    # ASan + UBSan on torchbridge's own code (library, torchbridge-run, C++ tests), gcc.
+    venv_with_torch
+    mkdir -p build
+    torch_dir=$(.venv/bin/python -c "import os, torch; print(os.path.dirname(torch.__file__))")
+    PATH="$PWD/.venv/bin:$PATH" cmake -S . -B build/cpp-asan -G Ninja -DCMAKE_PREFIX_PATH="$torch_dir" \
+      -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTORCHBRIDGE_SANITIZE=address,undefined > build/cpp-asan.configure.log \
+      || { cat build/cpp-asan.configure.log; exit 1; }
+    cmake --build build/cpp-asan -j "$JOBS"
+    sanitizer_env
+    ctest --test-dir build/cpp-asan --output-on-failure "$@"
+    ;;
+  fuzz)
+    # scripts/dev.sh fuzz [SECONDS]: each harness of cpp/fuzz for SECONDS (default 60), one after
+    # the other, from the committed seeds (cpp/fuzz/corpus/<harness>) plus what earlier runs found
+    # (build/cpp-fuzz/corpus/<harness>). Crashing inputs land in build/cpp-fuzz/findings/<harness>/.
+    seconds=${1:-60}
+    venv_with_torch
+    command -v clang++ > /dev/null || { echo "scripts/dev.sh fuzz needs clang++ with libFuzzer (apt-get install clang)"; exit 1; }
+    mkdir -p build
+    torch_dir=$(.venv/bin/python -c "import os, torch; print(os.path.dirname(torch.__file__))")
+    PATH="$PWD/.venv/bin:$PATH" cmake -S . -B build/cpp-fuzz -G Ninja -DCMAKE_PREFIX_PATH="$torch_dir" \
+      -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DTORCHBRIDGE_FUZZ=ON -DTORCHBRIDGE_TESTS=OFF -DTORCHBRIDGE_CLI=OFF > build/cpp-fuzz.configure.log \
+      || { cat build/cpp-fuzz.configure.log; exit 1; }
+    cmake --build build/cpp-fuzz -j "$JOBS" --target fuzz_npy fuzz_manifest fuzz_load
+    sanitizer_env
+    crashed=0
+    for harness in fuzz_npy fuzz_manifest fuzz_load; do
+      work=build/cpp-fuzz/corpus/$harness findings=build/cpp-fuzz/findings/$harness
+      rm -rf "$findings"; mkdir -p "$work" "$findings"
+      dict=()
+      case $harness in
+        fuzz_npy) dict=(-dict=cpp/fuzz/npy.dict) ;;
+        fuzz_manifest) dict=(-dict=cpp/fuzz/manifest.dict) ;;
+      esac
+      echo "== $harness for ${seconds}s"
+      status=0
+      build/cpp-fuzz/cpp/fuzz/$harness -max_total_time="$seconds" -rss_limit_mb=4096 -timeout=20 \
+        -print_final_stats=1 -artifact_prefix="$findings/" "${dict[@]}" "$work" "cpp/fuzz/corpus/$harness" \
+        > "build/cpp-fuzz/$harness.log" 2>&1 || status=$?
+      executions=$(sed -n 's/^stat::number_of_executed_units: *//p' "build/cpp-fuzz/$harness.log")
+      speed=$(sed -n 's/^stat::average_exec_per_sec: *//p' "build/cpp-fuzz/$harness.log")
+      crashes=$(find "$findings" -type f | wc -l)
+      echo "$harness: ${executions:-?} executions, ${speed:-?}/s, exit $status, $crashes crashing input(s) in $findings"
+      if [ "$status" -ne 0 ] || [ "$crashes" -gt 0 ]; then
+        crashed=1
+        grep -E -A30 "^==[0-9]+==ERROR|runtime error|non-torchbridge|deadly signal|Timeout|out-of-memory" \
+          "build/cpp-fuzz/$harness.log" | head -60
+      fi
+    done
+    exit $crashed
+    ;;
   test-cpu)
     setup .venv-cpu requirements-cpu.txt
     mkdir -p build
@@ -108,7 +179,7 @@ PY
     exit $status
     ;;
   *)
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -3,7 +3,7 @@
 # checks what it prints against Python's printout of the same outputs (data/*_app_output.txt).
 #
 #   cmake -DBUILD_DIR=... -DSOURCE_DIR=... -DWORK_DIR=... -DDATA_DIR=... -DGENERATOR=...
-#         [-DMAKE_PROGRAM=...] [-DCXX_COMPILER=...] -P example_app.cmake
+#         [-DMAKE_PROGRAM=...] [-DCXX_COMPILER=...] [-DSANITIZE=address,...] -P example_app.cmake
 cmake_minimum_required(VERSION 3.21)
 
 function(run)
@@ -53,6 +53,10 @@ if(MAKE_PROGRAM)
 endif()
 if(CXX_COMPILER)
   list(APPEND configure "-DCMAKE_CXX_COMPILER=${CXX_COMPILER}")
+endif()
+if(SANITIZE)  # a sanitized libtorchbridge needs the app linked with the same runtime
+  list(APPEND configure "-DCMAKE_CXX_FLAGS=-fsanitize=${SANITIZE} -fno-omit-frame-pointer"
+    "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=${SANITIZE}")
 endif()
 run(${configure})
 run("${CMAKE_COMMAND}" --build "${WORK_DIR}/build")
