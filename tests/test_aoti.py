@@ -36,11 +36,20 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual - expected).abs().max() / expected.abs().max())
 
 
-def rewrite_package(source: Path, target: Path, change) -> None:
-    """Copy a .pt2 entry by entry; change(name, data) returns the new bytes of an entry."""
-    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as new:
-        for item in old.infolist():
-            new.writestr(item, change(item.filename, old.read(item.filename)))
+def rewrite_package(source: Path, target: Path, change, reseal: bool = True) -> None:
+    """Copy a .pt2 entry by entry; change(name, data) returns the new bytes of an entry. With
+    `reseal` the digest record is written again to match (so the checks after the digest one are
+    what a test reaches); without, the SHA-256 check refuses the changed entry."""
+    from torchbridge.export import DIGEST_RECORD, digest_record
+
+    with zipfile.ZipFile(source) as old:
+        items = [(item, change(item.filename, old.read(item.filename))) for item in old.infolist()]
+    if reseal:
+        digests = digest_record({item.filename.split("/", 1)[1]: data for item, data in items})
+        items = [(item, digests if item.filename.endswith("/" + DIGEST_RECORD) else data) for item, data in items]
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as new:
+        for item, data in items:
+            new.writestr(item, data)
 
 
 def with_manifest(source: Path, target: Path, edit) -> None:
@@ -202,8 +211,15 @@ def test_corrupt_package_is_an_artifact_error(cnn_pt2, tmp_path):
     truncated = tmp_path / "truncated.pt2"
     truncated.write_bytes(data[: len(data) // 2])
     garbled = tmp_path / "garbled.pt2"  # the zip is intact; its compiled model is not
-    rewrite_package(artifact.path, garbled, lambda name, d: b"\x7fELF garbage" * 64 if name.endswith(".so") else d)
-    for path, message in ((truncated, "corrupt or truncated"), (garbled, "cannot load this AOTInductor package")):
+    garble = lambda name, d: b"\x7fELF garbage" * 64 if name.endswith(".so") else d  # noqa: E731
+    rewrite_package(artifact.path, garbled, garble)
+    damaged = tmp_path / "damaged.pt2"  # the same change, digests not rewritten: refused before loading
+    rewrite_package(artifact.path, damaged, garble, reseal=False)
+    for path, message in (
+        (truncated, "corrupt or truncated"),
+        (garbled, "cannot load this AOTInductor package"),
+        (damaged, r"wrapper.so' fails its SHA-256 check"),
+    ):
         with pytest.raises(tb.TorchbridgeError, match=message) as caught:
             tb.Runtime(path)
         assert caught.value.code == "artifact"

@@ -303,7 +303,10 @@ def test_records_bound_to_their_names_by_sha256(cnn_artifact, tmp_path):
         return name, data
 
     cases = {
-        "swapped": (_rewrite(good, tmp_path / "swapped.pt", _swap(first, second)), f"record '{first}' fails its SHA-256"),
+        "swapped": (
+            _rewrite(good, tmp_path / "swapped.pt", _swap(first, second)),
+            f"record '{first}' fails its SHA-256",
+        ),
         "manifest": (_rewrite(good, tmp_path / "manifest.pt", edit_manifest), "manifest.json' fails its SHA-256"),
         "renamed": (_rewrite(good, tmp_path / "renamed.pt", rename), "record 'data/0' is missing"),
         "digests removed": (
@@ -346,15 +349,23 @@ def test_sha256_matches_hashlib_with_and_without_libcrypto(cnn_artifact, tmp_pat
     )
     for choice in ("", "portable"):
         env = dict(os.environ, TORCHBRIDGE_SHA256=choice)
-        result = subprocess.run([sys.executable, "-c", code, str(good), str(swapped)], env=env, capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-c", code, str(good), str(swapped)], env=env, capture_output=True, text=True
+        )
         assert result.returncode == 0, result.stderr
         assert f"record '{first}' fails its SHA-256 check" in result.stdout, (choice, result.stdout)
 
 
 MANIFEST_EDITS = {
-    "format_version 1e300": (lambda m: m.update(format_version=1e300), "format_version must be 1, got 1.0000000000000001e+300"),
+    "format_version 1e300": (
+        lambda m: m.update(format_version=1e300),
+        "format_version must be 1, got 1.0000000000000001e+300",
+    ),
     "format_version 2": (lambda m: m.update(format_version=2), "format_version 2 is newer than this runtime"),
-    "dim 2**63": (lambda m: m["inputs"][0]["shape"].__setitem__(1, 2**63), "'inputs[0].shape[1]' must be an integer in [0, 2147483647]"),
+    "dim 2**63": (
+        lambda m: m["inputs"][0]["shape"].__setitem__(1, 2**63),
+        "'inputs[0].shape[1]' must be an integer in [0, 2147483647]",
+    ),
     "dim -4": (lambda m: m["inputs"][0]["shape"].__setitem__(1, -4), "'inputs[0].shape[1]' must be an integer"),
     "dim 1e300": (lambda m: m["inputs"][0]["shape"].__setitem__(1, 1e300), "'inputs[0].shape[1]' must be an integer"),
     "dim 1.5": (lambda m: m["inputs"][0]["shape"].__setitem__(1, 1.5), "must be an integer"),
@@ -362,7 +373,10 @@ MANIFEST_EDITS = {
         lambda m: m["runtime"].update(optimize_from_batch=4096),
         "'runtime.optimize_from_batch' must be an integer in [0, 1024], got 4096",
     ),
-    "output dtype": (lambda m: m["outputs"][0].update(dtype="complex64"), "'outputs[0].dtype': unknown dtype 'complex64'"),
+    "output dtype": (
+        lambda m: m["outputs"][0].update(dtype="complex64"),
+        "'outputs[0].dtype': unknown dtype 'complex64'",
+    ),
     "no outputs": (lambda m: m.update(outputs=[]), "'outputs' must list 1 to 65536 outputs"),
     "rtol -1": (lambda m: m["tolerance"].update(rtol=-1), "'tolerance.rtol' must be in [0, 1]"),
     "golden count": (lambda m: m["golden"]["inputs"].append("x.npy"), "'golden.inputs' names 2 records for 1 inputs"),
@@ -399,7 +413,7 @@ def test_manifest_numbers_are_range_checked(cnn_artifact, tmp_path, edit):
     assert result.returncode == LOAD_FAILURE and expected in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("text", [b"\xef\xbb\xbf{}", b'{"a": "\x00"}', b'{"a": "\xff"}', b"{\"format_version\": NaN}"])
+@pytest.mark.parametrize("text", [b"\xef\xbb\xbf{}", b'{"a": "\x00"}', b'{"a": "\xff"}', b'{"format_version": NaN}'])
 def test_manifest_text_is_strict_json_in_both_front_ends(cnn_artifact, tmp_path, text):
     _, good = cnn_artifact
 

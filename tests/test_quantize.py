@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import torchbridge as tb
-from conftest import THREADS, digits, requires_torchvision, run_cli, seeded
+from conftest import THREADS, digits, requires_torchvision, reseal, run_cli, seeded
 from test_train_and_cli import torchbridge_cli
 from torchbridge.quantize import fusion_groups
 
@@ -131,6 +131,7 @@ def _with_engine(source, target, engine: str) -> None:
                 manifest["quantized_engine"] = engine
                 content = json.dumps(manifest).encode()
             archive_out.writestr(entry, content)
+    reseal(target)
 
 
 def test_missing_engine_is_a_clear_error(tmp_path):

@@ -41,6 +41,19 @@ namespace torchbridge {
 
 const char* version() { return TORCHBRIDGE_VERSION; }
 
+namespace {
+// oneDNN Graph keeps every partition it compiles in a process-wide LRU cache (1024 entries) as
+// well as in the kernel that compiled it; the cache's copies outlive the Runtime, so each load
+// and destroy of a fused model grew the process (hundreds of KiB per cycle, measured) until the
+// cache filled. The kernels keep their own compiled partitions, so the cache only saves a compile
+// when one process builds the same partition twice. Set before the cache is first created (it
+// reads the variable once); a value the user set wins.
+const bool kPartitionCacheOff = [] {
+  setenv("DNNL_GRAPH_COMPILED_PARTITION_CACHE_CAPACITY", "0", /*overwrite=*/0);
+  return true;
+}();
+}  // namespace
+
 std::string Error::printable(const std::string& message) {
   std::string out;
   out.reserve(message.size());
