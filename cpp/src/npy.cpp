@@ -203,6 +203,14 @@ NpyHeader parse_header(const std::string& bytes, size_t end, uint64_t file_size,
   if (held > nbytes)
     bad_npy(what, std::to_string(held - nbytes) + " unexpected bytes after the data (the header's shape needs " +
                       std::to_string(nbytes) + ")");
+  // An empty array (a 0 in its shape) holds no bytes whatever its other dimensions: refuse those
+  // that numpy could not have written (their product past 2^63 bytes), whose strides overflow
+  // LibTorch's (c10::Error "Stride calculation overflowed" escaped parse_npy; cpp/fuzz/fuzz_npy).
+  uint64_t extent = c10::elementSize(header.entry->dtype);
+  for (int64_t dim : header.shape)
+    if (dim > 0 && (__builtin_mul_overflow(extent, static_cast<uint64_t>(dim), &extent) ||
+                    extent > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())))
+      bad_npy(what, "empty array whose other dimensions multiply past 2^63 bytes");
   header.nbytes = nbytes;
   return header;
 }

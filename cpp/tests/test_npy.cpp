@@ -227,6 +227,14 @@ TEST(damaged_headers_and_data_are_refused_not_misread) {
     const std::string file = with("{'descr': '<f4', 'fortran_order': False, 'shape': " + shape + ", }", data);
     REQUIRE_ERROR(torchbridge::parse_npy(file, "big.npy"), ErrorCode::kInput, "big.npy: not a valid .npy file");
   }
+  // An empty array with dimensions whose strides overflow (LibTorch's
+  // c10::Error escaped); an empty array with large but sane dimensions still reads.
+  for (const std::string shape : {"(0, 576460752303423488, 576460752303423488)", "(16, 0, 576460752303423488)"}) {
+    const std::string file = with("{'descr': '<f4', 'fortran_order': False, 'shape': " + shape + ", }", "");
+    REQUIRE_ERROR(torchbridge::parse_npy(file, "empty.npy"), ErrorCode::kInput, "multiply past 2^63 bytes");
+  }
+  REQUIRE(torchbridge::parse_npy(with("{'descr': '<f4', 'fortran_order': True, 'shape': (0, 1048576, 1048576), }", ""),
+                                 "empty.npy").sizes() == at::IntArrayRef({0, 1048576, 1048576}));
   // A bool byte other than 0 or 1.
   REQUIRE_ERROR(torchbridge::parse_npy(with("{'descr': '|b1', 'fortran_order': False, 'shape': (2,), }", std::string("\x01\x02", 2)), "b.npy"),
                 ErrorCode::kInput, "other than 0 or 1");
