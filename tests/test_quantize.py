@@ -81,11 +81,12 @@ def test_qat_loses_at_most_half_a_point_and_leaves_the_float_model_alone(trained
     assert not any("fake_quant" in name or "activation_post_process" in name for name, _ in model.named_modules())
 
 
-@pytest.mark.parametrize("width, at_least", [(32, 3.0), (96, 3.5)])
+@pytest.mark.parametrize("width, at_least", [(32, 2.6), (96, 3.5)])
 def test_int8_artifact_is_smaller(tmp_path, width, at_least):
     """Weights shrink 4x; the rest of the archive (TorchScript code and its debug tables, zip
-    records, golden example, manifest) does not. At the default width 32 (85k parameters) that
-    rest is about 30 KiB of each artifact, so the ratio is about 3.1; at width 96 weights dominate."""
+    records, golden example, manifest, the SHA-256 digest of each record) does not. At the default
+    width 32 (85k parameters) that rest is about 36 KiB of each artifact (the int8 one has 55
+    records, 5.5 KiB of digests), so the ratio is about 2.8; at width 96 weights dominate."""
     model = seeded(lambda: tb.models.DigitsCNN(width=width))
     fp32 = tb.export(model, (digits(),), tmp_path / "fp32.pt")
     int8 = tb.quantize(model, "static", tb.data.DigitsDataModule(), calibration_batches=2, progress_bar=False)
