@@ -1,6 +1,6 @@
 """The C++ runtime on a CUDA device: CUDA graphs per input shape, fp16, the CLI's GPU bench.
 
-Every test skips without a GPU (CI has none); they run on a machine with one, see README, GPU.
+Every test skips without a GPU (CI has none); they run on a machine with one, see docs/performance.md, On a GPU.
 """
 
 from __future__ import annotations

@@ -187,7 +187,7 @@ def test_channel_pruning_of_resnet18_follows_residuals_and_matches_in_cpp(tmp_pa
 
 
 def test_fifty_percent_channel_pruning_with_fine_tuning_keeps_digits_accuracy(tmp_path):
-    """The figure the README quotes: 50 % of the CNN's channels removed, fine-tuned, loses <= 1 point."""
+    """The figure docs/pruning.md quotes: 50 % of the CNN's channels removed, fine-tuned, loses <= 1 point."""
     torch.manual_seed(0)
     model = tb.models.digits_cnn()
     data = tb.data.DigitsDataModule()
