@@ -30,6 +30,10 @@ class Value {
   const std::vector<Value>& as_array(const std::string& what) const;
 };
 
+/// The length of the well-formed UTF-8 sequence starting at text[i] (1 for ASCII), or 0 when the
+/// bytes there are not one (a stray continuation byte, an overlong form, a surrogate, a cut).
+size_t utf8_sequence_length(const std::string& text, size_t i);
+
 /// Parses a complete JSON text; throws std::runtime_error with the offset of the first error.
 Value parse(const std::string& text);
 

@@ -66,27 +66,13 @@ std::string Error::printable(const std::string& message) {
   };
   while (i < message.size()) {
     const auto c = static_cast<unsigned char>(message[i]);
-    if (c < 0x80) {
-      if (c < 0x20 && c != '\n' && c != '\t') escape(c);
-      else out += static_cast<char>(c);
-      ++i;
-      continue;
-    }
-    const size_t length = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-    bool valid = length > 0 && i + length <= message.size();
-    unsigned code = length == 2 ? c & 0x1F : length == 3 ? c & 0x0F : c & 0x07;
-    for (size_t k = 1; valid && k < length; ++k) {
-      const auto next = static_cast<unsigned char>(message[i + k]);
-      valid = (next & 0xC0) == 0x80;
-      code = code << 6 | (next & 0x3F);
-    }
-    static const unsigned kMinimum[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (valid && code >= kMinimum[length] && code <= 0x10FFFF && !(code >= 0xD800 && code <= 0xDFFF)) {
-      out.append(message, i, length);
-      i += length;
-    } else {
+    const size_t length = json::utf8_sequence_length(message, i);
+    if (length == 0 || (c < 0x20 && c != '\n' && c != '\t')) {
       escape(c);
       ++i;
+    } else {
+      out.append(message, i, length);
+      i += length;
     }
   }
   return out;
