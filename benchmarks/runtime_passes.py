@@ -24,7 +24,7 @@ import torchvision
 from torchbridge import _C
 from torchbridge._warnings import expected_deprecations
 from torchbridge.bench import TURN, time_interleaved
-from torchbridge.export import RuntimeMirror
+from torchbridge.mirror import RuntimeMirror
 
 
 def variants(workdir: Path, x: torch.Tensor, threads: int) -> dict:

@@ -83,7 +83,7 @@ def reseal(path) -> None:
     that edits an artifact on purpose needs to reach the checks after the SHA-256 one."""
     import zipfile
 
-    from torchbridge.export import DIGEST_RECORD, digest_record
+    from torchbridge.artifact import DIGEST_RECORD, digest_record
 
     with zipfile.ZipFile(path) as archive:
         items = [(item, archive.read(item.filename)) for item in archive.infolist()]

@@ -40,7 +40,7 @@ def rewrite_package(source: Path, target: Path, change, reseal: bool = True) -> 
     """Copy a .pt2 entry by entry; change(name, data) returns the new bytes of an entry. With
     `reseal` the digest record is written again to match (so the checks after the digest one are
     what a test reaches); without, the SHA-256 check refuses the changed entry."""
-    from torchbridge.export import DIGEST_RECORD, digest_record
+    from torchbridge.artifact import DIGEST_RECORD, digest_record
 
     with zipfile.ZipFile(source) as old:
         items = [(item, change(item.filename, old.read(item.filename))) for item in old.infolist()]

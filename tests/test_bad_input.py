@@ -177,7 +177,7 @@ def test_selftest_mismatch_exit_status(tmp_path):
     import io
     import zipfile
 
-    from torchbridge.export import DIGEST_RECORD, digest_record
+    from torchbridge.artifact import DIGEST_RECORD, digest_record
 
     model = seeded(tb.models.digits_mlp)
     artifact = tb.export(model, (digits(),), tmp_path / "mlp.pt")

@@ -13,7 +13,8 @@ from torch import nn
 
 import torchbridge as tb
 from conftest import THREADS, digits, seeded
-from torchbridge.export import load_in_python, max_errors
+from torchbridge.compare import max_errors
+from torchbridge.mirror import load_in_python
 
 
 @pytest.fixture(scope="module")

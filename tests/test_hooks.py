@@ -15,8 +15,8 @@ from torch import nn
 import torchbridge as tb
 from conftest import THREADS, digits, requires_torchvision, seeded
 from torchbridge import hooks
+from torchbridge.artifact import seal
 from torchbridge.cli import main as cli_main
-from torchbridge.export import seal
 
 
 def _resnet18():

@@ -13,7 +13,7 @@ from torch import nn
 import torchbridge as tb
 from conftest import THREADS, digits, run_cli, seeded
 from torchbridge import _C
-from torchbridge.export import load_in_python
+from torchbridge.mirror import load_in_python
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +171,7 @@ def test_export_times_the_optimized_module_and_the_runtime_follows(tmp_path, mon
     every process)."""
     import time
 
-    mirror = sys.modules["torchbridge.export"].RuntimeMirror
+    mirror = sys.modules["torchbridge.mirror"].RuntimeMirror
     real = mirror.__call__
 
     def slow(self, *inputs):

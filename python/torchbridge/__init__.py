@@ -12,28 +12,24 @@ tb.bench(model, (x,), out_dir="bench")   # eager, TorchScript, LibTorch, C++, CL
 """
 
 import os as _os
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _version
 
 import torch  # noqa: F401  (loads LibTorch before the native module)
 
 from torchbridge import aoti, data, hooks, models
+from torchbridge.artifact import Artifact, TensorSpec, load_manifest
 from torchbridge.bench import BenchReport, bench  # the function shadows the module: from torchbridge.bench import ...
 from torchbridge.errors import ExportError, NonFiniteError, ParityError, QuantizationError, TorchbridgeError
-from torchbridge.export import Artifact, TensorSpec, export, load_manifest
+from torchbridge.export import export
 from torchbridge.prune import SparsityReport, prune, prune_and_fine_tune, prune_channels
 from torchbridge.quantize import quantize
 from torchbridge.runtime import Runtime, read_npy
 from torchbridge.train import TrainResult, evaluate, train
 from torchbridge.verify import ParityReport, verify
+from torchbridge.version import __version__ as __version__
 
 #: For C++ projects: cmake -DCMAKE_PREFIX_PATH=<this> finds torchbridgeConfig.cmake (find_package(torchbridge)).
 cmake_prefix_path = _os.path.join(_os.path.dirname(__file__), "share", "cmake")
 
-try:
-    __version__ = _version("torchbridge")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.0.0"
 
 __all__ = [
     "Artifact",

@@ -81,7 +81,7 @@ def _loader(kind: str, modules: list[str], optimized_from_batch: int = 0, batch_
             return lambda inputs: package(*inputs)
 
     elif kind == "libtorch":
-        from torchbridge.export import load_in_python
+        from torchbridge.mirror import load_in_python
 
         def load(file, threads):
             _, module = load_in_python(file, optimized_from_batch)

@@ -26,24 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchbridge.artifact import DIGEST_RECORD, MANIFEST_ENTRY, Artifact, digest_record, write_in_place
+from torchbridge.compare import compare_or_raise, example_tuple, fresh_inputs, run_module
 from torchbridge.errors import ExportError, TorchbridgeError
-from torchbridge.export import (
-    DIGEST_RECORD,
-    MANIFEST_ENTRY,
-    Artifact,
-    Prepared,
-    _as_tuple,
-    _compare_or_raise,
-    _run,
-    build_manifest,
-    digest_record,
-    extra_entries,
-    fresh_inputs,
-    model_inputs,
-    prepare,
-    tensor_specs,
-    write_in_place,
-)
+from torchbridge.prepare import Prepared, build_manifest, extra_entries, model_inputs, prepare, tensor_specs
 
 #: Every dynamic dim accepts sizes in this range unless export says otherwise; the manifest
 #: records it and the C++ runtime refuses inputs outside it.
@@ -349,9 +335,9 @@ def export_aoti(
         compile_seconds = time.perf_counter() - started
 
         package = load_package(compiled)
-        _compare_or_raise(
+        compare_or_raise(
             "AOTInductor package (golden example)",
-            _run(package, prepared.golden),
+            run_module(package, prepared.golden),
             prepared.eager_golden,
             prepared.rtol,
             prepared.atol,
@@ -363,10 +349,10 @@ def export_aoti(
             if golden_size is not None:
                 size = low if seed % 2 else min(high, golden_size + 2 * seed + 1)
             inputs = fresh_inputs(prepared.golden, prepared.dynamic_dims, seed, size)
-            _compare_or_raise(
+            compare_or_raise(
                 f"AOTInductor check #{seed} (dynamic size {size})",
-                _run(package, inputs),
-                _run(prepared.model, inputs),
+                run_module(package, inputs),
+                run_module(prepared.model, inputs),
                 prepared.rtol,
                 prepared.atol,
                 "The compiled package differs from eager at another dynamic size.",
@@ -514,7 +500,7 @@ def quantize_int8(
     batches = 0
     with torch.no_grad():
         for batch in calibration:
-            prepared(*_as_tuple(batch))
+            prepared(*example_tuple(batch))
             batches += 1
     if batches == 0:
         raise TorchbridgeError("calibration is empty: pass at least one batch of representative inputs")

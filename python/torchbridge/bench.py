@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from torchbridge.errors import TorchbridgeError
-from torchbridge.export import load_in_python
+from torchbridge.mirror import load_in_python
 from torchbridge.runtime import Runtime, cli_path
 
 
@@ -687,15 +687,9 @@ def bench(
     Progress goes to stderr, one line per phase (progress=False: none). name: the report's title
     (default: the model's class name, or the artifact's file name).
     """
-    from torchbridge.export import (
-        _as_tuple,
-        artifact_format,
-        default_atol,
-        export,
-        flatten_outputs,
-        max_errors,
-        within_tolerance,
-    )
+    from torchbridge.artifact import artifact_format, flatten_outputs
+    from torchbridge.compare import default_atol, example_tuple, max_errors, within_tolerance
+    from torchbridge.export import export
 
     batch_sizes = [int(b) for b in batch_sizes]
     if not batch_sizes or any(b < 1 for b in batch_sizes):
@@ -711,7 +705,7 @@ def bench(
     if model is not None:
         if example_inputs is None:
             raise TorchbridgeError("bench with a model needs example_inputs (a tensor or a tuple of tensors)")
-        example = _as_tuple(example_inputs)
+        example = example_tuple(example_inputs)
         model.eval()
 
     loadavg_start = os.getloadavg()

@@ -250,7 +250,7 @@ def cmd_prune(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from torchbridge.export import load_manifest
+    from torchbridge.artifact import load_manifest
 
     manifest = load_manifest(args.artifact)
     if manifest is None:
@@ -361,9 +361,9 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from torchbridge import __version__
     from torchbridge.prune import DEFAULT_LAYER_TYPES, IMPORTANCES
     from torchbridge.prune import METHODS as PRUNE_METHODS
+    from torchbridge.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="torchbridge",

@@ -815,7 +815,8 @@ class LayerReport:
 
 
 def _compare_call(record: LayerCall, runtime, available: set[str], rtol: float) -> LayerComparison:
-    from torchbridge.export import default_atol, flatten_outputs, max_errors, within_tolerance
+    from torchbridge.artifact import flatten_outputs
+    from torchbridge.compare import default_atol, max_errors, within_tolerance
 
     def skip(note: str) -> LayerComparison:
         return LayerComparison(record.name, record.call, record.type_name, None, None, rtol, 0.0, "skip", note)
@@ -884,7 +885,7 @@ def diagnose_layers(
     that handle quantized tensors are skipped with a note.
     runtime: an open torchbridge.Runtime on `artifact` to reuse (else one is loaded).
     """
-    from torchbridge.export import open_artifact
+    from torchbridge.artifact import open_artifact
     from torchbridge.runtime import Runtime
 
     if not isinstance(model, nn.Module):

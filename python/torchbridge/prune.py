@@ -32,8 +32,8 @@ import torch
 import torch.nn.utils.prune as torch_prune
 from torch import nn
 
+from torchbridge.compare import run_module, tensor_tuple
 from torchbridge.errors import TorchbridgeError
-from torchbridge.export import tensor_tuple
 
 MASK_METHODS = ("l1_unstructured", "random_unstructured", "ln_structured", "random_structured", "global_unstructured")
 CHANNELS = "channels"
@@ -357,9 +357,8 @@ def _torch_pruning():
 
 
 def _output_shapes(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[tuple[int, ...]]:
-    from torchbridge.export import _run
 
-    return [tuple(t.shape) for t in _run(model, inputs)]
+    return [tuple(t.shape) for t in run_module(model, inputs)]
 
 
 def _last_layer(model: nn.Module, inputs: Sequence[torch.Tensor], types: tuple[type, ...]) -> nn.Module | None:

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from torchbridge import _C
+from torchbridge.artifact import TensorSpec, output_names, rebuild_outputs
 from torchbridge.errors import TorchbridgeError
-from torchbridge.export import output_names, rebuild_outputs
 
 
 def _input_error(message: str) -> TorchbridgeError:
@@ -146,8 +146,6 @@ class Runtime:
 
     @property
     def input_specs(self) -> list[str]:
-        from torchbridge.export import TensorSpec
-
         return [str(TensorSpec.from_json(s)) for s in (self.manifest or {}).get("inputs", [])]
 
     def forward(self, *inputs) -> list[torch.Tensor]:

@@ -24,9 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from torchbridge.artifact import npy_bytes, open_artifact
+from torchbridge.compare import fresh_inputs, max_errors, run_module, within_tolerance
 from torchbridge.errors import ParityError, TorchbridgeError
-from torchbridge.export import _run, fresh_inputs, load_in_python, max_errors, open_artifact, within_tolerance
 from torchbridge.hooks import LayerReport, diagnose_layers
+from torchbridge.mirror import load_in_python
 from torchbridge.runtime import Runtime, cli_path
 
 
@@ -89,12 +91,11 @@ class ParityReport:
 
 def run_cli(artifact: Path, inputs: list[torch.Tensor], threads: int, workdir: Path) -> list[torch.Tensor]:
     """Run the torchbridge-run process on `inputs` and read its outputs back."""
-    from torchbridge.export import _npy_bytes
 
     command = [str(cli_path()), str(artifact), "--threads", str(threads)]
     for i, tensor in enumerate(inputs):
         path = workdir / f"input_{i}.npy"
-        path.write_bytes(_npy_bytes(tensor))
+        path.write_bytes(npy_bytes(tensor))
         command += ["--input", str(path)]
     count = len(open_artifact(artifact).manifest["outputs"])
     outputs = [workdir / f"output_{i}.npy" for i in range(count)]
@@ -120,7 +121,7 @@ def float32_noise(model: nn.Module, inputs: list[torch.Tensor], outputs: list[to
     try:
         reference = copy.deepcopy(model).double()
         wide = [t.double() if t.is_floating_point() else t for t in inputs]
-        exact = _run(reference, wide)
+        exact = run_module(reference, wide)
     except Exception:
         return 0.0
     if len(exact) != len(outputs):
@@ -200,11 +201,11 @@ def verify(
     with tempfile.TemporaryDirectory(prefix="torchbridge-verify-") as workdir:
         for label, inputs in input_sets:
             outputs: dict[str, list[torch.Tensor]] = {}
-            outputs["eager"] = _run(model, inputs) if model is not None else golden_outputs
+            outputs["eager"] = run_module(model, inputs) if model is not None else golden_outputs
             # The runtime first: at a new shape it chooses what runs there, and the mirror follows.
             outputs["cpp"] = [t.cpu() for t in runtime.forward(*inputs)]
             with torch.inference_mode():
-                outputs[python_path] = _run(in_python, inputs)
+                outputs[python_path] = run_module(in_python, inputs)
             if cli:
                 outputs["cli"] = run_cli(art.path, inputs, threads, Path(workdir))
             # The eager model's own float32 noise on these inputs, and the outputs' scale.

@@ -1,0 +1,161 @@
+"""The artifact loaded by torch itself in this process, and RuntimeMirror: the Python mirror of what
+the C++ runtime runs at each input shape, so that verify and bench can compare the two bit for bit."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchbridge._warnings import expected_deprecations
+from torchbridge.artifact import artifact_format
+from torchbridge.compare import max_errors, run_module
+
+
+def load_in_python(
+    path: str | os.PathLike, optimized_from_batch: int = 0, fuse: bool = True, runtime=None
+) -> tuple[str, Callable[..., Any]]:
+    """The artifact loaded by torch itself in this process, as (path name, callable):
+    ('torchscript', torch.jit.load) or ('aoti', torch._inductor.aoti_load_package).
+
+    optimized_from_batch: mirror what the C++ runtime does at load (`Runtime.optimized_from_batch`):
+    0 runs the module as loaded; N >= 1 runs batches of N or more as the runtime does on the CPU in
+    fp32 (RuntimeMirror: the same variant per input shape, made with the same LibTorch code) and
+    smaller ones as loaded, so that the two can be compared bit for bit; `fuse` as given to the
+    Runtime. `runtime`: the torchbridge.Runtime to follow (its choice of variant at each shape it has
+    met). Ignored for a .pt2."""
+    path = Path(path)
+    if artifact_format(path) == "aoti":
+        from torchbridge.aoti import load_package
+
+        return "aoti", load_package(path)
+
+    def load():
+        with expected_deprecations():
+            return torch.jit.load(str(path)).eval()
+
+    if optimized_from_batch < 1:
+        return "torchscript", load()
+    rtol = 1e-5
+    if runtime is not None and runtime.manifest:
+        rtol = runtime.manifest["tolerance"]["rtol"]
+    return "torchscript", RuntimeMirror(load, optimized_from_batch, fuse=fuse, runtime=runtime, rtol=rtol)
+
+
+def dense(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` contiguous with the canonical strides, as the C++ runtime passes inputs to a model
+    (a contiguous tensor may carry any stride on a dimension of size 1)."""
+    tensor = tensor.contiguous()
+    strides, step = [], 1
+    for size in reversed(tensor.shape):
+        strides.append(step)
+        step *= max(size, 1)
+    strides = tuple(reversed(strides))
+    return tensor if tensor.stride() == strides else tensor.as_strided(tensor.shape, strides)
+
+
+class RuntimeMirror:
+    """What the C++ runtime runs for a float TorchScript model on the CPU in fp32 (runtime.cpp,
+    TorchScriptBackend), done by torch in this process. Batches below `from_batch` run the module as
+    loaded. At every other input shape one variant runs, chosen on the first call there: the first of
+    "onednn_graph" (a frozen copy fused by oneDNN Graph on its first two calls, through the runtime's
+    own OneDnnFusionScope; the first _C.FUSED_SHAPES shapes only, none with fuse=False),
+    "optimize_for_inference" (freeze + optimize_for_inference) and "frozen" that runs there and
+    matches the module as loaded within `rtol` of its largest output, else "as_loaded". With a
+    `runtime`, the variant is the one the runtime chose at that shape, so both run the same graphs.
+    `load` returns a fresh module as loaded (eval mode)."""
+
+    def __init__(self, load: Callable[[], Any], from_batch: int = 1, fuse: bool = True, runtime=None, rtol=1e-5):
+        from torchbridge import _C
+
+        self._C = _C
+        self._load = load
+        self.from_batch = from_batch
+        self.fuse = fuse
+        self.runtime = runtime
+        self.rtol = rtol
+        self.loaded = load()  # the reference, and what runs as loaded; a bad file fails here
+        self.by_shape: dict[tuple[int, ...], tuple[str, Any]] = {}  # shape key -> (variant, module)
+        self.fused_shapes = 0
+        self.rejected: set[str] = set()
+        self._frozen_module = None
+        self._optimized_module = None
+
+    @property
+    def variants(self) -> list[str]:
+        return (["onednn_graph"] if self.fuse else []) + ["optimize_for_inference", "frozen"]
+
+    def _freeze(self):
+        with expected_deprecations():
+            module = self._load()
+            # An artifact exported frozen has no `training` attribute and is used as it is, as in C++.
+            return torch.jit.freeze(module) if module._c.hasattr("training") else module
+
+    def _frozen(self):
+        if self._frozen_module is None:
+            self._frozen_module = self._freeze()
+        return self._frozen_module
+
+    def _make(self, variant: str, inputs) -> tuple[Any, list[torch.Tensor]]:
+        """The variant's module, run at these inputs as the runtime runs it: (module, outputs)."""
+        if variant == "as_loaded":
+            return self.loaded, run_module(self.loaded, inputs)
+        if variant == "onednn_graph":
+            module = self._freeze()  # a copy of its own per shape
+            with self._C.OneDnnFusionScope():
+                module(*inputs)  # profiled
+                return module, run_module(module, inputs)  # optimized with the pass: oneDNN Graph compiles
+        if variant == "optimize_for_inference":
+            if self._optimized_module is None:
+                self._optimized_module = torch.jit.optimize_for_inference(self._freeze())
+            module = self._optimized_module
+        else:
+            module = self._frozen()
+        module(*inputs)
+        return module, run_module(module, inputs)
+
+    def _choose(self, inputs) -> tuple[str, Any]:
+        expected = run_module(self.loaded, inputs)
+        for variant in self.variants:
+            if variant in self.rejected or (variant == "onednn_graph" and self.fused_shapes >= self._C.FUSED_SHAPES):
+                continue
+            try:
+                module, actual = self._make(variant, inputs)
+                if len(actual) == len(expected) and all(
+                    max_errors(a, e)[1] <= self.rtol for a, e in zip(actual, expected)
+                ):
+                    return variant, module
+            except Exception:
+                pass
+            self.rejected.add(variant)  # raised or differed: not tried at further shapes, as in the runtime
+        return "as_loaded", self.loaded
+
+    def variant_at(self, *inputs) -> str | None:
+        entry = self.by_shape.get(self._key(inputs))
+        return entry[0] if entry else None
+
+    @staticmethod
+    def _key(inputs) -> tuple[int, ...]:
+        return tuple(n for t in inputs for n in (t.dim(), *t.shape))
+
+    def __call__(self, *inputs):
+        inputs = tuple(dense(t) for t in inputs)  # as the runtime passes them
+        if self.from_batch > 1 and inputs and inputs[0].dim() > 0 and inputs[0].shape[0] < self.from_batch:
+            return self.loaded(*inputs)
+        key = self._key(inputs)
+        entry = self.by_shape.get(key)
+        if entry is None:
+            if len(self.by_shape) >= self._C.CHECKED_SHAPES:
+                return self.loaded(*inputs)
+            variant = self.runtime._native.variant_at([t.__dlpack__() for t in inputs]) if self.runtime else ""
+            if variant:
+                entry = (variant, self._make(variant, inputs)[0])
+            else:
+                entry = self._choose(inputs)
+            if entry[0] == "onednn_graph":
+                self.fused_shapes += 1
+            self.by_shape[key] = entry
+        return entry[1](*inputs)
