@@ -3,7 +3,7 @@
     python benchmarks/bench_pt2.py settings --out docs   # freezing / max-autotune / ISA: compile s, size, latency
     python benchmarks/bench_pt2.py formats --out docs    # .pt vs .pt2, fp32 and int8: compile s, size, accuracy, speed
 
-Latencies come from the C++ runtime (torchbridge.bench.compare_artifacts): every artifact of one
+Latencies come from the C++ runtime (torchbridge.timing.compare_artifacts): every artifact of one
 model is loaded in one process and the calls are interleaved, so machine noise hits all alike;
 compare the ratios, not the absolute numbers, across runs. Takes 10-20 minutes on 2 cores.
 --threads defaults to 1: on a 2-core machine shared with other jobs, two OpenMP threads wait on
@@ -25,8 +25,8 @@ import torch
 
 import torchbridge as tb
 from torchbridge._warnings import expected_deprecations
-from torchbridge.bench import compare_artifacts, ratio_table
 from torchbridge.runtime import cli_path
+from torchbridge.timing import compare_artifacts, ratio_table
 
 THREADS = 1  # set from --threads
 

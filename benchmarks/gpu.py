@@ -8,7 +8,7 @@ Random-weight torchvision ResNet-18, 3x224x224, exported once with torchbridge.e
 TorchScript); the runtime converts inputs and weights to fp16 itself (precision="fp16"). Python
 paths take their inputs on the GPU in the dtype they run in; the runtime paths take fp32 inputs on
 the GPU (the conversion is timed). Each call is followed by torch.cuda.synchronize(); the paths
-run interleaved in turns (torchbridge.bench.time_interleaved), p50 in ms. torchbridge-run times
+run interleaved in turns (torchbridge.timing.time_interleaved), p50 in ms. torchbridge-run times
 itself in its own process (--bench, inputs on the device) and also reports the figure with the
 copies from and to the host.
 """
@@ -27,8 +27,8 @@ import torch
 import torchvision
 
 import torchbridge as tb
-from torchbridge.bench import time_interleaved
 from torchbridge.runtime import cli_path
+from torchbridge.timing import time_interleaved
 
 TARGETS = {1: 0.4, 256: 3.0}  # ms, C++ runtime fp16 (issue 6)
 

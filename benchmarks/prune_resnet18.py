@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 
 import torchbridge as tb
-from torchbridge.bench import as_dicts, runtime_latencies
-from torchbridge.prune import artifact_sizes, parameter_count, prune, prune_channels, sparsity_report
+from torchbridge.pipeline import artifact_sizes
+from torchbridge.prune import parameter_count, prune, prune_channels, sparsity_report
+from torchbridge.timing import as_dicts, runtime_latencies
 
 
 def main() -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import torchbridge as tb
-from torchbridge.bench import latency_table, runtime_latencies, speedups
+from torchbridge.timing import latency_table, runtime_latencies, speedups
 
 THREADS = 2
 BATCHES = (1, 32)

@@ -5,7 +5,7 @@ load-time default (freeze + oneDNN Graph fusion per input shape) and the options
     python benchmarks/runtime_passes.py --threads 2 --batch 8
 
 Every variant runs the same random-weight torchvision ResNet-18 on the same 3x224x224 input, timed
-interleaved in turns (torchbridge.bench.time_interleaved), p50 in ms and the ratio to eager.
+interleaved in turns (torchbridge.timing.time_interleaved), p50 in ms and the ratio to eager.
 oneDNN Graph fusion is registered only while its own modules compile (torchbridge's
 OneDnnFusionScope), so no other variant is fused. onnxruntime is included when it imports.
 """
@@ -23,8 +23,9 @@ import torchvision
 
 from torchbridge import _C
 from torchbridge._warnings import expected_deprecations
-from torchbridge.bench import TURN, time_interleaved
+from torchbridge.bench import TURN
 from torchbridge.mirror import RuntimeMirror
+from torchbridge.timing import time_interleaved
 
 
 def variants(workdir: Path, x: torch.Tensor, threads: int) -> dict:

@@ -34,8 +34,9 @@ import torchvision
 
 import torchbridge as tb
 from torchbridge._warnings import expected_deprecations
-from torchbridge.bench import _onnx_export, _onnx_session, cli_bench, machine_info, time_interleaved
+from torchbridge.bench import machine_info, onnx_export, onnx_session
 from torchbridge.runtime import cli_path
+from torchbridge.timing import cli_bench, time_interleaved
 
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
 OUT = Path(__file__).resolve().parent.parent / "docs"
@@ -70,10 +71,10 @@ def runtime_side(artifact: Path, threads: int, runs: int) -> dict:
 
 
 def onnxruntime_side(onnx_path: Path, x: torch.Tensor, threads: int, runs: int, scratch: Path) -> dict:
-    plain = _onnx_session(onnx_path, threads)
+    plain = onnx_session(onnx_path, threads)
     feed = {plain.get_inputs()[0].name: x.numpy()}
     times = time_interleaved({"onnxruntime": lambda: plain.run(None, feed)}, runs, warmup=10)["onnxruntime"]
-    profiled = _onnx_session(onnx_path, threads, profile_prefix=str(scratch / "ort_profile"))
+    profiled = onnx_session(onnx_path, threads, profile_prefix=str(scratch / "ort_profile"))
     for _ in range(10 + runs):
         profiled.run(None, feed)
     events = json.loads(Path(profiled.end_profiling()).read_text())
@@ -192,7 +193,7 @@ def main() -> None:
         print("exporting ResNet-18 (TorchScript artifact and ONNX)", file=sys.stderr)
         with expected_deprecations(), torch.no_grad():
             tb.export(model, (x,), artifact, method="trace")
-            _onnx_export(model, (x,), [[0]], onnx_path)
+            onnx_export(model, (x,), [[0]], onnx_path)
         for threads in args.threads:
             print(f"measuring at {threads} thread(s)", file=sys.stderr)
             results.append(compare(threads, args.runs, artifact, onnx_path, x, scratch))

@@ -348,7 +348,7 @@ def onnx_session(path: Path, threads: int):
 
 
 def mode_speed(tb, spec, rec: Recorder, work_dir: Path, args) -> None:
-    from torchbridge.bench import time_interleaved
+    from torchbridge.timing import time_interleaved
 
     torch.set_num_threads(args.threads)
     model = build_model(spec)

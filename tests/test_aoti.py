@@ -20,7 +20,7 @@ import torch
 
 import torchbridge as tb
 from conftest import THREADS, digits, requires_torchvision, run_cli, seeded
-from torchbridge.bench import compare_artifacts, ratio_table
+from torchbridge.timing import compare_artifacts, ratio_table
 
 # torchbridge-run exit statuses
 BAD_INPUT, LOAD_FAILURE = 3, 4

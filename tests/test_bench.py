@@ -12,7 +12,7 @@ import pytest
 
 import torchbridge as tb
 from conftest import THREADS, digits, seeded
-from torchbridge.bench import write_png
+from torchbridge.bench_report import write_png
 from torchbridge.cli import main
 
 BATCHES = (1, 4)

@@ -14,9 +14,10 @@ from torch import nn
 
 import torchbridge as tb
 from conftest import THREADS, digits, requires_torchvision, seeded
-from torchbridge import hooks
+from torchbridge import callbacks, hooks
 from torchbridge.artifact import seal
 from torchbridge.cli import main as cli_main
+from torchbridge.verify import diagnose_layers
 
 
 def _resnet18():
@@ -257,7 +258,7 @@ def test_train_with_activation_statistics(tmp_path):
     result = tb.train(
         model, max_epochs=1, root_dir=tmp_path, progress_bar=False, activation_stats=4, limit_train_batches=8
     )
-    callback = next(c for c in result.trainer.callbacks if isinstance(c, hooks.ActivationStatistics))
+    callback = next(c for c in result.trainer.callbacks if isinstance(c, callbacks.ActivationStatistics))
     assert sorted({r.step for r in callback.history}) == [0, 4]
     relu = [r for r in callback.history if r.layer == "features.2"]
     assert len(relu) == 2 and all(0 < r.zero_fraction < 1 and r.max_abs > 0 for r in relu)
@@ -293,7 +294,7 @@ def _altered_copy(source, target, submodule: str, delta: float):
 
 def test_unaltered_cnn_artifact_passes_every_layer(cnn_artifact):
     model, path = cnn_artifact
-    report = hooks.diagnose_layers(model, path, threads=THREADS)
+    report = diagnose_layers(model, path, threads=THREADS)
     assert report.passed and report.first_failure is None, report.table()
     assert [r.label for r in report.rows][:3] == ["features.0", "features.1", "features.2"]
     assert report.compared == len(report.rows) == 13  # 11 leaves + 2 Sequentials
@@ -327,14 +328,14 @@ def test_verify_fails_the_altered_artifact_on_its_outputs_alone(cnn_artifact, tm
 def test_resnet18_layers_pass_then_altered_conv_is_found(tmp_path):
     model = seeded(_resnet18)
     artifact = tb.export(model, (torch.rand(2, 3, 32, 32),), tmp_path / "resnet18.pt")
-    clean = hooks.diagnose_layers(model, artifact.path, threads=THREADS)
+    clean = diagnose_layers(model, artifact.path, threads=THREADS)
     assert clean.passed and clean.compared == len(clean.rows), clean.table()
     labels = [r.label for r in clean.rows]
     assert "layer1.0.conv1" in labels and "layer1.0.relu #2" in labels  # nested names, repeated calls
     assert labels.index("layer1.0.conv1") < labels.index("layer1.0") < labels.index("layer1")
 
     altered = _altered_copy(artifact.path, tmp_path / "altered.pt", "layer2.1.conv2", 1e-3)
-    report = hooks.diagnose_layers(model, altered, threads=THREADS)
+    report = diagnose_layers(model, altered, threads=THREADS)
     assert report.first_failure.label == "layer2.1.conv2", report.table()
     assert [r.label for r in report.failures] == ["layer2.1.conv2", "layer2.1", "layer2"]
 
@@ -359,7 +360,7 @@ def test_traced_and_frozen_artifacts_skip_with_notes(tmp_path):
     model = seeded(WithUnusedAndKeyword)
     x = torch.rand(2, 4)
     traced = tb.export(model, (x,), tmp_path / "traced.pt", method="trace")
-    report = hooks.diagnose_layers(model, traced.path, threads=THREADS)
+    report = diagnose_layers(model, traced.path, threads=THREADS)
     rows = {r.label: r for r in report.rows}
     assert rows["first"].status == "ok"
     assert rows["scaled"].status == "skip" and "keywords" in rows["scaled"].note
@@ -367,7 +368,7 @@ def test_traced_and_frozen_artifacts_skip_with_notes(tmp_path):
 
     cnn = seeded(tb.models.digits_cnn)
     frozen = tb.export(cnn, (digits(),), tmp_path / "frozen.pt", optimize=True)
-    report = hooks.diagnose_layers(cnn, frozen.path, threads=THREADS)
+    report = diagnose_layers(cnn, frozen.path, threads=THREADS)
     assert report.compared == 0 and report.passed
     assert all("inlined by tracing or freezing" in r.note for r in report.rows)
     assert "no submodule could be compared" in report.table()

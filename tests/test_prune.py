@@ -123,7 +123,7 @@ def test_masked_model_exports_and_matches_in_cpp(tmp_path):
     assert report.passed, report.table()
     assert report.worst("torchscript", "cpp") == (0.0, 0.0) and report.worst("torchscript", "cli") == (0.0, 0.0)
     # Masking keeps the tensors' shapes: same file size, smaller only once compressed.
-    from torchbridge.prune import artifact_sizes
+    from torchbridge.pipeline import artifact_sizes
 
     dense_sizes = artifact_sizes(tb.export(dense, (digits(),), tmp_path / "dense.pt").path)
     masked_sizes = artifact_sizes(artifact.path)

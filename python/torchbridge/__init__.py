@@ -9,27 +9,67 @@ int8 = tb.quantize(model, mode="static")   # or "dynamic", "qat"; exports the sa
 y = tb.Runtime("model.pt", threads=2)(x)
 tb.verify(model, "model.pt")
 tb.bench(model, (x,), out_dir="bench")   # eager, TorchScript, LibTorch, C++, CLI, onnxruntime side by side
+
+Importing the package loads what exporting and running need; training, data, pruning, quantization
+and benchmarking (Lightning, scikit-learn) load on first use of their names, so that a process
+that only runs artifacts does not pay for the trainer.
 """
 
+import importlib as _importlib
 import os as _os
+import sys as _sys
+import types as _types
 
 import torch  # noqa: F401  (loads LibTorch before the native module)
 
-from torchbridge import aoti, data, hooks, models
+from torchbridge import aoti, hooks, models
 from torchbridge.artifact import Artifact, TensorSpec, load_manifest
-from torchbridge.bench import BenchReport, bench  # the function shadows the module: from torchbridge.bench import ...
 from torchbridge.errors import ExportError, NonFiniteError, ParityError, QuantizationError, TorchbridgeError
 from torchbridge.export import export
-from torchbridge.prune import SparsityReport, prune, prune_and_fine_tune, prune_channels
-from torchbridge.quantize import quantize
 from torchbridge.runtime import Runtime, read_npy
-from torchbridge.train import TrainResult, evaluate, train
-from torchbridge.verify import ParityReport, verify
+from torchbridge.verify import ParityReport, diagnose_layers, verify
 from torchbridge.version import __version__ as __version__
 
 #: For C++ projects: cmake -DCMAKE_PREFIX_PATH=<this> finds torchbridgeConfig.cmake (find_package(torchbridge)).
 cmake_prefix_path = _os.path.join(_os.path.dirname(__file__), "share", "cmake")
 
+#: Names loaded on first use: name -> (module, attribute; None for the module itself).
+_LAZY = {
+    "BenchReport": ("bench", "BenchReport"),
+    "bench": ("bench", "bench"),
+    "callbacks": ("callbacks", None),
+    "data": ("data", None),
+    "SparsityReport": ("prune", "SparsityReport"),
+    "prune": ("prune", "prune"),
+    "prune_and_fine_tune": ("prune", "prune_and_fine_tune"),
+    "prune_channels": ("prune", "prune_channels"),
+    "quantize": ("quantize", "quantize"),
+    "TrainResult": ("train", "TrainResult"),
+    "evaluate": ("train", "evaluate"),
+    "train": ("train", "train"),
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'torchbridge' has no attribute '{name}'")
+    module, attribute = _LAZY[name]
+    loaded = _importlib.import_module(f"torchbridge.{module}")
+    value = loaded if attribute is None else getattr(loaded, attribute)
+    globals()[name] = value
+    return value
+
+
+class _Package(_types.ModuleType):
+    # Importing the submodule torchbridge.train (or prune, quantize, bench) binds the package's
+    # attribute of that name to the module; the public name is the function, as before lazy loading.
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, _types.ModuleType) and _LAZY.get(name, ("", None))[1] is not None:
+            return
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "Artifact",
@@ -46,8 +86,10 @@ __all__ = [
     "TrainResult",
     "aoti",
     "bench",
+    "callbacks",
     "cmake_prefix_path",
     "data",
+    "diagnose_layers",
     "evaluate",
     "export",
     "hooks",

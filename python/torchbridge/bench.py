@@ -1,224 +1,35 @@
-"""Latency of the paths that can run one artifact, measured in one process run (tb.bench: all of them).
-
-Each path is timed in rounds that interleave the paths, after warm-up, so a noisy neighbour
-slows all of them alike; the medians (p50) and their ratios are the figures to compare.
-"""
+"""tb.bench: every path that can run one model or artifact (eager, TorchScript, LibTorch, the C++ runtime,
+torchbridge-run, onnxruntime, .pt2), timed side by side in one process (timing.py), checked against
+eager, with each path's load time and memory from a fresh process; the report is bench_report.py."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime
 import json
-import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from torchbridge.bench_report import PATHS, BenchReport, PathInfo, fmt
 from torchbridge.errors import TorchbridgeError
 from torchbridge.mirror import load_in_python
-from torchbridge.runtime import Runtime, cli_path
-
-
-@dataclass
-class Latency:
-    path: str
-    batch: int
-    runs: int
-    p50_ms: float
-    p90_ms: float
-    mean_ms: float
-    throughput_per_s: float
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    position = q * (len(sorted_values) - 1)
-    low = int(position)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
-
-
-def summarize(path: str, batch: int, samples_ms: list[float]) -> Latency:
-    ordered = sorted(samples_ms)
-    mean = statistics.fmean(ordered)
-    return Latency(
-        path, batch, len(ordered), _percentile(ordered, 0.5), _percentile(ordered, 0.9), mean, batch * 1000.0 / mean
-    )
-
-
-def time_interleaved(
-    paths: dict[str, Callable[[], object]], runs: int, warmup: int, block: int = 1
-) -> dict[str, list[float]]:
-    """Run every path `warmup` times, then round-robin turns until each has `runs` timed calls; ms
-    per call. A turn is one call (block=1), or `block` calls in a row of which the first is not
-    recorded: thread pools keep spinning for a while after a call (onnxruntime's for milliseconds,
-    OpenMP's less), and a neighbour's spinning threads would otherwise slow the next path's call."""
-    for fn in paths.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in paths}
-    recorded = max(block - 1, 1)
-    for _ in range(-(-runs // recorded)):
-        for name, fn in paths.items():
-            for call in range(block):
-                start = time.perf_counter()
-                fn()
-                if block == 1 or call > 0:
-                    samples[name].append((time.perf_counter() - start) * 1000.0)
-    return {name: values[:runs] for name, values in samples.items()}
-
-
-def cli_bench(artifact: Path, batch: int, runs: int, warmup: int, threads: int) -> dict:
-    """`torchbridge-run --bench --json` in its own process (random inputs from the manifest)."""
-    command = [str(cli_path()), str(artifact), "--bench", str(runs), "--warmup", str(warmup)]
-    command += ["--batch", str(batch), "--threads", str(threads), "--json"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-    if result.returncode != 0:
-        raise TorchbridgeError(f"torchbridge-run --bench failed ({result.returncode}): {result.stderr.strip()}")
-    return json.loads(result.stdout)
-
-
-def cli_latency(result: dict, batch: int) -> Latency:
-    """The `cli` row from torchbridge-run --bench --json output."""
-    bench = result["bench"]
-    return Latency(
-        "cli", batch, bench["runs"], bench["p50_ms"], bench["p90_ms"], bench["mean_ms"], bench["throughput_per_s"]
-    )
-
-
-def quick_bench(
-    model: nn.Module | None,
-    artifact: str | Path,
-    batch_sizes=(1, 32),
-    threads: int = 2,
-    runs: int = 50,
-    warmup: int = 10,
-) -> list[Latency]:
-    """p50/p90 latency of eager PyTorch, the artifact loaded by torch in Python (TorchScript for a
-    .pt, AOTInductor for a .pt2), the C++ runtime through the bindings (interleaved in this
-    process) and the torchbridge-run process, per batch size."""
-    artifact = Path(artifact)
-    torch.set_num_threads(threads)
-    runtime = Runtime(artifact, threads=threads)
-    python_path, in_python = load_in_python(artifact)
-    results: list[Latency] = []
-    for batch in batch_sizes:
-        inputs = runtime.example_inputs(dynamic_size=batch, seed=0)
-        paths: dict[str, Callable[[], object]] = {}
-        if model is not None:
-            model.eval()
-            paths["eager"] = lambda inputs=inputs: model(*inputs)
-        paths[python_path] = lambda inputs=inputs: in_python(*inputs)
-        paths["cpp"] = lambda inputs=inputs: runtime.forward(*inputs)
-        with torch.inference_mode():
-            samples = time_interleaved(paths, runs, warmup)
-        results += [summarize(name, batch, values) for name, values in samples.items()]
-        results.append(cli_latency(cli_bench(artifact, batch, runs, warmup, threads), batch))
-    return results
-
-
-@dataclass
-class ArtifactTiming:
-    """One artifact in compare_artifacts: its file, format, size and C++ load time."""
-
-    label: str
-    path: str
-    format: str
-    bytes: int
-    load_ms: float
-
-
-def compare_artifacts(
-    artifacts: dict[str, str | Path],
-    batch_sizes=(1, 32),
-    threads: int = 2,
-    runs: int = 100,
-    warmup: int = 10,
-) -> tuple[list[ArtifactTiming], list[Latency]]:
-    """Latency of several artifacts (e.g. model.pt and model.pt2) through the C++ runtime, the
-    calls interleaved in one process so that every artifact sees the same machine load.
-
-    artifacts: label -> path; every artifact must take the same inputs (random, from the first
-    one's manifest). Returns each artifact's load time and size, and p50/p90 per batch size.
-    """
-    if not artifacts:
-        raise TorchbridgeError("compare_artifacts needs at least one artifact")
-    torch.set_num_threads(threads)
-    runtimes: dict[str, Runtime] = {}
-    timings: list[ArtifactTiming] = []
-    for label, path in artifacts.items():
-        start = time.perf_counter()
-        runtimes[label] = Runtime(path, threads=threads)
-        load_ms = (time.perf_counter() - start) * 1000.0
-        timings.append(ArtifactTiming(label, str(path), runtimes[label].format, Path(path).stat().st_size, load_ms))
-    first = next(iter(runtimes.values()))
-    results: list[Latency] = []
-    for batch in batch_sizes:
-        inputs = first.example_inputs(dynamic_size=batch, seed=0)
-        paths = {label: (lambda rt=rt, inputs=inputs: rt.forward(*inputs)) for label, rt in runtimes.items()}
-        samples = time_interleaved(paths, runs, warmup)
-        results += [summarize(label, batch, values) for label, values in samples.items()]
-    return timings, results
-
-
-def ratio_table(results: list[Latency], baseline: str) -> str:
-    """p50 of every path and its ratio to `baseline` at the same batch size (< 1: faster)."""
-    base = {r.batch: r.p50_ms for r in results if r.path == baseline}
-    width = max([len("path")] + [len(r.path) for r in results])
-    header = f"vs {baseline}"
-    lines = [f"{'path':<{width}} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'samples/s':>11}  {header}"]
-    for r in results:
-        ratio = r.p50_ms / base[r.batch] if base.get(r.batch) else float("nan")
-        lines.append(
-            f"{r.path:<{width}} {r.batch:>5} {r.p50_ms:>9.3f} {r.p90_ms:>9.3f} {r.throughput_per_s:>11.1f}  "
-            f"{ratio:>{len(header)}.2f}"
-        )
-    return "\n".join(lines)
-
-
-def runtime_latencies(
-    artifacts: dict[str, str | Path], batch_sizes=(1, 32), threads: int = 2, runs: int = 50, warmup: int = 10
-) -> list[Latency]:
-    """p50/p90 latency of several artifacts (e.g. fp32 and int8) in the C++ runtime through the
-    bindings, interleaved in this process per batch size (compare_artifacts without the load figures)."""
-    return compare_artifacts(artifacts, batch_sizes=batch_sizes, threads=threads, runs=runs, warmup=warmup)[1]
-
-
-def speedups(results: list[Latency], baseline: str, candidate: str) -> dict[int, float]:
-    """Per batch size, baseline p50 / candidate p50 (above 1: the candidate is faster)."""
-    p50 = {(r.path, r.batch): r.p50_ms for r in results}
-    batches = [b for (path, b) in p50 if path == candidate and (baseline, b) in p50]
-    return {b: p50[(baseline, b)] / p50[(candidate, b)] for b in batches}
-
-
-def latency_table(results: list[Latency]) -> str:
-    width = max([12, *(len(r.path) for r in results)])
-    lines = [f"{'path':<{width}} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'samples/s':>11}"]
-    for r in results:
-        lines.append(f"{r.path:<{width}} {r.batch:>5} {r.p50_ms:>9.3f} {r.p90_ms:>9.3f} {r.throughput_per_s:>11.1f}")
-    return "\n".join(lines)
-
-
-def as_dicts(results: list[Latency]) -> list[dict]:
-    return [asdict(r) for r in results]
-
+from torchbridge.runtime import Runtime
+from torchbridge.timing import Latency, cli_bench, cli_latency, summarize, time_interleaved
 
 # --- tb.bench: every path side by side -------------------------------------------------------
 
-#: Every path tb.bench can measure, in the order reports list them.
 #: Calls per path per turn in bench(); the first of each is not timed (see time_interleaved).
 TURN = 4
-PATHS = ("eager", "torchscript", "libtorch", "cpp", "cli", "onnxruntime", "pt2")
 #: The paths that need the eager model (eager itself, and the ONNX and .pt2 exports made from it).
 MODEL_PATHS = ("eager", "onnxruntime", "pt2")
 #: Measured unless `paths` says otherwise (pt2 only on request: compiling takes 10-20 s or more).
@@ -244,301 +55,6 @@ _WHAT = {
 def _progress(enabled: bool, message: str) -> None:
     if enabled:
         print(f"torchbridge bench: {message}", file=sys.stderr, flush=True)
-
-
-@dataclass
-class PathInfo:
-    """One path in a BenchReport: what runs, on which file, and its isolated-process figures.
-
-    load_ms, first_call_ms (per batch size) and the RSS figures come from a fresh process running
-    only this path (cli: torchbridge-run's own JSON); None, with `note` saying why, when that
-    process could not run it.
-    """
-
-    path: str
-    what: str
-    artifact: str | None = None
-    artifact_bytes: int | None = None
-    import_ms: float | None = None
-    load_ms: float | None = None
-    first_call_ms: dict[int, float] = field(default_factory=dict)
-    rss_after_import_mb: float | None = None
-    peak_rss_mb: float | None = None
-    #: VmHWM after the calls at each batch size, in the order run (for cli: one process per size)
-    peak_rss_by_batch_mb: dict[int, float] = field(default_factory=dict)
-    note: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["first_call_ms"] = {str(b): v for b, v in self.first_call_ms.items()}
-        data["peak_rss_by_batch_mb"] = {str(b): v for b, v in self.peak_rss_by_batch_mb.items()}
-        return data
-
-
-def _fmt(value: float | None, digits: int = 3) -> str:
-    if value is None or not math.isfinite(value):
-        return "-"
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    if abs(value) >= 100:
-        return f"{value:.1f}"
-    return f"{value:.{digits}g}" if abs(value) < 1 else f"{value:.{max(digits - 1, 1)}f}"
-
-
-def _size(num_bytes: int | None) -> str:
-    if num_bytes is None:
-        return "-"
-    if num_bytes >= 1024 * 1024:
-        return f"{num_bytes / (1024 * 1024):.1f} MiB"
-    return f"{num_bytes / 1024:.1f} KiB"
-
-
-@dataclass
-class BenchReport:
-    """What tb.bench measured: p50/p90 per path and batch size, the isolated-process figures per
-    path, the paths skipped and why, and the machine it ran on."""
-
-    machine: dict[str, Any]
-    settings: dict[str, Any]
-    paths: list[PathInfo]
-    latency: list[Latency]
-    skipped: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def batch_sizes(self) -> list[int]:
-        return list(dict.fromkeys(r.batch for r in self.latency))
-
-    def info(self, path: str) -> PathInfo | None:
-        return next((p for p in self.paths if p.path == path), None)
-
-    def p50(self, path: str, batch: int) -> float | None:
-        return next((r.p50_ms for r in self.latency if r.path == path and r.batch == batch), None)
-
-    def ratios(self) -> dict[tuple[str, int], float]:
-        """p50 / the fastest path's p50 at the same batch size (the fastest: 1.0)."""
-        fastest = {b: min(r.p50_ms for r in self.latency if r.batch == b) for b in self.batch_sizes}
-        return {(r.path, r.batch): r.p50_ms / fastest[r.batch] for r in self.latency}
-
-    def derived(self) -> list[dict[str, Any]]:
-        """The comparisons the benchmark exists for, per batch size where they depend on it."""
-
-        def p50_ratio(a: str, b: str) -> dict[int, float]:
-            values = {}
-            for batch in self.batch_sizes:
-                x, y = self.p50(a, batch), self.p50(b, batch)
-                if x is not None and y is not None:
-                    values[batch] = x / y
-            return values
-
-        cpp = self.info("cpp")
-        first = {}
-        for batch in self.batch_sizes:
-            p50 = self.p50("cpp", batch)
-            if cpp is not None and batch in cpp.first_call_ms and p50:
-                first[batch] = cpp.first_call_ms[batch] / p50
-        cli, eager = self.info("cli"), self.info("eager")
-        rss = {}
-        if cli and eager:
-            for batch in self.batch_sizes:
-                a, b = cli.peak_rss_by_batch_mb.get(batch), eager.peak_rss_by_batch_mb.get(batch)
-                if a and b:
-                    rss[batch] = a / b
-        checks = [
-            (
-                "cpp p50 / onnxruntime p50",
-                "below 1: the C++ runtime is faster than onnxruntime",
-                p50_ratio("cpp", "onnxruntime"),
-            ),
-            ("cpp p50 / eager p50", "below 1: the C++ runtime is faster than eager PyTorch", p50_ratio("cpp", "eager")),
-            (
-                "cpp p50 / libtorch p50",
-                "the overhead of torchbridge's layer over the bare LibTorch forward",
-                p50_ratio("cpp", "libtorch"),
-            ),
-            ("cpp first call / cpp p50", "near 1: the runtime's warm-up at load keeps the first call cheap", first),
-            (
-                "cli RSS / eager-process RSS",
-                "peak RSS of torchbridge-run at that batch size over a Python process running eager up to it",
-                rss,
-            ),
-        ]
-        return [{"check": c, "meaning": m, "value": v} for c, m, v in checks]
-
-    def _derived_lines(self) -> list[str]:
-        lines = []
-        for item in self.derived():
-            value = item["value"]
-            if isinstance(value, dict):
-                text = ", ".join(f"batch {b}: {v:.2f}" for b, v in value.items()) if value else "n/a"
-            else:
-                text = f"{value:.2f}" if value is not None else "n/a"
-            if text == "n/a":
-                measured = {r.path for r in self.latency} | {p.path for p in self.paths if p.peak_rss_mb}
-                missing = [p for p in item["check"].replace("/", " ").split() if p in PATHS and p not in measured]
-                if missing:
-                    text += f" ({missing[0]} {'skipped' if missing[0] in self.skipped else 'not measured'})"
-            lines.append(f"{item['check']}: {text}  ({item['meaning']})")
-        return lines
-
-    def _rows(self) -> list[list[str]]:
-        ratios = self.ratios()
-        rows = []
-        for batch in self.batch_sizes:
-            for r in (r for r in self.latency if r.batch == batch):
-                info = self.info(r.path) or PathInfo(r.path, "")
-                first = info.first_call_ms.get(batch)
-                rows.append(
-                    [
-                        str(batch),
-                        r.path,
-                        _fmt(r.p50_ms),
-                        _fmt(r.p90_ms),
-                        _fmt(r.throughput_per_s),
-                        f"{ratios[(r.path, batch)]:.2f}",
-                        _fmt(info.load_ms),
-                        _fmt(first),
-                        _fmt(first / r.p50_ms if first is not None else None),
-                        _fmt(info.peak_rss_mb),
-                        _size(info.artifact_bytes),
-                    ]
-                )
-        return rows
-
-    HEADER = (
-        "batch",
-        "path",
-        "p50 ms",
-        "p90 ms",
-        "samples/s",
-        "x fastest",
-        "load ms",
-        "first call ms",
-        "first/p50",
-        "peak RSS MB",
-        "artifact",
-    )
-
-    def table(self) -> str:
-        """The headline table as plain text, then the derived checks."""
-        rows = [list(self.HEADER), *self._rows()]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(self.HEADER))]
-        lines = [
-            "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-            for row in rows
-        ]
-        lines.insert(1, "-" * len(lines[0]))
-        lines.append("")
-        lines += self._derived_lines()
-        for path, reason in self.skipped.items():
-            lines.append(f"skipped {path}: {reason}")
-        lines += [note for note in self.notes if note.startswith("warning:")]
-        lines.append(f"measured on {self.machine['label']}")
-        return "\n".join(lines)
-
-    def markdown(self) -> str:
-        m, s = self.machine, self.settings
-        out = [
-            f"# Every path side by side: {s['model']}",
-            "",
-            f"Measured on {m['label']}, {m['date']}; load average {m['loadavg_start'][0]:.2f} at the start, "
-            f"{m['loadavg_end'][0]:.2f} at the end; cores busy with other processes {_fmt(m['busy_cores_start'])} "
-            f"at the start, {_fmt(m['busy_cores_end'])} at the end. Absolute times are this machine's; compare "
-            "the ratios.",
-            f"Batch sizes {', '.join(map(str, self.batch_sizes))}; {s['warmup']} warm-up calls, then {s['runs']} "
-            "interleaved rounds per batch size.",
-            "",
-            "| " + " | ".join(self.HEADER) + " |",
-            "|" + "|".join("---" if i < 2 else "---:" for i in range(len(self.HEADER))) + "|",
-        ]
-        out += ["| " + " | ".join(row) + " |" for row in self._rows()]
-        out += ["", "x fastest: p50 / the fastest path's p50 at that batch size.", "", "## Derived checks", ""]
-        out += [f"- `{line.split(': ', 1)[0]}`: {line.split(': ', 1)[1]}" for line in self._derived_lines()]
-        out += ["", "## Paths", "", "| path | what runs | artifact | import ms | RSS after import MB | note |"]
-        out += ["|---|---|---|---:|---:|---|"]
-        for p in self.paths:
-            artifact = f"{Path(p.artifact).name} ({_size(p.artifact_bytes)})" if p.artifact else "-"
-            out.append(
-                f"| {p.path} | {p.what} | {artifact} | {_fmt(p.import_ms)} | {_fmt(p.rss_after_import_mb)} "
-                f"| {p.note or ''} |"
-            )
-        if self.skipped:
-            out += ["", "## Skipped", ""] + [f"- {path}: {reason}" for path, reason in self.skipped.items()]
-        out += ["", "## How it was measured", ""] + [f"- {note}" for note in self.notes]
-        return "\n".join(out) + "\n"
-
-    def to_dict(self) -> dict[str, Any]:
-        ratios = self.ratios()
-        latency = [{**asdict(r), "ratio_to_fastest": ratios[(r.path, r.batch)]} for r in self.latency]
-        derived = []
-        for item in self.derived():
-            value = item["value"]
-            derived.append(
-                {**item, "value": {str(b): v for b, v in value.items()} if isinstance(value, dict) else value}
-            )
-        return {
-            "machine": self.machine,
-            "settings": self.settings,
-            "paths": [p.to_dict() for p in self.paths],
-            "latency": latency,
-            "derived": derived,
-            "skipped": self.skipped,
-            "notes": self.notes,
-        }
-
-    def write(self, out_dir: str | Path) -> list[Path]:
-        """bench.json, bench.md and (with matplotlib) bench.png into `out_dir`."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        png_note = write_png(self, out_dir / "bench.png")
-        if png_note:
-            self.notes.append(png_note)
-        (out_dir / "bench.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        (out_dir / "bench.md").write_text(self.markdown())
-        written = [out_dir / "bench.json", out_dir / "bench.md"]
-        return written + ([out_dir / "bench.png"] if not png_note else [])
-
-
-def write_png(report: BenchReport, path: str | Path) -> str | None:
-    """Grouped bars of p50 per path, one panel per batch size, ratio to the fastest on each bar.
-    Returns None when written, else a note saying why not (matplotlib missing)."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return "bench.png not written: matplotlib is not installed (pip install 'torchbridge[bench]')"
-    batches = report.batch_sizes
-    if not batches:
-        return "bench.png not written: no path was timed"
-    ratios = report.ratios()
-    order = [p for p in [*PATHS, "aoti"] if any(r.path == p for r in report.latency)]
-    colors = {p: f"C{i}" for i, p in enumerate(order)}
-    figure = Figure(figsize=(max(6.0, 3.2 * len(batches) + 1.5), 4.6), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(1, len(batches), squeeze=False)[0]
-    for ax, batch in zip(axes, batches):
-        names = [p for p in order if report.p50(p, batch) is not None]
-        values = [report.p50(p, batch) for p in names]
-        bars = ax.bar(range(len(names)), values, color=[colors[n] for n in names])
-        for bar, name in zip(bars, names):
-            ax.annotate(
-                f"{ratios[(name, batch)]:.2f}x",
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                ha="center",
-                va="bottom",
-                fontsize=8,
-                xytext=(0, 2),
-                textcoords="offset points",
-            )
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-        ax.set_title(f"batch {batch}")
-        ax.set_ylabel("p50 latency (ms)")
-        ax.margins(y=0.15)
-    figure.suptitle(
-        f"{report.settings['model']}: p50 per path (x fastest on the bars)\n{report.machine['label']}", fontsize=9
-    )
-    figure.savefig(path, dpi=120)
-    return None
 
 
 def machine_info(threads: int) -> dict[str, Any]:
@@ -608,7 +124,7 @@ def _check_paths(paths, have_model: bool) -> list[str]:
     return paths
 
 
-def _onnx_export(model: nn.Module, example: tuple[torch.Tensor, ...], dynamic: list[list[int]], path: Path) -> None:
+def onnx_export(model: nn.Module, example: tuple[torch.Tensor, ...], dynamic: list[list[int]], path: Path) -> None:
     """torch.onnx.export with torch.export underneath (dynamo=True, the non-deprecated exporter in
     torch 2.9+), the dynamic dims of the .pt artifact dynamic here too (one shared batch dim)."""
     batch = torch.export.Dim("batch", min=1)
@@ -627,7 +143,7 @@ def _onnx_export(model: nn.Module, example: tuple[torch.Tensor, ...], dynamic: l
     )
 
 
-def _onnx_session(path: Path, threads: int, profile_prefix: str | None = None):
+def onnx_session(path: Path, threads: int, profile_prefix: str | None = None):
     """An onnxruntime CPU session; with profile_prefix, onnxruntime's profiler on (per-node times)."""
     import onnxruntime
 
@@ -768,8 +284,8 @@ def bench(
                 onnx_path = work / "model.onnx"
                 _progress(progress, f"exporting to ONNX ({onnx_path})")
                 try:
-                    _onnx_export(model, example, dynamic or [[0]] * len(example), onnx_path)
-                    session = _onnx_session(onnx_path, threads)
+                    onnx_export(model, example, dynamic or [[0]] * len(example), onnx_path)
+                    session = onnx_session(onnx_path, threads)
                 except Exception as error:
                     skipped["onnxruntime"] = f"ONNX export or load failed: {str(error).strip().splitlines()[0]}"
                     session = None
@@ -933,8 +449,8 @@ def bench(
     if busy > max(cores - threads, 0) + 0.25:
         notes.insert(
             0,
-            f"warning: other processes kept {busy:.1f} of {cores} cores busy (at the start {_fmt(busy_start)}, "
-            f"at the end {_fmt(busy_end)}) while {threads} threads were timed; OpenMP threads wait on descheduled "
+            f"warning: other processes kept {busy:.1f} of {cores} cores busy (at the start {fmt(busy_start)}, "
+            f"at the end {fmt(busy_end)}) while {threads} threads were timed; OpenMP threads wait on descheduled "
             "ones, so the figures can be several times too slow and scattered. Rerun on a quiet machine.",
         )
     machine.update(

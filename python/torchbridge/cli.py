@@ -141,9 +141,8 @@ def cmd_quantize(args) -> int:
 
     from torchbridge.data import DigitsDataModule
     from torchbridge.export import export
-    from torchbridge.pipeline import new_run_dir
+    from torchbridge.pipeline import cpp_accuracy, new_run_dir
     from torchbridge.quantize import quantize
-    from torchbridge.runtime import Runtime
     from torchbridge.train import evaluate
     from torchbridge.verify import verify
 
@@ -164,9 +163,7 @@ def cmd_quantize(args) -> int:
     artifact = export(int8_model, (example,), args.out, quantized_engine=args.engine)
     with tempfile.TemporaryDirectory(prefix="torchbridge-fp32-") as folder:
         fp32_bytes = export(model, (example,), Path(folder) / "fp32.pt").size_bytes
-    images, labels = data.dataset("test").tensors
-    runtime = Runtime(artifact.path, threads=args.threads)
-    int8_accuracy = float((runtime(images).argmax(dim=1) == labels).float().mean())
+    int8_accuracy = cpp_accuracy(artifact.path, data, args.threads)
     print(f"wrote {artifact.path} ({args.mode} int8, engine {artifact.manifest['quantized_engine']})")
     print(
         f"  size: {artifact.size_bytes / 1024:.1f} KiB (fp32 {fp32_bytes / 1024:.1f} KiB, "
@@ -212,8 +209,7 @@ def _amount(text: str) -> float | int:
 
 def cmd_prune(args) -> int:
     from torchbridge.data import DigitsDataModule
-    from torchbridge.pipeline import claim_output_dir, new_run_dir
-    from torchbridge.prune import comparison_table, prune_job
+    from torchbridge.pipeline import claim_output_dir, comparison_table, new_run_dir, prune_job
 
     model = resolve_model(args.model, args.weights)
     example = example_input(args.input_shape, "float32")
@@ -288,7 +284,7 @@ def bench_model(name: str, weights: str | None, input_shape: tuple[int, ...] | N
 
 
 def _bench_paths(text: str) -> list[str]:
-    from torchbridge.bench import PATHS
+    from torchbridge.bench_report import PATHS
 
     paths = [p.strip() for p in text.split(",") if p.strip()]
     unknown = [p for p in paths if p not in PATHS]
@@ -300,7 +296,8 @@ def _bench_paths(text: str) -> list[str]:
 
 
 def cmd_bench(args) -> int:
-    from torchbridge.bench import as_dicts, bench, compare_artifacts, ratio_table
+    from torchbridge.bench import bench
+    from torchbridge.timing import as_dicts, compare_artifacts, ratio_table
 
     def usage(message: str) -> int:
         print(f"torchbridge bench: error: {message}", file=sys.stderr)

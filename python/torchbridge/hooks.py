@@ -1,5 +1,8 @@
 """See inside a model with PyTorch hooks: capture layer outputs, stop at the first NaN/Inf,
-summarize every layer, and find the first layer where the C++ runtime parts ways with Python.
+and summarize every layer. The Lightning callbacks built on them are in callbacks.py, the
+layer-by-layer comparison with the C++ runtime (verify.diagnose_layers) in verify.py.
+Long because the anomaly sentinel (forward, backward and tensor hooks, step labels) is most of it,
+and it shares its registration and recording helpers with capture and summary.
 
 Every tool is a context manager (or a Lightning callback built on one) that removes all of its
 hooks on exit, also when the body raises:
@@ -12,22 +15,17 @@ hooks on exit, also when the body raises:
         loss_fn(model(x), y).backward()
 
     print(hooks.summary(model, x))                             # shapes, dtype, params, mean/std/min/max
-    print(hooks.diagnose_layers(model, "model.pt").table())    # eager vs C++, submodule by submodule
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fnmatch
 import functools
-import os
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import lightning as L
 import torch
 from torch import nn
 
@@ -78,7 +76,7 @@ def select_modules(
 
 
 @contextlib.contextmanager
-def _hooked(modules: Sequence[tuple[str, nn.Module]], pre=None, post=None) -> Iterator[None]:
+def hooked(modules: Sequence[tuple[str, nn.Module]], pre=None, post=None) -> Iterator[None]:
     """Registers pre(name, module, args, kwargs) and post(name, module, args, kwargs, output) on
     each module and removes them on exit, whatever happens inside."""
     handles = []
@@ -94,14 +92,14 @@ def _hooked(modules: Sequence[tuple[str, nn.Module]], pre=None, post=None) -> It
             handle.remove()
 
 
-def _tensors(value: Any) -> list[torch.Tensor]:
+def tensors_of(value: Any) -> list[torch.Tensor]:
     """Every tensor in a module's input or output (tensor, tuple/list/dict nesting); others ignored."""
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, (tuple, list)):
-        return [t for item in value for t in _tensors(item)]
+        return [t for item in value for t in tensors_of(item)]
     if isinstance(value, dict):
-        return [t for item in value.values() for t in _tensors(item)]
+        return [t for item in value.values() for t in tensors_of(item)]
     return []
 
 
@@ -119,7 +117,7 @@ def _detached_copy(value: Any) -> Any:
 
 
 def _shapes(value: Any) -> str:
-    tensors = _tensors(value)
+    tensors = tensors_of(value)
     return ", ".join(str(list(t.shape)) for t in tensors) if tensors else "-"
 
 
@@ -176,7 +174,7 @@ class Capture:
         return self.outputs[label]
 
 
-def _record_calls(modules: Sequence[tuple[str, nn.Module]], capture_inputs: bool, captured: Capture):
+def record_calls(modules: Sequence[tuple[str, nn.Module]], capture_inputs: bool, captured: Capture):
     """pre/post hook functions that append LayerCall records to `captured`."""
     running: dict[int, list[LayerCall]] = {}  # id(module) -> its calls in progress (recursion-safe)
     calls: dict[str, int] = {}
@@ -218,8 +216,8 @@ def capture(
     """
     modules = select_modules(model, names, types)
     captured = Capture()
-    pre, post = _record_calls(modules, inputs, captured)
-    with _hooked(modules, pre, post):
+    pre, post = record_calls(modules, inputs, captured)
+    with hooked(modules, pre, post):
         yield captured
 
 
@@ -229,7 +227,7 @@ def capture(
 
 def _first_non_finite(value: Any) -> tuple[int, torch.Tensor, str] | None:
     """(index, tensor, "NaN" or "Inf") of the first floating tensor holding a non-finite value."""
-    for index, tensor in enumerate(_tensors(value)):
+    for index, tensor in enumerate(tensors_of(value)):
         if tensor.is_quantized or not (tensor.is_floating_point() or tensor.is_complex()):
             continue
         finite = torch.isfinite(tensor)
@@ -344,7 +342,7 @@ class AnomalySentinel:
             self._raise(f"in the model's input {index} (shape {shape})", "", "forward", f"input {index}", tensor, kind)
         self._running.append(name)
         if self.backward and torch.is_grad_enabled():
-            for tensor in _tensors((args, kwargs)):
+            for tensor in tensors_of((args, kwargs)):
                 if tensor.requires_grad:
                     self._watch(tensor).consumers.append(name)
 
@@ -366,7 +364,7 @@ class AnomalySentinel:
             )
         if self.backward and torch.is_grad_enabled():
             enclosing = self._running[-1] if self._running else None
-            for tensor in _tensors(output):
+            for tensor in tensors_of(output):
                 if tensor.requires_grad:
                     watch = self._watch(tensor)
                     watch.producer, watch.enclosing = name, enclosing
@@ -444,7 +442,7 @@ class AnomalySentinel:
                                     functools.partial(self._on_parameter_gradient, name, parameter_name)
                                 )
                             )
-            with _hooked(modules, self._pre, self._post):
+            with hooked(modules, self._pre, self._post):
                 yield self
         finally:
             self._active = False  # tensor hooks from the last forward may outlive the block
@@ -496,9 +494,9 @@ class LayerSummary:
 
 def _statistics(value: Any) -> tuple[str, float | None, float | None, float | None, float | None]:
     """dtype, mean, std, min, max of the first tensor in `value` (None where not floating)."""
-    tensors = [t for t in _tensors(value) if not t.is_quantized]
+    tensors = [t for t in tensors_of(value) if not t.is_quantized]
     if not tensors:
-        quantized = [t for t in _tensors(value) if t.is_quantized]
+        quantized = [t for t in tensors_of(value) if t.is_quantized]
         tensors = [t.dequantize() for t in quantized]
         if not tensors:
             return "-", None, None, None, None
@@ -595,7 +593,7 @@ def summary(model: nn.Module, *inputs, depth: int | None = None) -> ModelSummary
         row.output_shapes = _shapes(output)
         row.dtype, row.mean, row.std, row.min, row.max = _statistics(output)
 
-    with _hooked(modules, pre, post), torch.no_grad():
+    with hooked(modules, pre, post), torch.no_grad():
         model(*inputs)
     unique = {id(p): p for p in model.parameters()}.values()
     return ModelSummary(
@@ -605,311 +603,3 @@ def summary(model: nn.Module, *inputs, depth: int | None = None) -> ModelSummary
         trainable_parameters=sum(p.numel() for p in unique if p.requires_grad),
         parameter_bytes=sum(p.numel() * p.element_size() for p in unique),
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Lightning callbacks
-
-
-def _wrapped_model(pl_module: nn.Module) -> nn.Module:
-    """The user's model inside a LightningModule (torchbridge's Classifier keeps it as .model),
-    so that reports name 'features.0', not 'model.features.0'."""
-    inner = getattr(pl_module, "model", None)
-    return inner if isinstance(inner, nn.Module) else pl_module
-
-
-class NanSentinel(L.Callback):
-    """`detect_anomalies` for the whole fit: training stops with NonFiniteError at the first
-    NaN/Inf in a forward or backward, naming the module and the global step."""
-
-    def __init__(self, backward: bool = True):
-        self.backward = backward
-        self.sentinel: AnomalySentinel | None = None
-        self._stack = contextlib.ExitStack()
-
-    def setup(self, trainer, pl_module, stage):
-        if stage == "fit" and self.sentinel is None:
-            self.sentinel = AnomalySentinel(_wrapped_model(pl_module), backward=self.backward)
-            self._stack.enter_context(self.sentinel.active())
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self.sentinel is not None:
-            self.sentinel.step = trainer.global_step
-
-    def teardown(self, trainer, pl_module, stage):
-        self._stack.close()
-        self.sentinel = None
-
-    def on_exception(self, trainer, pl_module, exception):
-        self._stack.close()
-
-
-@dataclass
-class ActivationRecord:
-    step: int
-    layer: str
-    mean: float
-    std: float
-    max_abs: float
-    zero_fraction: float  # share of exact zeros: dead ReLUs show up here
-
-
-class ActivationStatistics(L.Callback):
-    """Every `every_n_steps` training steps, record mean, std, max |x| and the fraction of zeros
-    of each chosen layer's output (default: every leaf) and send them to the trainer's loggers
-    as activations/<layer>/<statistic>. `history` keeps them for inspection after training.
-    Hooks are attached only for the sampled batches."""
-
-    def __init__(
-        self,
-        every_n_steps: int = 50,
-        names: str | Sequence[str] | None = None,
-        types: type | tuple[type, ...] | None = None,
-    ):
-        if every_n_steps < 1:
-            raise TorchbridgeError(f"every_n_steps must be >= 1, got {every_n_steps}")
-        self.every_n_steps = every_n_steps
-        self.names, self.types = names, types
-        self.history: list[ActivationRecord] = []
-        self._pending: list[ActivationRecord] = []
-        self._stack = contextlib.ExitStack()
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step % self.every_n_steps:
-            return
-        step = trainer.global_step
-        modules = select_modules(_wrapped_model(pl_module), self.names, self.types)
-
-        def post(name, module, args, kwargs, output):
-            tensors = [t for t in _tensors(output) if t.is_floating_point()]
-            if not tensors:
-                return
-            with torch.no_grad():
-                values = tensors[0].detach().float()
-                self._pending.append(
-                    ActivationRecord(
-                        step=step,
-                        layer=name,
-                        mean=float(values.mean()),
-                        std=float(values.std()) if values.numel() > 1 else 0.0,
-                        max_abs=float(values.abs().max()) if values.numel() else 0.0,
-                        zero_fraction=float((values == 0).float().mean()) if values.numel() else 0.0,
-                    )
-                )
-
-        self._stack.enter_context(_hooked(modules, post=post))
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self._stack.close()
-        if not self._pending:
-            return
-        metrics = {}
-        for record in self._pending:
-            for statistic in ("mean", "std", "max_abs", "zero_fraction"):
-                metrics[f"activations/{record.layer}/{statistic}"] = getattr(record, statistic)
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=self._pending[0].step)
-        self.history.extend(self._pending)
-        self._pending = []
-
-    def on_exception(self, trainer, pl_module, exception):
-        self._stack.close()
-
-    def teardown(self, trainer, pl_module, stage):
-        self._stack.close()
-
-
-# --------------------------------------------------------------------------------------------
-# Layer-wise parity: eager submodules vs the same submodules run by the C++ runtime
-
-
-@dataclass
-class LayerComparison:
-    module: str  # qualified name
-    call: int
-    type_name: str
-    max_abs: float | None
-    max_rel: float | None
-    rtol: float
-    atol: float
-    status: str  # "ok", "FAIL" or "skip"
-    note: str = ""
-
-    @property
-    def label(self) -> str:
-        return self.module if self.call == 0 else f"{self.module} #{self.call + 1}"
-
-
-@dataclass
-class LayerReport:
-    """Submodule-by-submodule comparison, in the order the calls returned (children before the
-    containers holding them), so the first FAIL is the innermost layer where outputs part ways."""
-
-    artifact: str
-    threads: int
-    rows: list[LayerComparison] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def failures(self) -> list[LayerComparison]:
-        return [r for r in self.rows if r.status == "FAIL"]
-
-    @property
-    def first_failure(self) -> LayerComparison | None:
-        failures = self.failures
-        return failures[0] if failures else None
-
-    @property
-    def compared(self) -> int:
-        return sum(r.status != "skip" for r in self.rows)
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    def table(self) -> str:
-        name_width = max([len("module"), *(len(r.label) for r in self.rows)])
-        type_width = max([len("type"), *(len(r.type_name) for r in self.rows)])
-        header = (
-            f"{'module':<{name_width}}  {'type':<{type_width}}  {'max abs':>10}  {'max rel':>10}  "
-            f"{'tolerance':>20}  result"
-        )
-        lines = [header, "-" * len(header)]
-        for r in self.rows:
-            max_abs = "-" if r.max_abs is None else f"{r.max_abs:.3g}"
-            max_rel = "-" if r.max_rel is None else f"{r.max_rel:.3g}"
-            tolerance = f"rtol {r.rtol:g} atol {r.atol:.1g}" if r.status != "skip" else ""
-            note = f"  {r.note}" if r.note else ""
-            lines.append(
-                f"{r.label:<{name_width}}  {r.type_name:<{type_width}}  {max_abs:>10}  {max_rel:>10}  "
-                f"{tolerance:>20}  {r.status}{note}"
-            )
-        skipped = len(self.rows) - self.compared
-        first = self.first_failure
-        if first is not None:
-            detail = (
-                f"max abs {first.max_abs:.3g}, max rel {first.max_rel:.3g}" if first.max_abs is not None else first.note
-            )
-            lines.append(f"first layer beyond tolerance: {first.label} ({first.type_name}), {detail}")
-        elif self.compared == 0:
-            lines.append("no submodule could be compared (a frozen artifact keeps none; see the notes)")
-        else:
-            lines.append("every compared layer within tolerance")
-        lines.append(
-            f"layers {'PASSED' if self.passed else 'FAILED'}: {self.compared} compared, {skipped} skipped, "
-            f"{len(self.failures)} beyond tolerance in {self.seconds:.2f} s ({self.artifact}, {self.threads} threads)"
-        )
-        return "\n".join(lines)
-
-    def as_dict(self) -> dict[str, Any]:
-        first = self.first_failure
-        return {
-            "artifact": self.artifact,
-            "threads": self.threads,
-            "passed": self.passed,
-            "compared": self.compared,
-            "first_failure": first.label if first else None,
-            "seconds": self.seconds,
-            "rows": [{**dataclasses.asdict(r), "label": r.label} for r in self.rows],
-        }
-
-
-def _compare_call(record: LayerCall, runtime, available: set[str], rtol: float) -> LayerComparison:
-    from torchbridge.artifact import flatten_outputs
-    from torchbridge.compare import default_atol, max_errors, within_tolerance
-
-    def skip(note: str) -> LayerComparison:
-        return LayerComparison(record.name, record.call, record.type_name, None, None, rtol, 0.0, "skip", note)
-
-    if record.name not in available:
-        return skip("not in the artifact (inlined by tracing or freezing)")
-    if record.kwargs or not record.args or not all(isinstance(a, torch.Tensor) for a in record.args):
-        kinds = ", ".join(type(a).__name__ for a in record.args or ()) + (" + keywords" if record.kwargs else "")
-        return skip(f"called with ({kinds or 'nothing'}); only positional tensor inputs can be replayed")
-    try:
-        expected = flatten_outputs(record.output)
-    except TorchbridgeError:
-        return skip(f"returns {type(record.output).__name__}, not tensors")
-    if any(t.is_quantized for t in [*record.args, *expected]):
-        return skip("quantized tensors do not cross to the C++ runtime (DLPack has no quantized dtypes)")
-    atol = default_atol(expected, rtol)
-    try:
-        # Copies: an in-place submodule (ReLU(inplace=True)) would overwrite the recorded input.
-        actual = runtime.forward_submodule(record.name, *[a.clone() for a in record.args])
-    except TorchbridgeError as error:
-        message = str(error)
-        if getattr(error, "code", "") == "input":  # no such submodule or no forward: nothing to compare
-            return skip(message)
-        return LayerComparison(
-            record.name, record.call, record.type_name, None, None, rtol, atol, "FAIL", f"C++ raised: {message}"
-        )
-    if len(actual) != len(expected):
-        return LayerComparison(
-            record.name,
-            record.call,
-            record.type_name,
-            float("inf"),
-            float("inf"),
-            rtol,
-            atol,
-            "FAIL",
-            f"{len(actual)} output(s) in C++, {len(expected)} in Python",
-        )
-    worst_abs, worst_rel, passed = 0.0, 0.0, True
-    for a, e in zip(actual, expected):
-        a = a.cpu()
-        max_abs, max_rel = max_errors(a, e)
-        worst_abs, worst_rel = max(worst_abs, max_abs), max(worst_rel, max_rel)
-        passed = passed and within_tolerance(a, e, rtol, atol)
-    return LayerComparison(
-        record.name, record.call, record.type_name, worst_abs, worst_rel, rtol, atol, "ok" if passed else "FAIL"
-    )
-
-
-def diagnose_layers(
-    model: nn.Module,
-    artifact: str | os.PathLike,
-    inputs: Sequence[torch.Tensor] | None = None,
-    threads: int | None = None,
-    runtime=None,
-    rtol: float | None = None,
-) -> LayerReport:
-    """Find the first layer where the C++ runtime's output differs from eager PyTorch.
-
-    Forward hooks record every submodule's inputs and outputs while `model` runs `inputs`
-    (default: the golden example stored in the artifact); the C++ runtime then runs the same
-    submodule of the artifact on the recorded inputs, and the outputs are compared with
-    rtol (default: the manifest's) and atol = rtol x the largest |value| of that layer's output.
-    Each layer sees the inputs eager gave it, so an error does not spread to later layers.
-    Submodules that tracing or freezing inlined, that take non-tensor or keyword arguments, or
-    that handle quantized tensors are skipped with a note.
-    runtime: an open torchbridge.Runtime on `artifact` to reuse (else one is loaded).
-    """
-    from torchbridge.artifact import open_artifact
-    from torchbridge.runtime import Runtime
-
-    if not isinstance(model, nn.Module):
-        raise TorchbridgeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    art = open_artifact(artifact)
-    rtol = float(art.manifest["tolerance"]["rtol"]) if rtol is None else rtol
-    threads = threads or torch.get_num_threads()
-    started = time.perf_counter()
-    if inputs is None:
-        inputs, _ = art.golden()
-    inputs = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
-    if runtime is None:
-        runtime = Runtime(art.path, threads=threads, warmup_runs=0)  # submodules are called once each
-    available = set(runtime.submodule_names())
-
-    model = model.cpu().eval()
-    submodules = [(name, module) for name, module in model.named_modules() if name]
-    recorded = Capture()
-    pre, post = _record_calls(submodules, True, recorded)
-    with _hooked(submodules, pre, post), torch.no_grad():
-        model(*inputs)
-
-    report = LayerReport(artifact=str(art.path), threads=threads)
-    for record in recorded.finished_in_order():
-        report.rows.append(_compare_call(record, runtime, available, rtol))
-    report.seconds = time.perf_counter() - started
-    return report

@@ -1,24 +1,33 @@
-"""The main job: train on the digits, export, verify in C++, benchmark, and write a report."""
+"""The jobs that run the stages in turn and report: the main one (train on the digits, export, verify in
+C++, benchmark, write a report), pruning before/after (prune_job) and quantization (quantize_job)."""
 
 from __future__ import annotations
 
+import copy
 import datetime
+import gzip
 import json
+import os
 import platform
 import subprocess
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from torchbridge import models
-from torchbridge.bench import as_dicts, latency_table, quick_bench, runtime_latencies
-from torchbridge.bench import speedups as p50_speedups
+from torchbridge.compare import tensor_tuple
 from torchbridge.data import DigitsDataModule
 from torchbridge.errors import TorchbridgeError
 from torchbridge.export import export
+from torchbridge.prune import CHANNELS, DEFAULT_LAYER_TYPES, PruneResult, prune_and_fine_tune, sparsity_report
+from torchbridge.quantize import quantize
 from torchbridge.runtime import Runtime, cli_path
-from torchbridge.train import train
+from torchbridge.timing import as_dicts, latency_table, quick_bench, runtime_latencies
+from torchbridge.timing import speedups as p50_speedups
+from torchbridge.train import evaluate, train
 from torchbridge.verify import verify
 
 
@@ -84,7 +93,6 @@ def run_pipeline(
 
     eager_accuracy, pruning = trained.test_accuracy, None
     if prune:
-        from torchbridge.prune import comparison_table, prune_job
 
         _step(2, total, f"prune: {prune}, amount {prune_amount}, {prune_steps} step(s) of {prune_epochs} epoch(s)")
         pruned, pruning = prune_job(
@@ -120,10 +128,8 @@ def run_pipeline(
     )
     if selftest.returncode != 0:
         raise TorchbridgeError(f"torchbridge-run --selftest failed: {selftest.stderr.strip()}")
-    runtime = Runtime(artifact.path, threads=threads)
-    images, labels = datamodule.dataset("test").tensors
-    cpp_accuracy = float((runtime(images).argmax(dim=1) == labels).float().mean())
-    print(f"test accuracy (C++ runtime): {cpp_accuracy:.4f}")
+    accuracy_cpp = cpp_accuracy(artifact.path, datamodule, threads)
+    print(f"test accuracy (C++ runtime): {accuracy_cpp:.4f}")
 
     _step(first + 2, total, f"benchmark: {bench_runs} runs per path, batch sizes {', '.join(map(str, batch_sizes))}")
     latencies = quick_bench(model, artifact.path, batch_sizes=batch_sizes, threads=threads, runs=bench_runs)
@@ -138,7 +144,7 @@ def run_pipeline(
             model,
             datamodule,
             artifact,
-            cpp_accuracy,
+            accuracy_cpp,
             out,
             mode=quantize,
             engine=engine,
@@ -153,7 +159,7 @@ def run_pipeline(
     report = {
         "model": model_name,
         "epochs": epochs,
-        "accuracy": {"eager": eager_accuracy, "cpp": cpp_accuracy, "val_best": trained.val_accuracy},
+        "accuracy": {"eager": eager_accuracy, "cpp": accuracy_cpp, "val_best": trained.val_accuracy},
         "artifact": {"path": str(artifact.path), "bytes": artifact.size_bytes, "manifest": artifact.manifest},
         "parity": parity.as_dict(),
         "selftest": json.loads(selftest.stdout)["selftest"],
@@ -195,16 +201,13 @@ def _quantize_stage(
     progress_bar: bool,
 ) -> dict[str, Any]:
     """int8 copy of the trained model: export, parity, C++ accuracy, size and C++ latency vs fp32."""
-    from torchbridge.quantize import quantize
-
     int8_model = quantize(
         model, mode, datamodule, engine=engine, epochs=qat_epochs, root_dir=out / "qat", progress_bar=progress_bar
     )
     int8_artifact = export(int8_model, (datamodule.example_batch(4),), out / "model_int8.pt", quantized_engine=engine)
     parity = verify(int8_model, int8_artifact.path, threads=threads)
     print(parity.table())
-    images, labels = datamodule.dataset("test").tensors
-    int8_accuracy = float((Runtime(int8_artifact.path, threads=threads)(images).argmax(dim=1) == labels).float().mean())
+    int8_accuracy = cpp_accuracy(int8_artifact.path, datamodule, threads)
     latencies = runtime_latencies(
         {"fp32": fp32_artifact.path, "int8": int8_artifact.path}, batch_sizes, threads=threads, runs=bench_runs
     )
@@ -284,3 +287,197 @@ Measured in one run on {machine["processor"]}, {machine["platform"]}, torch {mac
 {latency_table}
 ```
 {int8}"""
+
+
+def cpp_accuracy(artifact, datamodule, threads: int | None = None) -> float:
+    """Test accuracy of the artifact run by the C++ runtime on the datamodule's test split."""
+    images, labels = datamodule.dataset("test").tensors
+    runtime = Runtime(artifact, threads=threads)
+    return float((runtime(images).argmax(dim=1) == labels).float().mean())
+
+
+# Pruning: what it bought
+
+
+def artifact_sizes(path: str | os.PathLike) -> dict[str, int]:
+    """On-disk bytes of an artifact and its gzip-compressed size (level 6, gzip's default):
+    TorchScript stores tensors uncompressed, so zeros from unstructured pruning show only here."""
+    data = Path(path).read_bytes()
+    return {"bytes": len(data), "gzip_bytes": len(gzip.compress(data, compresslevel=6, mtime=0))}
+
+
+def measure(model: nn.Module, artifact: str | os.PathLike, datamodule=None, threads: int | None = None) -> dict:
+    """Parameters, nonzero parameters, conv/linear weight sparsity, artifact bytes and gzip bytes,
+    and test accuracy of the eager model and of the C++ runtime when `datamodule` is given."""
+    report = sparsity_report(model)
+    figures: dict[str, Any] = {
+        "artifact": str(artifact),
+        "parameters": report.parameters,
+        "nonzero_parameters": report.nonzero_parameters,
+        "sparsity": report.sparsity,
+        **artifact_sizes(artifact),
+        "accuracy_eager": None,
+        "accuracy_cpp": None,
+    }
+    if datamodule is not None:
+        figures["accuracy_eager"] = evaluate(model.eval(), datamodule)
+        figures["accuracy_cpp"] = cpp_accuracy(artifact, datamodule, threads)
+    return figures
+
+
+def compare_pruning(
+    before: tuple[nn.Module, str | os.PathLike],
+    after: tuple[nn.Module, str | os.PathLike],
+    datamodule=None,
+    threads: int = 2,
+    runs: int = 30,
+    batch_sizes: Sequence[int] = (1, 32),
+    warmup: int = 3,
+) -> dict[str, Any]:
+    """Figures of (model, artifact) before and after pruning, and the C++ runtime latency of both
+    artifacts timed interleaved in this process; ratios are after / before (speedup before / after)."""
+    figures = {
+        "before": measure(*before, datamodule=datamodule, threads=threads),
+        "after": measure(*after, datamodule=datamodule, threads=threads),
+    }
+    latencies = runtime_latencies(
+        {"before": Path(before[1]), "after": Path(after[1])},
+        batch_sizes=batch_sizes,
+        threads=threads,
+        runs=runs,
+        warmup=warmup,
+    )
+    for side in ("before", "after"):
+        figures[side]["latency_p50_ms"] = {str(r.batch): r.p50_ms for r in latencies if r.path == side}
+    b, a = figures["before"], figures["after"]
+    figures["ratios"] = {
+        "parameters": a["parameters"] / b["parameters"],
+        "nonzero_parameters": a["nonzero_parameters"] / b["nonzero_parameters"],
+        "bytes": a["bytes"] / b["bytes"],
+        "gzip_bytes": a["gzip_bytes"] / b["gzip_bytes"],
+        "speedup": {k: b["latency_p50_ms"][k] / a["latency_p50_ms"][k] for k in b["latency_p50_ms"]},
+    }
+    figures["latency"] = as_dicts(latencies)
+    figures["threads"] = threads
+    figures["runs"] = runs
+    return figures
+
+
+def comparison_table(figures: dict[str, Any]) -> str:
+    """The `compare_pruning` figures as a markdown table."""
+    b, a, r = figures["before"], figures["after"], figures["ratios"]
+
+    def accuracy(value):
+        return "-" if value is None else f"{value:.4f}"
+
+    rows = [
+        ("parameters", f"{b['parameters']:,}", f"{a['parameters']:,}", f"{r['parameters']:.3f}x"),
+        (
+            "nonzero parameters",
+            f"{b['nonzero_parameters']:,}",
+            f"{a['nonzero_parameters']:,}",
+            f"{r['nonzero_parameters']:.3f}x",
+        ),
+        ("conv/linear weight sparsity", f"{b['sparsity']:.2%}", f"{a['sparsity']:.2%}", ""),
+        ("artifact size", f"{b['bytes'] / 1024:.1f} KiB", f"{a['bytes'] / 1024:.1f} KiB", f"{r['bytes']:.3f}x"),
+        (
+            "artifact size, gzip",
+            f"{b['gzip_bytes'] / 1024:.1f} KiB",
+            f"{a['gzip_bytes'] / 1024:.1f} KiB",
+            f"{r['gzip_bytes']:.3f}x",
+        ),
+        ("test accuracy, eager", accuracy(b["accuracy_eager"]), accuracy(a["accuracy_eager"]), ""),
+        ("test accuracy, C++", accuracy(b["accuracy_cpp"]), accuracy(a["accuracy_cpp"]), ""),
+    ]
+    for batch, before_ms in b["latency_p50_ms"].items():
+        rows.append(
+            (
+                f"C++ latency p50, batch {batch}",
+                f"{before_ms:.3f} ms",
+                f"{a['latency_p50_ms'][batch]:.3f} ms",
+                f"{r['speedup'][batch]:.2f}x speedup",
+            )
+        )
+    lines = ["| | before | after | after vs before |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {x} | {y} | {z} |" for name, x, y, z in rows]
+    return "\n".join(lines)
+
+
+def prune_job(
+    model: nn.Module,
+    example_inputs,
+    out: str | os.PathLike,
+    datamodule=None,
+    method: str = CHANNELS,
+    amount: float | int = 0.5,
+    steps: int = 2,
+    epochs_per_step: int = 2,
+    lr: float = 3e-3,
+    importance: str = "l1",
+    layer_types: Iterable[str | type] = DEFAULT_LAYER_TYPES,
+    skip: Iterable[str] = (),
+    dim: int = 0,
+    norm: float = 2,
+    threads: int = 2,
+    bench_runs: int = 30,
+    batch_sizes: Sequence[int] = (1, 32),
+    progress_bar: bool = False,
+) -> tuple[PruneResult, dict[str, Any]]:
+    """What `torchbridge prune` does: prune (and fine-tune on `datamodule` when given), export the
+    model before and after to `out`/dense.pt and `out`/pruned.pt, prove the pruned artifact's
+    C++ parity, compare the two (size, gzip size, sparsity, accuracy, C++ latency) and write
+    `out`/report.json and report.md. `model` itself is left dense for 'channels', pruned in
+    place for the mask methods (as `prune` does). Raises ParityError when parity fails."""
+    out = Path(out)
+    example_inputs = tensor_tuple(example_inputs)
+    dense = copy.deepcopy(model).eval()
+    result = prune_and_fine_tune(
+        model,
+        datamodule,
+        method=method,
+        amount=amount,
+        steps=steps,
+        epochs_per_step=epochs_per_step if datamodule is not None else 0,
+        lr=lr,
+        example_inputs=example_inputs,
+        importance=importance,
+        layer_types=layer_types,
+        skip=skip,
+        dim=dim,
+        norm=norm,
+        root_dir=out / "fine_tune",
+        progress_bar=progress_bar,
+        evaluate_accuracy=datamodule is not None,
+    )
+    dense_artifact = export(dense, example_inputs, out / "dense.pt")
+    pruned_artifact = export(result.model, example_inputs, out / "pruned.pt")
+    parity = verify(result.model, pruned_artifact.path, threads=threads)
+    figures = compare_pruning(
+        (dense, dense_artifact.path),
+        (result.model, pruned_artifact.path),
+        datamodule=datamodule,
+        threads=threads,
+        runs=bench_runs,
+        batch_sizes=batch_sizes,
+    )
+    report = {
+        "method": method,
+        "amount": amount,
+        "steps": steps,
+        "epochs_per_step": epochs_per_step if datamodule is not None else 0,
+        "importance": importance if method == CHANNELS else None,
+        "skip": list(skip),
+        "comparison": figures,
+        "fine_tune": result.as_dict(),
+        "parity": parity.as_dict(),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.md").write_text(
+        f"# Pruning: {method}, amount {amount}\n\n"
+        f"{steps} step(s), {report['epochs_per_step']} fine-tuning epoch(s) each; C++ latency interleaved in one "
+        f"process, {threads} threads, {bench_runs} runs per batch size, medians.\n\n"
+        f"{comparison_table(figures)}\n\n## Steps\n\n```\n{result.table()}\n```\n\n"
+        f"## Layers after pruning\n\n```\n{(result.channels.table() + chr(10)) if result.channels else ''}"
+        f"{result.sparsity.table()}\n```\n\n## Parity of the pruned artifact\n\n```\n{parity.table()}\n```\n"
+    )
+    return result, report

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
-from torchbridge import hooks
+from torchbridge.callbacks import ActivationStatistics, NanSentinel
 
 
 class Classifier(L.LightningModule):
@@ -95,9 +95,9 @@ def train(
     unchanged (e.g. devices=2, strategy="ddp" on a multi-GPU machine). The model is returned to the
     CPU in eval mode, ready for export.
     detect_anomalies: stop with NonFiniteError at the first NaN/Inf in a forward or backward,
-      naming the layer and step (torchbridge.hooks.NanSentinel).
+      naming the layer and step (torchbridge.callbacks.NanSentinel).
     activation_stats: every N training steps, log each leaf layer's output mean, std, max |x| and
-      zero fraction (torchbridge.hooks.ActivationStatistics); 0 disables.
+      zero fraction (torchbridge.callbacks.ActivationStatistics); 0 disables.
     """
     from torchbridge.data import DigitsDataModule
 
@@ -110,9 +110,9 @@ def train(
     checkpoint = ModelCheckpoint(monitor="val_acc", mode="max", filename="best-{epoch}-{val_acc:.4f}")
     callbacks = list(callbacks or [])
     if detect_anomalies:
-        callbacks.append(hooks.NanSentinel())
+        callbacks.append(NanSentinel())
     if activation_stats:
-        callbacks.append(hooks.ActivationStatistics(every_n_steps=activation_stats))
+        callbacks.append(ActivationStatistics(every_n_steps=activation_stats))
     trainer = L.Trainer(
         max_epochs=max_epochs,
         accelerator=accelerator,

@@ -1,4 +1,5 @@
-"""Prove that Python and C++ give the same outputs for one artifact.
+"""Prove that Python and C++ give the same outputs for one artifact, and when they do not, find the
+first layer where they part (diagnose_layers).
 
 Paths compared, on the golden example stored in the artifact plus fresh random inputs:
   eager        the Python model (or, without one, the golden outputs it produced at export)
@@ -13,9 +14,12 @@ others within the artifact's tolerance.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import subprocess
 import tempfile
+import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchbridge.artifact import npy_bytes, open_artifact
-from torchbridge.compare import fresh_inputs, max_errors, run_module, within_tolerance
+from torchbridge.artifact import flatten_outputs, npy_bytes, open_artifact
+from torchbridge.compare import default_atol, fresh_inputs, max_errors, run_module, within_tolerance
 from torchbridge.errors import ParityError, TorchbridgeError
-from torchbridge.hooks import LayerReport, diagnose_layers
+from torchbridge.hooks import Capture, LayerCall, hooked, record_calls
 from torchbridge.mirror import load_in_python
 from torchbridge.runtime import Runtime, cli_path
 
@@ -155,7 +159,7 @@ def verify(
     fresh: random input sets in addition to the golden example (dynamic dims resized).
     cli: also run the torchbridge-run process.
     layers: also run each submodule of the artifact in C++ on the inputs the eager model gave it
-      and compare layer by layer (torchbridge.hooks.diagnose_layers; needs `model`); the table
+      and compare layer by layer (diagnose_layers below; needs `model`); the table
       names the first layer beyond tolerance, and a failing layer fails the report.
     Raises ParityError (with .report) when any comparison fails, unless raise_on_failure=False.
     """
@@ -240,4 +244,193 @@ def verify(
         report.layers = diagnose_layers(model, art.path, inputs=golden_inputs, threads=threads, runtime=runtime)
     if raise_on_failure and not report.passed:
         raise ParityError(f"parity failed for {art.path}:\n{report.table()}", report)
+    return report
+
+
+# Layer-wise parity: eager submodules vs the same submodules run by the C++ runtime
+
+
+@dataclass
+class LayerComparison:
+    module: str  # qualified name
+    call: int
+    type_name: str
+    max_abs: float | None
+    max_rel: float | None
+    rtol: float
+    atol: float
+    status: str  # "ok", "FAIL" or "skip"
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.module if self.call == 0 else f"{self.module} #{self.call + 1}"
+
+
+@dataclass
+class LayerReport:
+    """Submodule-by-submodule comparison, in the order the calls returned (children before the
+    containers holding them), so the first FAIL is the innermost layer where outputs part ways."""
+
+    artifact: str
+    threads: int
+    rows: list[LayerComparison] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failures(self) -> list[LayerComparison]:
+        return [r for r in self.rows if r.status == "FAIL"]
+
+    @property
+    def first_failure(self) -> LayerComparison | None:
+        failures = self.failures
+        return failures[0] if failures else None
+
+    @property
+    def compared(self) -> int:
+        return sum(r.status != "skip" for r in self.rows)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def table(self) -> str:
+        name_width = max([len("module"), *(len(r.label) for r in self.rows)])
+        type_width = max([len("type"), *(len(r.type_name) for r in self.rows)])
+        header = (
+            f"{'module':<{name_width}}  {'type':<{type_width}}  {'max abs':>10}  {'max rel':>10}  "
+            f"{'tolerance':>20}  result"
+        )
+        lines = [header, "-" * len(header)]
+        for r in self.rows:
+            max_abs = "-" if r.max_abs is None else f"{r.max_abs:.3g}"
+            max_rel = "-" if r.max_rel is None else f"{r.max_rel:.3g}"
+            tolerance = f"rtol {r.rtol:g} atol {r.atol:.1g}" if r.status != "skip" else ""
+            note = f"  {r.note}" if r.note else ""
+            lines.append(
+                f"{r.label:<{name_width}}  {r.type_name:<{type_width}}  {max_abs:>10}  {max_rel:>10}  "
+                f"{tolerance:>20}  {r.status}{note}"
+            )
+        skipped = len(self.rows) - self.compared
+        first = self.first_failure
+        if first is not None:
+            detail = (
+                f"max abs {first.max_abs:.3g}, max rel {first.max_rel:.3g}" if first.max_abs is not None else first.note
+            )
+            lines.append(f"first layer beyond tolerance: {first.label} ({first.type_name}), {detail}")
+        elif self.compared == 0:
+            lines.append("no submodule could be compared (a frozen artifact keeps none; see the notes)")
+        else:
+            lines.append("every compared layer within tolerance")
+        lines.append(
+            f"layers {'PASSED' if self.passed else 'FAILED'}: {self.compared} compared, {skipped} skipped, "
+            f"{len(self.failures)} beyond tolerance in {self.seconds:.2f} s ({self.artifact}, {self.threads} threads)"
+        )
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        first = self.first_failure
+        return {
+            "artifact": self.artifact,
+            "threads": self.threads,
+            "passed": self.passed,
+            "compared": self.compared,
+            "first_failure": first.label if first else None,
+            "seconds": self.seconds,
+            "rows": [{**dataclasses.asdict(r), "label": r.label} for r in self.rows],
+        }
+
+
+def _compare_call(record: LayerCall, runtime, available: set[str], rtol: float) -> LayerComparison:
+    def skip(note: str) -> LayerComparison:
+        return LayerComparison(record.name, record.call, record.type_name, None, None, rtol, 0.0, "skip", note)
+
+    if record.name not in available:
+        return skip("not in the artifact (inlined by tracing or freezing)")
+    if record.kwargs or not record.args or not all(isinstance(a, torch.Tensor) for a in record.args):
+        kinds = ", ".join(type(a).__name__ for a in record.args or ()) + (" + keywords" if record.kwargs else "")
+        return skip(f"called with ({kinds or 'nothing'}); only positional tensor inputs can be replayed")
+    try:
+        expected = flatten_outputs(record.output)
+    except TorchbridgeError:
+        return skip(f"returns {type(record.output).__name__}, not tensors")
+    if any(t.is_quantized for t in [*record.args, *expected]):
+        return skip("quantized tensors do not cross to the C++ runtime (DLPack has no quantized dtypes)")
+    atol = default_atol(expected, rtol)
+    try:
+        # Copies: an in-place submodule (ReLU(inplace=True)) would overwrite the recorded input.
+        actual = runtime.forward_submodule(record.name, *[a.clone() for a in record.args])
+    except TorchbridgeError as error:
+        message = str(error)
+        if getattr(error, "code", "") == "input":  # no such submodule or no forward: nothing to compare
+            return skip(message)
+        return LayerComparison(
+            record.name, record.call, record.type_name, None, None, rtol, atol, "FAIL", f"C++ raised: {message}"
+        )
+    if len(actual) != len(expected):
+        return LayerComparison(
+            record.name,
+            record.call,
+            record.type_name,
+            float("inf"),
+            float("inf"),
+            rtol,
+            atol,
+            "FAIL",
+            f"{len(actual)} output(s) in C++, {len(expected)} in Python",
+        )
+    worst_abs, worst_rel, passed = 0.0, 0.0, True
+    for a, e in zip(actual, expected):
+        a = a.cpu()
+        max_abs, max_rel = max_errors(a, e)
+        worst_abs, worst_rel = max(worst_abs, max_abs), max(worst_rel, max_rel)
+        passed = passed and within_tolerance(a, e, rtol, atol)
+    return LayerComparison(
+        record.name, record.call, record.type_name, worst_abs, worst_rel, rtol, atol, "ok" if passed else "FAIL"
+    )
+
+
+def diagnose_layers(
+    model: nn.Module,
+    artifact: str | os.PathLike,
+    inputs: Sequence[torch.Tensor] | None = None,
+    threads: int | None = None,
+    runtime=None,
+    rtol: float | None = None,
+) -> LayerReport:
+    """Find the first layer where the C++ runtime's output differs from eager PyTorch.
+
+    Forward hooks record every submodule's inputs and outputs while `model` runs `inputs`
+    (default: the golden example stored in the artifact); the C++ runtime then runs the same
+    submodule of the artifact on the recorded inputs, and the outputs are compared with
+    rtol (default: the manifest's) and atol = rtol x the largest |value| of that layer's output.
+    Each layer sees the inputs eager gave it, so an error does not spread to later layers.
+    Submodules that tracing or freezing inlined, that take non-tensor or keyword arguments, or
+    that handle quantized tensors are skipped with a note.
+    runtime: an open torchbridge.Runtime on `artifact` to reuse (else one is loaded).
+    """
+    if not isinstance(model, nn.Module):
+        raise TorchbridgeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    art = open_artifact(artifact)
+    rtol = float(art.manifest["tolerance"]["rtol"]) if rtol is None else rtol
+    threads = threads or torch.get_num_threads()
+    started = time.perf_counter()
+    if inputs is None:
+        inputs, _ = art.golden()
+    inputs = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
+    if runtime is None:
+        runtime = Runtime(art.path, threads=threads, warmup_runs=0)  # submodules are called once each
+    available = set(runtime.submodule_names())
+
+    model = model.cpu().eval()
+    submodules = [(name, module) for name, module in model.named_modules() if name]
+    recorded = Capture()
+    pre, post = record_calls(submodules, True, recorded)
+    with hooked(submodules, pre, post), torch.no_grad():
+        model(*inputs)
+
+    report = LayerReport(artifact=str(art.path), threads=threads)
+    for record in recorded.finished_in_order():
+        report.rows.append(_compare_call(record, runtime, available, rtol))
+    report.seconds = time.perf_counter() - started
     return report
