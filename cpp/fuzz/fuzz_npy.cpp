@@ -11,6 +11,7 @@
 #include <exception>
 #include <string>
 
+#include "internal.hpp"
 #include "torchbridge/runtime.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 #include <torch/version.h>
 
+#include "internal.hpp"
 #include "torchbridge/runtime.hpp"
 
 namespace py = pybind11;

@@ -40,10 +40,6 @@ uint32_t le32(const unsigned char* p) { return p[0] | p[1] << 8 | p[2] << 16 | s
 uint16_t le16(const unsigned char* p) { return static_cast<uint16_t>(p[0] | p[1] << 8); }
 uint64_t le64(const unsigned char* p) { return le32(p) | static_cast<uint64_t>(le32(p + 4)) << 32; }
 
-struct Stored {
-  uint32_t crc = 0;
-  uint64_t size = 0;  // uncompressed
-};
 
 
 // SHA-256 (FIPS 180-4). The system's libcrypto, when the process can load it, hashes with the
@@ -173,71 +169,6 @@ std::vector<unsigned char> read_at(std::ifstream& file, uint64_t offset, uint64_
   return bytes;
 }
 
-// Record name (without the archive's top folder, as PyTorchStreamReader names it) -> stored CRC.
-std::map<std::string, Stored> central_directory(const std::string& path) {
-  std::ifstream file(path, std::ios::binary | std::ios::ate);
-  const uint64_t file_size = static_cast<uint64_t>(file.tellg());
-  // The end-of-central-directory record: 22 bytes plus a comment of up to 65535.
-  const uint64_t tail_size = std::min<uint64_t>(file_size, 22 + 65535);
-  const std::vector<unsigned char> tail = read_at(file, file_size - tail_size, tail_size);
-  if (tail.size() < 22) damaged(path, "no zip end-of-central-directory record");
-  int64_t end = -1;
-  for (int64_t i = static_cast<int64_t>(tail.size()) - 22; i >= 0; --i)
-    if (le32(&tail[i]) == 0x06054b50) {
-      end = i;
-      break;
-    }
-  if (end < 0) damaged(path, "no zip end-of-central-directory record");
-  uint64_t entries = le16(&tail[end + 10]);
-  uint64_t directory_size = le32(&tail[end + 12]);
-  uint64_t directory_offset = le32(&tail[end + 16]);
-  if (entries == 0xFFFF || directory_size == 0xFFFFFFFF || directory_offset == 0xFFFFFFFF) {
-    // Zip64: a locator just before the record points at the 64-bit end record.
-    const uint64_t locator = file_size - tail_size + static_cast<uint64_t>(end);
-    if (locator < 20) damaged(path, "a zip64 archive without its locator");
-    const std::vector<unsigned char> bytes = read_at(file, locator - 20, 20);
-    if (bytes.size() != 20 || le32(bytes.data()) != 0x07064b50) damaged(path, "a zip64 archive without its locator");
-    const std::vector<unsigned char> record = read_at(file, le64(&bytes[8]), 56);
-    if (record.size() != 56 || le32(record.data()) != 0x06064b50) damaged(path, "a damaged zip64 end record");
-    entries = le64(&record[32]);
-    directory_size = le64(&record[40]);
-    directory_offset = le64(&record[48]);
-  }
-  if (directory_offset > file_size || directory_size > file_size - directory_offset)
-    damaged(path, "the zip central directory lies outside the file");
-  const std::vector<unsigned char> directory = read_at(file, directory_offset, directory_size);
-  if (directory.size() != directory_size) damaged(path, "the zip central directory cannot be read");
-
-  std::map<std::string, Stored> stored;
-  size_t at = 0;
-  for (uint64_t n = 0; n < entries; ++n) {
-    if (at + 46 > directory.size() || le32(&directory[at]) != 0x02014b50)
-      damaged(path, "zip central directory entry " + std::to_string(n) + " is unreadable");
-    const size_t name_length = le16(&directory[at + 28]);
-    const size_t extra_length = le16(&directory[at + 30]);
-    const size_t comment_length = le16(&directory[at + 32]);
-    if (at + 46 + name_length + extra_length + comment_length > directory.size())
-      damaged(path, "zip central directory entry " + std::to_string(n) + " is unreadable");
-    Stored entry;
-    entry.crc = le32(&directory[at + 16]);
-    entry.size = le32(&directory[at + 24]);
-    if (entry.size == 0xFFFFFFFF) {
-      // The zip64 extra field (id 1) holds the 64-bit uncompressed size first.
-      for (size_t e = at + 46 + name_length; e + 4 <= at + 46 + name_length + extra_length;) {
-        const uint16_t id = le16(&directory[e]);
-        const uint16_t length = le16(&directory[e + 2]);
-        if (id == 1 && length >= 8 && e + 12 <= directory.size()) entry.size = le64(&directory[e + 4]);
-        e += 4 + length;
-      }
-    }
-    std::string name(reinterpret_cast<const char*>(&directory[at + 46]), name_length);
-    name = name.substr(name.find('/') + 1);  // the archive's top folder
-    stored[name] = entry;
-    at += 46 + name_length + extra_length + comment_length;
-  }
-  return stored;
-}
-
 }  // namespace
 
 uint32_t crc32(uint32_t crc, const unsigned char* data, size_t size) {
@@ -276,8 +207,8 @@ bool digest_excluded(const std::string& name) {
          name == "byteorder";
 }
 
-void check_archive_integrity(const std::string& path, caffe2::serialize::PyTorchStreamReader& reader) {
-  const std::map<std::string, Stored> stored = central_directory(path);
+void check_archive_integrity(const std::string& path, caffe2::serialize::PyTorchStreamReader& reader,
+                             const ZipDirectory& stored) {
   const std::vector<std::string> records = reader.getAllRecords();
 
   // The digest record binds each record's name to its contents: the CRC-32s travel with the
@@ -336,6 +267,79 @@ void check_archive_integrity(const std::string& path, caffe2::serialize::PyTorch
       damaged(path, "record '" + name + "' " + message);
     }
   }
+}
+
+ZipDirectory read_zip_directory(const std::string& path) {
+  std::ifstream file(path, std::ios::binary | std::ios::ate);
+  const uint64_t file_size = static_cast<uint64_t>(file.tellg());
+  // The end-of-central-directory record: 22 bytes plus a comment of up to 65535.
+  const uint64_t tail_size = std::min<uint64_t>(file_size, 22 + 65535);
+  const std::vector<unsigned char> tail = read_at(file, file_size - tail_size, tail_size);
+  if (tail.size() < 22) damaged(path, "no zip end-of-central-directory record (the file is truncated, or not a whole zip archive)");
+  int64_t end = -1;
+  for (int64_t i = static_cast<int64_t>(tail.size()) - 22; i >= 0; --i)
+    if (le32(&tail[i]) == 0x06054b50) {
+      end = i;
+      break;
+    }
+  if (end < 0) damaged(path, "no zip end-of-central-directory record (the file is truncated, or not a whole zip archive)");
+  if (le16(&tail[end + 4]) != 0 || le16(&tail[end + 6]) != 0)
+    damaged(path, "the zip end-of-central-directory record names another disk (a split archive)");
+  uint64_t entries = le16(&tail[end + 10]);
+  uint64_t directory_size = le32(&tail[end + 12]);
+  uint64_t directory_offset = le32(&tail[end + 16]);
+  if (entries == 0xFFFF || directory_size == 0xFFFFFFFF || directory_offset == 0xFFFFFFFF) {
+    // Zip64: a locator just before the record points at the 64-bit end record.
+    const uint64_t locator = file_size - tail_size + static_cast<uint64_t>(end);
+    if (locator < 20) damaged(path, "a zip64 archive without its locator");
+    const std::vector<unsigned char> bytes = read_at(file, locator - 20, 20);
+    if (bytes.size() != 20 || le32(bytes.data()) != 0x07064b50) damaged(path, "a zip64 archive without its locator");
+    const std::vector<unsigned char> record = read_at(file, le64(&bytes[8]), 56);
+    if (record.size() != 56 || le32(record.data()) != 0x06064b50) damaged(path, "a damaged zip64 end record");
+    entries = le64(&record[32]);
+    directory_size = le64(&record[40]);
+    directory_offset = le64(&record[48]);
+  }
+  if (directory_offset > file_size || directory_size > file_size - directory_offset)
+    damaged(path, "the zip central directory lies outside the file");
+  const std::vector<unsigned char> directory = read_at(file, directory_offset, directory_size);
+  if (directory.size() != directory_size) damaged(path, "the zip central directory cannot be read");
+
+  ZipDirectory stored;
+  std::string top;  // the archive's top folder, with its slash
+  size_t at = 0;
+  for (uint64_t n = 0; n < entries; ++n) {
+    if (at + 46 > directory.size() || le32(&directory[at]) != 0x02014b50)
+      damaged(path, "zip central directory entry " + std::to_string(n) + " is unreadable");
+    const size_t name_length = le16(&directory[at + 28]);
+    const size_t extra_length = le16(&directory[at + 30]);
+    const size_t comment_length = le16(&directory[at + 32]);
+    if (at + 46 + name_length + extra_length + comment_length > directory.size())
+      damaged(path, "zip central directory entry " + std::to_string(n) + " is unreadable");
+    StoredRecord entry;
+    entry.crc = le32(&directory[at + 16]);
+    entry.size = le32(&directory[at + 24]);
+    if (entry.size == 0xFFFFFFFF) {
+      // The zip64 extra field (id 1) holds the 64-bit uncompressed size first.
+      for (size_t e = at + 46 + name_length; e + 4 <= at + 46 + name_length + extra_length;) {
+        const uint16_t id = le16(&directory[e]);
+        const uint16_t length = le16(&directory[e + 2]);
+        if (id == 1 && length >= 8 && e + 12 <= directory.size()) entry.size = le64(&directory[e + 4]);
+        e += 4 + length;
+      }
+    }
+    std::string name(reinterpret_cast<const char*>(&directory[at + 46]), name_length);
+    const size_t slash = name.find('/');
+    if (slash == std::string::npos || slash == 0 || (n > 0 && name.compare(0, slash + 1, top) != 0))
+      damaged(path, "zip entry " + std::to_string(n) + " ('" + name.substr(0, 80) +
+                        "') lies outside the archive's top folder");
+    if (n == 0) top = name.substr(0, slash + 1);
+    name = name.substr(slash + 1);
+    if (stored.count(name)) damaged(path, "record '" + name + "' appears twice in the zip central directory");
+    stored[name] = entry;
+    at += 46 + name_length + extra_length + comment_length;
+  }
+  return stored;
 }
 
 }  // namespace torchbridge

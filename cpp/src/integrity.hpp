@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <string>
 
 namespace torchbridge {
@@ -22,8 +23,22 @@ constexpr char kDigestRecord[] = "extra/torchbridge/digests.json";
 /// SHA-256 of `size` bytes as 64 hex digits (`portable`: without the system's libcrypto).
 std::string sha256_hex(const unsigned char* data, size_t size, bool portable = false);
 
+struct StoredRecord {
+  uint32_t crc = 0;
+  uint64_t size = 0;  // uncompressed
+};
+/// Record name (without the archive's top folder, as PyTorchStreamReader names it) -> what the zip stores.
+using ZipDirectory = std::map<std::string, StoredRecord>;
+
+/// The zip's central directory, read before LibTorch's reader sees the file, so that a damaged end
+/// record or directory is refused in torchbridge's words: Error(kArtifact) "<path>: damaged artifact:
+/// ..." for a missing or split end record, a directory outside the file or unreadable, an entry
+/// outside the archive's top folder, a record listed twice.
+ZipDirectory read_zip_directory(const std::string& path);
+
 /// Throws Error(kArtifact) naming the first record of the archive at `path` whose bytes do not match
-/// its stored CRC-32 or size, or a central directory that cannot be read.
-void check_archive_integrity(const std::string& path, caffe2::serialize::PyTorchStreamReader& reader);
+/// its SHA-256 digest (when the archive carries them) or its stored CRC-32 or size.
+void check_archive_integrity(const std::string& path, caffe2::serialize::PyTorchStreamReader& reader,
+                             const ZipDirectory& directory);
 
 }  // namespace torchbridge

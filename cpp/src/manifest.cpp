@@ -111,7 +111,7 @@ ParsedManifest parse_manifest(const std::string& text, const std::string& path) 
     manifest.method = root.has("method") ? root.at("method").as_string("method") : "";
     manifest.model = root.has("model") ? root.at("model").as_string("model") : "";
     if (root.has("runtime") && root.at("runtime").has("optimize_from_batch"))
-      manifest.optimize_from_batch =
+      parsed.optimize_from_batch =
           integer(root.at("runtime").at("optimize_from_batch"), "runtime.optimize_from_batch", 0, kMaxOptimizeFromBatch);
     if (root.has("quantized_engine") && !root.at("quantized_engine").is_null())
       manifest.quantized_engine = root.at("quantized_engine").as_string("quantized_engine");

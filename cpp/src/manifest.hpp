@@ -21,6 +21,9 @@ struct ParsedManifest {
   std::vector<std::string> golden_inputs;   // record names, one per input
   std::vector<std::string> golden_outputs;  // one per output
   bool sealed = false;                      // the archive must carry the SHA-256 digest record
+  /// TorchScript: batches of this size or more run the module optimized at load, smaller ones the
+  /// module as loaded (export measures both; 0: never optimized, 1: always, the default).
+  int64_t optimize_from_batch = 1;
 };
 
 /// Parses and checks `text`; throws Error(kArtifact) "<path>: bad torchbridge manifest: <what>".

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "internal.hpp"
 #include "torchbridge/runtime.hpp"
 
 namespace torchbridge {

@@ -30,6 +30,7 @@
 #include "backend.hpp"
 #include "cuda_graphs.hpp"
 #include "integrity.hpp"
+#include "internal.hpp"
 #include "json.hpp"
 #include "manifest.hpp"
 
@@ -751,6 +752,7 @@ struct Runtime::Impl {
   std::string format;  // "torchscript" or "aoti", from the archive's records
   RuntimeOptions options;
   Manifest manifest;
+  int64_t optimize_from_batch = 1;  // the manifest's runtime.optimize_from_batch
   at::Device device{at::kCPU};
   std::unique_ptr<Backend> backend;
   std::vector<at::Tensor> golden_inputs;
@@ -797,6 +799,7 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
   // Read the manifest and golden example straight from the archive, before LibTorch parses code.
   json::Value manifest_root;
   try {
+    const ZipDirectory directory = read_zip_directory(path);
     // The format comes from the archive's records, not from the file name.
     caffe2::serialize::PyTorchStreamReader reader(path);
     if (reader.hasRecord(kTorchScriptRecord)) {
@@ -811,13 +814,14 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
                                                "(expected a file written by torchbridge export)");
     }
     // Before anything is parsed or, for a .pt2, compiled code is loaded.
-    check_archive_integrity(path, reader);
+    check_archive_integrity(path, reader, directory);
     if (reader.hasRecord(kManifestRecord)) {
       ParsedManifest parsed = parse_manifest(read_record(reader, kManifestRecord), path);
       if (parsed.sealed && !reader.hasRecord(kDigestRecord))
         throw Error(ErrorCode::kArtifact, path + ": damaged artifact: record '" + kDigestRecord +
                                               "', which the manifest promises, is missing (export it again or restore a copy)");
       impl_->manifest = std::move(parsed.manifest);
+      impl_->optimize_from_batch = parsed.optimize_from_batch;
       manifest_root = std::move(parsed.root);
       // Under extra/ in TorchScript; at the top level in a .pt2 (torch's loader reads extra/ as text).
       auto golden_record = [&](const std::string& name) {
@@ -927,7 +931,7 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
   if (TorchScriptBackend* const ts = impl_->torchscript; ts != nullptr && !ts->optimization().empty()) {
     // Measured at export on the CPU: it says nothing about a GPU.
     const int64_t from =
-        impl_->precision == at::kFloat && batch_dynamic && impl_->device.is_cpu() ? impl_->manifest.optimize_from_batch : 1;
+        impl_->precision == at::kFloat && batch_dynamic && impl_->device.is_cpu() ? impl_->optimize_from_batch : 1;
     if (from <= 0) {
       ts->drop_optimization();
       impl_->optimization = "none (" + impl_->optimization + " measured slower at export)";

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "check.hpp"
+#include "internal.hpp"
 
 using torchbridge::ErrorCode;
 using torchbridge::Runtime;

@@ -96,34 +96,7 @@ struct Manifest {
   std::vector<TensorSpec> outputs;
   double rtol = 1e-5;  // tolerance of the artifact against the eager model it came from
   double atol = 1e-6;
-  /// TorchScript: batches of this size or more run the module optimized at load, smaller ones the
-  /// module as loaded (export measures both; 0: never optimized, 1: always, the default).
-  int64_t optimize_from_batch = 1;
-  std::string json;  // the manifest as stored
-};
-
-/// Input shapes (all inputs' sizes together) a float TorchScript model gets oneDNN Graph kernels
-/// for, in the order they are first seen; the runtime's warm-up takes the golden batch and batch 1.
-constexpr int kFusedShapes = 8;
-
-/// Input shapes at which an optimized TorchScript model's variant is chosen (and checked against the
-/// module as loaded) on the first call; calls at further shapes run the module as loaded.
-constexpr int kCheckedShapes = 1024;
-
-/// Input shapes a float TorchScript model on a CUDA device gets a CUDA graph for (captured on the
-/// first call at each shape, replayed afterwards); other shapes run without one.
-constexpr int kCudaGraphShapes = 8;
-
-/// oneDNN Graph fusion is a TorchScript graph pass. While a OneDnnFusionScope lives, the graphs the
-/// profiling executor optimizes in this thread are fused; other threads are not affected. The runtime
-/// opens one around the first calls of each new input shape; torchbridge's Python mirror of the
-/// runtime (export.RuntimeMirror) opens the same scope to run the same graphs.
-class OneDnnFusionScope {
- public:
-  OneDnnFusionScope();
-  ~OneDnnFusionScope();
-  OneDnnFusionScope(const OneDnnFusionScope&) = delete;
-  OneDnnFusionScope& operator=(const OneDnnFusionScope&) = delete;
+  std::string json;  // the manifest as stored (what torchbridge-run --info --json prints)
 };
 
 struct RuntimeOptions {
@@ -136,7 +109,7 @@ struct RuntimeOptions {
   std::vector<int64_t> warmup_batches;
   /// TorchScript: freeze at load (folds BatchNorm into convolutions); on the CPU in fp32 and bf16,
   /// the frozen graph runs with oneDNN Graph fusion, compiled for each input shape on its first call
-  /// (up to kFusedShapes shapes; torch::jit::optimize_for_inference beyond). On a CUDA device, in
+  /// (up to 8 shapes; torch::jit::optimize_for_inference beyond). On a CUDA device, in
   /// every precision: freeze + optimize_for_inference on contiguous weights (convolution + bias
   /// (+ add) + ReLU fused into cuDNN calls), channels-last inputs, and CUDA graphs (cuda_graphs).
   /// Whatever runs at an input shape was first run there and checked against the module as loaded
@@ -150,7 +123,7 @@ struct RuntimeOptions {
   /// prepacked copy of the weights, not one per shape).
   bool fuse = true;
   /// With optimize, on a CUDA device: capture a CUDA graph of the frozen model at each input shape
-  /// (up to kCudaGraphShapes) on its first call and replay it afterwards, one launch instead of one
+  /// (up to 8) on its first call and replay it afterwards, one launch instead of one
   /// per kernel. Inputs are copied into the graph's own tensors and outputs copied out, so calls
   /// stay independent; replays of one graph are serialized. Needs libtorchbridge_cuda.so (built
   /// where the LibTorch is a CUDA build with CUDA headers); optimization() says when it is missing.
@@ -256,12 +229,10 @@ class Runtime {
 /// Reads a .npy file (float16/32/64, int8/16/32/64, uint8, bool; C or Fortran order).
 /// Throws Error(kInput) for a missing, truncated or malformed file or an unsupported dtype.
 at::Tensor read_npy(const std::string& path);
-at::Tensor parse_npy(const std::string& bytes, const std::string& what);
 
 /// Writes a tensor as .npy (moved to CPU, made contiguous). Writes to a temporary file and
 /// renames it into place, so a failed write leaves an existing file untouched.
 void write_npy(const std::string& path, const at::Tensor& tensor);
-std::string to_npy_bytes(const at::Tensor& tensor);
 
 /// "float32", "int64", ... as numpy and the manifest spell them; Error(kInvalidArgument) if unknown.
 std::string dtype_name(at::ScalarType dtype);
