@@ -33,7 +33,7 @@ def bad_artifacts(tmp_path, cnn_artifact):
 
 EXPECTED_MESSAGES = {
     "missing": "cannot open artifact",
-    "truncated": r"damaged artifact: no zip end-of-central-directory record \(the file is truncated",
+    "truncated": "damaged artifact: no zip end-of-central-directory record: the file is truncated",
     "text": "expected a zip archive",
     "checkpoint": "torch.save checkpoint, not a TorchScript artifact",
     "empty": "expected a zip archive",

@@ -275,14 +275,14 @@ ZipDirectory read_zip_directory(const std::string& path) {
   // The end-of-central-directory record: 22 bytes plus a comment of up to 65535.
   const uint64_t tail_size = std::min<uint64_t>(file_size, 22 + 65535);
   const std::vector<unsigned char> tail = read_at(file, file_size - tail_size, tail_size);
-  if (tail.size() < 22) damaged(path, "no zip end-of-central-directory record (the file is truncated, or not a whole zip archive)");
+  if (tail.size() < 22) damaged(path, "no zip end-of-central-directory record: the file is truncated or not a whole zip archive");
   int64_t end = -1;
   for (int64_t i = static_cast<int64_t>(tail.size()) - 22; i >= 0; --i)
     if (le32(&tail[i]) == 0x06054b50) {
       end = i;
       break;
     }
-  if (end < 0) damaged(path, "no zip end-of-central-directory record (the file is truncated, or not a whole zip archive)");
+  if (end < 0) damaged(path, "no zip end-of-central-directory record: the file is truncated or not a whole zip archive");
   if (le16(&tail[end + 4]) != 0 || le16(&tail[end + 6]) != 0)
     damaged(path, "the zip end-of-central-directory record names another disk (a split archive)");
   uint64_t entries = le16(&tail[end + 10]);
