@@ -9,6 +9,7 @@ int8 = tb.quantize(model, mode="static")   # or "dynamic", "qat"; exports the sa
 y = tb.Runtime("model.pt", threads=2)(x)
 tb.verify(model, "model.pt")
 tb.bench(model, (x,), out_dir="bench")   # eager, TorchScript, LibTorch, C++, CLI, onnxruntime side by side
+tb.serve("model.pt", port=8000, max_batch_size=8)   # HTTP with dynamic batching (LitServe)
 """
 
 import os as _os
@@ -26,6 +27,15 @@ from torchbridge.quantize import quantize
 from torchbridge.runtime import Runtime, read_npy
 from torchbridge.train import TrainResult, evaluate, train
 from torchbridge.verify import ParityReport, verify
+
+
+def serve(artifact, **options) -> None:
+    """Serve an artifact over HTTP until interrupted: torchbridge.serving.serve (needs LitServe,
+    pip install 'torchbridge[serve]'; imported only when called)."""
+    from torchbridge.serving import serve as run
+
+    run(artifact, **options)
+
 
 #: For C++ projects: cmake -DCMAKE_PREFIX_PATH=<this> finds torchbridgeConfig.cmake (find_package(torchbridge)).
 cmake_prefix_path = _os.path.join(_os.path.dirname(__file__), "share", "cmake")
@@ -62,6 +72,7 @@ __all__ = [
     "prune_channels",
     "quantize",
     "read_npy",
+    "serve",
     "train",
     "verify",
 ]
