@@ -380,6 +380,28 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_triton(args) -> int:
+    from torchbridge.triton import write_model
+
+    model = write_model(
+        args.artifact,
+        args.repository,
+        name=args.name,
+        backend=args.backend,
+        max_batch_size=args.max_batch_size,
+        instances=args.instances,
+        threads=args.threads,
+        force=args.force,
+    )
+    files = ", ".join(sorted(p.name for p in (model.directory / "1").iterdir()))
+    print(
+        f"wrote {model.directory} ({args.backend}: 1/{{{files}}}, "
+        f"config.pbtxt, warmup/); max_batch_size {model.max_batch_size}, {args.instances} instance(s) x "
+        f"{model.threads} thread(s)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from torchbridge import __version__
     from torchbridge.prune import DEFAULT_LAYER_TYPES, IMPORTANCES
@@ -559,6 +581,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a request may wait before 504")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "triton",
+        help="write a Triton Inference Server model (config.pbtxt from the manifest) into a repository",
+        description="Writes REPOSITORY/NAME/config.pbtxt, 1/model.pt (libtorch), 1/model.pt2 (aoti) or 1/model.py + "
+        "the artifact (python: torchbridge's runtime in Triton's Python backend) and warmup/ (the golden example). "
+        "Inputs INPUT__i, outputs OUTPUT__i in the manifest's order. See docs/serve.md.",
+        formatter_class=fmt,
+    )
+    p.add_argument("artifact", help="a .pt or .pt2 exported by torchbridge")
+    p.add_argument("--repository", required=True, help="the model repository folder (created if missing)")
+    p.add_argument("--name", help="model name (default: the artifact's file name without extension)")
+    p.add_argument("--backend", choices=["libtorch", "aoti", "python"], default="libtorch")
+    p.add_argument("--max-batch-size", type=int, default=8, help="0: no batching (dims include the batch)")
+    p.add_argument("--instances", type=int, default=1, help="model instances (instance_group count, KIND_CPU)")
+    p.add_argument(
+        "--threads", type=int, help="intra-op threads per instance (default: this machine's cores / instances)"
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing model folder of that name")
+    p.set_defaults(func=cmd_triton)
     return parser
 
 
