@@ -569,7 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="processes, each with its own copy of the model")
     p.add_argument(
-        "--threads", type=int, help="intra-op threads per worker (default: the cores divided by the workers)"
+        "--threads",
+        type=int,
+        help="intra-op threads per worker (default: the cores but one, divided by the workers; at least 1)",
     )
     p.add_argument(
         "--max-batch-size",

@@ -64,8 +64,10 @@ def available_cores() -> int:
 
 
 def default_threads(workers: int) -> int:
-    """Intra-op threads per worker so that workers x threads does not exceed the cores."""
-    return max(1, available_cores() // max(1, workers))
+    """Intra-op threads per worker: the cores but one, divided between the workers (at least 1). The HTTP
+    server and the queues between it and the workers need a core too: an OpenMP region waits for all of
+    its threads, so a worker thread that loses its core to them stalls every request (see docs/serve.md)."""
+    return max(1, (available_cores() - 1) // max(1, workers))
 
 
 @dataclass
