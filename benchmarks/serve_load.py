@@ -179,6 +179,28 @@ def npy_body(sample: tuple[int, ...]) -> bytes:
     return buffer.getvalue()
 
 
+def batching_ceiling(artifact: Path, sample: tuple[int, ...], threads: int, batch: int, runs: int) -> dict:
+    """What batching can gain at most, without HTTP: the Runtime's median time per sample at batch 1 and at
+    `batch` (interleaved runs, the Runtime warmed up at both)."""
+    import torchbridge as tb
+
+    runtime = tb.Runtime(artifact, threads=threads, warmup_batches=[batch])
+    inputs = {size: torch.rand(size, *sample) for size in (1, batch)}
+    times: dict[int, list[float]] = {1: [], batch: []}
+    for _ in range(runs):
+        for size, x in inputs.items():
+            begin = time.perf_counter()
+            runtime.forward(x)
+            times[size].append((time.perf_counter() - begin) / size)
+    single, batched = (statistics.median(times[size]) * 1000 for size in (1, batch))
+    return {
+        "threads": threads,
+        "batch": batch,
+        "ms_per_sample_1": round(single, 2),
+        "ms_per_sample_batch": round(batched, 2),
+    }
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         "| model | workers x threads | batching | clients | requests | errors | req/s | p50 ms | p99 ms | batch rows |",
@@ -244,13 +266,34 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=120, help="per configuration and concurrency")
     parser.add_argument("--out", default=str(ROOT / "docs" / "serve.md"), help="Markdown file to update ('' : none)")
     parser.add_argument("--json", default=str(ROOT / "docs" / "serve_load.json"))
+    parser.add_argument(
+        "--earlier-rows",
+        help="JSON lines printed by an earlier run, put in the table before this run's rows (and said so)",
+    )
+    parser.add_argument(
+        "--ceiling",
+        type=int,
+        metavar="RUNS",
+        help="only measure the Runtime's time per sample at batch 1 and --max-batch-size (no server), RUNS times",
+    )
     args = parser.parse_args()
+    if args.ceiling:
+        with tempfile.TemporaryDirectory(prefix="serve-load-") as folder:
+            for name, (artifact, sample) in export_models(args.models.split(","), Path(folder)).items():
+                result = batching_ceiling(artifact, sample, args.threads or 1, args.max_batch_size, args.ceiling)
+                ratio = result["ms_per_sample_1"] / result["ms_per_sample_batch"]
+                print(json.dumps({"model": name, **result, "ceiling": round(ratio, 2)}), flush=True)
+        return 0
 
     clients_levels = [int(c) for c in args.clients.split(",")]
     workers_levels = [int(w) for w in args.workers.split(",")]
     cores = len(os.sched_getaffinity(0))
     load_before = os.getloadavg()
     rows = []
+    if args.earlier_rows:
+        rows = [json.loads(line) for line in Path(args.earlier_rows).read_text().splitlines() if line.startswith("{")]
+    earlier = len(rows)
+    failed = False
     with tempfile.TemporaryDirectory(prefix="serve-load-") as folder:
         folder = Path(folder)
         models = export_models(args.models.split(","), folder)
@@ -260,9 +303,14 @@ def main() -> int:
             for workers in workers_levels:
                 for max_batch in (1, args.max_batch_size):
                     threads = args.threads or default_threads(workers)
-                    process, port, startup = start_server(
-                        artifact, workers, threads, max_batch, args.batch_timeout, folder / "serve.log"
-                    )
+                    try:
+                        process, port, startup = start_server(
+                            artifact, workers, threads, max_batch, args.batch_timeout, folder / "serve.log"
+                        )
+                    except RuntimeError as error:  # reported, and the other configurations still run
+                        print(f"{name}, {workers} worker(s), batch {max_batch}: {error}", file=sys.stderr, flush=True)
+                        failed = True
+                        continue
                     try:
                         for clients in clients_levels:
                             before = json.loads(get(port, "/metrics")[1])
@@ -286,6 +334,8 @@ def main() -> int:
                         stop_server(process)
     load_after = os.getloadavg()
     command = "python benchmarks/serve_load.py " + " ".join(sys.argv[1:])
+    if earlier:
+        command += f" (the first {earlier} rows: an earlier run's, from --earlier-rows)"
     section = "\n".join(
         [
             f"Measured on {cpu_name()} ({cores} cores), torch {torch.__version__}, "
@@ -302,7 +352,7 @@ def main() -> int:
         Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "cores": cores, "rows": rows}, indent=2) + "\n")
     if args.out:
         write_doc(Path(args.out), section)
-    return 0 if all(r["errors"] == 0 for r in rows) else 1
+    return 0 if not failed and all(r["errors"] == 0 for r in rows) else 1
 
 
 if __name__ == "__main__":

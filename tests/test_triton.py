@@ -255,6 +255,7 @@ def test_refuses_what_triton_cannot_express(tmp_path, artifacts, pt2_artifact):
     with pytest.raises(tb.TorchbridgeError, match="use --backend python"):
         model_config(nested, "nested", backend="libtorch")
     assert model_config(nested, "nested", backend="python")[0].count("OUTPUT__") == 3
+    assert 'platform: "torch_aoti"' in model_config(pt2_artifact, "tiny")[0], "a .pt2 defaults to the aoti backend"
     with pytest.raises(tb.TorchbridgeError, match="use --backend aoti"):
         model_config(pt2_artifact, "tiny", backend="libtorch")
     with pytest.raises(tb.TorchbridgeError, match="compiled for batches up to"):

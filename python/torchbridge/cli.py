@@ -395,7 +395,7 @@ def cmd_triton(args) -> int:
     )
     files = ", ".join(sorted(p.name for p in (model.directory / "1").iterdir()))
     print(
-        f"wrote {model.directory} ({args.backend}: 1/{{{files}}}, "
+        f"wrote {model.directory} ({model.backend}: 1/{{{files}}}, "
         f"config.pbtxt, warmup/); max_batch_size {model.max_batch_size}, {args.instances} instance(s) x "
         f"{model.threads} thread(s)"
     )
@@ -595,7 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", help="a .pt or .pt2 exported by torchbridge")
     p.add_argument("--repository", required=True, help="the model repository folder (created if missing)")
     p.add_argument("--name", help="model name (default: the artifact's file name without extension)")
-    p.add_argument("--backend", choices=["libtorch", "aoti", "python"], default="libtorch")
+    p.add_argument(
+        "--backend", choices=["libtorch", "aoti", "python"], help="default: libtorch for a .pt, aoti for a .pt2"
+    )
     p.add_argument("--max-batch-size", type=int, default=8, help="0: no batching (dims include the batch)")
     p.add_argument("--instances", type=int, default=1, help="model instances (instance_group count, KIND_CPU)")
     p.add_argument(

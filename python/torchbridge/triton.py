@@ -108,6 +108,10 @@ def _flat_tensor_outputs(structure: Any) -> bool:
     return False
 
 
+def default_backend(artifact: Path) -> str:
+    return "aoti" if artifact_format(artifact) == "aoti" else "libtorch"
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -118,15 +122,17 @@ def _cores() -> int:
 def model_config(
     artifact: str | os.PathLike,
     name: str,
-    backend: str = "libtorch",
+    backend: str | None = None,
     max_batch_size: int = 8,
     instances: int = 1,
     threads: int | None = None,
     batch_delay_us: int = 5000,
     manifest: dict[str, Any] | None = None,
 ) -> tuple[str, list[tuple[str, bytes]]]:
-    """(config.pbtxt text, [(warmup file name, raw bytes)]) for the artifact; refuses what Triton cannot express."""
+    """(config.pbtxt text, [(warmup file name, raw bytes)]) for the artifact; refuses what Triton cannot express.
+    backend None: libtorch for a TorchScript artifact, aoti for a .pt2."""
     artifact = Path(artifact)
+    backend = backend or default_backend(artifact)
     if backend not in BACKENDS:
         raise TorchbridgeError(f"backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
     manifest = manifest or load_manifest(artifact)
@@ -234,7 +240,7 @@ def write_model(
     artifact: str | os.PathLike,
     repository: str | os.PathLike,
     name: str | None = None,
-    backend: str = "libtorch",
+    backend: str | None = None,
     max_batch_size: int = 8,
     instances: int = 1,
     threads: int | None = None,
@@ -253,6 +259,7 @@ def write_model(
             f"{target} exists; pass --force to replace it (the old one is kept until the new one is complete)"
         )
     threads = threads or max(1, _cores() // max(1, instances))
+    backend = backend or default_backend(artifact)
     config, warmup = model_config(artifact, name, backend, max_batch_size, instances, threads)
     repository.mkdir(parents=True, exist_ok=True)
     # Everything is written into a hidden sibling first and swapped in whole: a failure leaves the old model.
