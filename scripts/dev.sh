@@ -9,6 +9,7 @@
 #                                    oneDNN's ISA capped at AVX2 (what an AMD EPYC Zen 3 has)
 #   scripts/dev.sh zoo [args]        the model zoo (benchmarks/zoo.py; --subset fast in CI) -> docs/zoo.md
 #   scripts/dev.sh setup             only create .venv and build
+#   scripts/dev.sh triton-setup      .venv-triton: a real tritonserver (nvidia-pytriton) for tests/test_triton.py
 #   scripts/dev.sh asan              C++ tests (ctest) with ASan + UBSan (gcc), build/cpp-asan
 #   scripts/dev.sh fuzz [seconds]    build the libFuzzer harnesses (clang) into build/cpp-fuzz and run
 #                                    each for that long (default 60); non-zero exit on a crash
@@ -32,6 +33,23 @@ setup() {  # setup VENV REQUIREMENTS
   echo "== building torchbridge (C++ runtime, torchbridge-run, bindings) into $venv"
   # --no-build-isolation: the native parts must link the torch installed in this environment.
   "$venv/bin/python" -m pip install -q --no-build-isolation --no-deps .
+}
+
+# .venv-triton holds the tritonserver of nvidia-pytriton (Python backend only; pytriton pins numpy<2). Its
+# Python backend runs torchbridge: a .pth file appended after its own site-packages lets it import .venv's
+# torch and torchbridge while its own numpy 1.x stays first. Same Python as .venv (the .pth needs that).
+triton_setup() {
+  if [ ! -x .venv-triton/bin/python ]; then
+    echo "== creating .venv-triton"
+    "$PYTHON" -m venv .venv-triton
+  fi
+  echo "== installing requirements-triton.txt into .venv-triton"
+  .venv-triton/bin/python -m pip install -q -r requirements-triton.txt
+  local main own
+  main=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")
+  own=$(.venv-triton/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")
+  echo "$main" > "$own/zz_torchbridge_venv.pth"
+  .venv-triton/bin/python -c "import numpy, torch, torchbridge; assert numpy.__version__ < '2', numpy.__version__"
 }
 
 ctest_build() {  # ctest_build VENV BUILD_DIR: a pure CMake build, LibTorch given by CMAKE_PREFIX_PATH
@@ -69,8 +87,13 @@ case "$command" in
     setup .venv requirements-dev.txt
     exec .venv/bin/torchbridge pipeline "$@"
     ;;
+  triton-setup)
+    setup .venv requirements-dev.txt
+    triton_setup
+    ;;
   test)
     setup .venv requirements-dev.txt
+    triton_setup
     mkdir -p build
     ctest_build .venv build/cpp
     .venv/bin/ruff check python tests examples benchmarks
@@ -179,7 +202,7 @@ PY
     exit $status
     ;;
   *)
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -9,10 +9,11 @@ int8 = tb.quantize(model, mode="static")   # or "dynamic", "qat"; exports the sa
 y = tb.Runtime("model.pt", threads=2)(x)
 tb.verify(model, "model.pt")
 tb.bench(model, (x,), out_dir="bench")   # eager, TorchScript, LibTorch, C++, CLI, onnxruntime side by side
+tb.serve("model.pt", port=8000, max_batch_size=8)   # HTTP with dynamic batching (LitServe)
 
 Importing the package loads what exporting and running need; training, data, pruning, quantization
 and benchmarking (Lightning, scikit-learn) load on first use of their names, so that a process
-that only runs artifacts does not pay for the trainer.
+that only runs artifacts does not pay for the trainer (nor the server, LitServe).
 """
 
 import importlib as _importlib
@@ -30,6 +31,7 @@ from torchbridge.runtime import Runtime, read_npy
 from torchbridge.verify import ParityReport, diagnose_layers, verify
 from torchbridge.version import __version__ as __version__
 
+
 #: For C++ projects: cmake -DCMAKE_PREFIX_PATH=<this> finds torchbridgeConfig.cmake (find_package(torchbridge)).
 cmake_prefix_path = _os.path.join(_os.path.dirname(__file__), "share", "cmake")
 
@@ -44,6 +46,7 @@ _LAZY = {
     "prune_and_fine_tune": ("prune", "prune_and_fine_tune"),
     "prune_channels": ("prune", "prune_channels"),
     "quantize": ("quantize", "quantize"),
+    "serve": ("serving", "serve"),
     "TrainResult": ("train", "TrainResult"),
     "evaluate": ("train", "evaluate"),
     "train": ("train", "train"),
@@ -100,6 +103,7 @@ __all__ = [
     "prune_channels",
     "quantize",
     "read_npy",
+    "serve",
     "train",
     "verify",
 ]

@@ -1,4 +1,4 @@
-"""The `torchbridge` command: pipeline, train, export, prune, quantize, verify, info, bench."""
+"""The `torchbridge` command: pipeline, train, export, prune, quantize, verify, info, bench, serve, triton."""
 
 from __future__ import annotations
 
@@ -357,6 +357,48 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    try:
+        from torchbridge.serving import serve
+    except ImportError as error:
+        raise TorchbridgeError(str(error)) from None
+
+    serve(
+        args.artifact,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        max_batch_size=args.max_batch_size,
+        batch_timeout_ms=args.batch_timeout,
+        threads=args.threads,
+        timeout_s=args.timeout,
+        log_level=args.log_level,
+    )
+    return 0
+
+
+def cmd_triton(args) -> int:
+    from torchbridge.triton import write_model
+
+    model = write_model(
+        args.artifact,
+        args.repository,
+        name=args.name,
+        backend=args.backend,
+        max_batch_size=args.max_batch_size,
+        instances=args.instances,
+        threads=args.threads,
+        force=args.force,
+    )
+    files = ", ".join(sorted(p.name for p in (model.directory / "1").iterdir()))
+    print(
+        f"wrote {model.directory} ({model.backend}: 1/{{{files}}}, "
+        f"config.pbtxt, warmup/); max_batch_size {model.max_batch_size}, {args.instances} instance(s) x "
+        f"{model.threads} thread(s)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from torchbridge.prune import DEFAULT_LAYER_TYPES, IMPORTANCES
     from torchbridge.prune import METHODS as PRUNE_METHODS
@@ -511,6 +553,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for bench.json, bench.md, bench.png (and the exported artifacts)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve an artifact over HTTP (LitServe): JSON, .npy or .npz bodies, dynamic batching",
+        description="POST /predict with JSON ({input name: nested lists}), .npy (application/x-npy) or .npz "
+        "(application/x-npz) bodies; GET /health (200 after warm-up), /metrics, /info. See docs/serve.md.",
+        formatter_class=fmt,
+    )
+    p.add_argument("artifact", help="a .pt or .pt2 exported by torchbridge")
+    p.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "0.0.0.0", "::"])
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="processes, each with its own copy of the model")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="intra-op threads per worker (default: the cores but one, divided by the workers; at least 1)",
+    )
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=1,
+        help="rows per dynamic batch: requests are concatenated along dim 0 (1: no batching)",
+    )
+    p.add_argument("--batch-timeout", type=float, default=5.0, help="ms a batch waits to fill up")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds a request may wait before 504")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "triton",
+        help="write a Triton Inference Server model (config.pbtxt from the manifest) into a repository",
+        description="Writes REPOSITORY/NAME/config.pbtxt, 1/model.pt (libtorch), 1/model.pt2 (aoti) or 1/model.py + "
+        "the artifact (python: torchbridge's runtime in Triton's Python backend) and warmup/ (the golden example). "
+        "Inputs INPUT__i, outputs OUTPUT__i in the manifest's order. See docs/serve.md.",
+        formatter_class=fmt,
+    )
+    p.add_argument("artifact", help="a .pt or .pt2 exported by torchbridge")
+    p.add_argument("--repository", required=True, help="the model repository folder (created if missing)")
+    p.add_argument("--name", help="model name (default: the artifact's file name without extension)")
+    p.add_argument(
+        "--backend", choices=["libtorch", "aoti", "python"], help="default: libtorch for a .pt, aoti for a .pt2"
+    )
+    p.add_argument("--max-batch-size", type=int, default=8, help="0: no batching (dims include the batch)")
+    p.add_argument("--instances", type=int, default=1, help="model instances (instance_group count, KIND_CPU)")
+    p.add_argument(
+        "--threads", type=int, help="intra-op threads per instance (default: this machine's cores / instances)"
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing model folder of that name")
+    p.set_defaults(func=cmd_triton)
     return parser
 
 
