@@ -31,7 +31,6 @@ from torchbridge.runtime import Runtime, read_npy
 from torchbridge.verify import ParityReport, diagnose_layers, verify
 from torchbridge.version import __version__ as __version__
 
-
 #: For C++ projects: cmake -DCMAKE_PREFIX_PATH=<this> finds torchbridgeConfig.cmake (find_package(torchbridge)).
 cmake_prefix_path = _os.path.join(_os.path.dirname(__file__), "share", "cmake")
 

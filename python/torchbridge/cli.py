@@ -1,4 +1,8 @@
-"""The `torchbridge` command: pipeline, train, export, prune, quantize, verify, info, bench, serve, triton."""
+"""The `torchbridge` command: pipeline, train, export, prune, quantize, verify, info, bench, serve, triton.
+
+Long because each of the ten subcommands has its parser and its handler here; a handler only turns
+arguments into one library call and prints the result, so nothing in it is shared elsewhere.
+"""
 
 from __future__ import annotations
 

@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchbridge.errors import TorchbridgeError
 from torchbridge.artifact import TensorSpec, load_manifest
+from torchbridge.errors import TorchbridgeError
 
 try:
     import litserve as ls

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from torchbridge.errors import TorchbridgeError
 from torchbridge.artifact import TensorSpec, artifact_format, load_manifest, read_golden
+from torchbridge.errors import TorchbridgeError
 
 BACKENDS = ("libtorch", "aoti", "python")
 
