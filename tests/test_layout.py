@@ -97,3 +97,52 @@ def test_lazy_names_are_the_functions():
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "['prune', 'train', 'quantize', 'bench']", out.stdout
+
+
+def _stub_names(body) -> set[str]:
+    names = set()
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
+def test_native_stub_matches_the_module():
+    """_C.pyi names what the native module has, no more and no less, class members included."""
+    from torchbridge import _C
+
+    stub = ast.parse((PACKAGE / "_C.pyi").read_text())
+
+    def public(names) -> set[str]:
+        return {n for n in names if not n.startswith("_") or n in ("__enter__", "__exit__", "__copy__")}
+
+    assert public(_stub_names(stub.body)) == public(dir(_C))
+    for node in stub.body:
+        if isinstance(node, ast.ClassDef) and node.name != "Error":
+            native = getattr(_C, node.name)
+            assert public(_stub_names(node.body)) == public(dir(native)) - public(dir(object)), node.name
+
+
+def test_runtime_options_have_one_source_of_defaults():
+    """The Python options are the C++ struct: its defaults, every field settable by keyword, unknown
+    names refused, and the CLI's --threads default is the library's."""
+    import pytest
+
+    from torchbridge.cli import build_parser
+    from torchbridge.runtime import OPTION_NAMES, RuntimeOptions, runtime_options
+
+    defaults = RuntimeOptions()
+    assert set(OPTION_NAMES) == {
+        "device", "threads", "warmup_runs", "warmup_batches", "optimize", "fuse", "cuda_graphs", "precision",
+        "max_input_bytes",
+    }  # fmt: skip
+    built = runtime_options(threads=None, fuse=False, warmup_batches=(4, 8))
+    assert (built.threads, built.fuse, built.warmup_batches) == (defaults.threads, False, [4, 8])
+    assert runtime_options(built, device="cpu").warmup_batches == [4, 8] and built.device == defaults.device
+    with pytest.raises(TypeError, match="unknown runtime option 'thread'"):
+        runtime_options(thread=2)
+    for command in ("pipeline", "verify", "bench", "prune", "quantize"):
+        extra = {"verify": ["a.pt"], "quantize": ["--out", "q.pt"]}.get(command, [])
+        assert build_parser().parse_args([command, *extra]).threads == defaults.threads, command

@@ -33,8 +33,8 @@ struct Params {
   std::vector<std::string> inputs;
   std::vector<std::string> outputs;
   std::string output_dir;
-  std::string device = "cpu";
-  int threads = 0;
+  // The runtime's options, with the library's own defaults (--help prints them from here).
+  torchbridge::RuntimeOptions runtime;
   int bench = 0;
   int warmup = 10;
   int64_t batch = 1;
@@ -42,11 +42,6 @@ struct Params {
   bool selftest = false;
   bool info = false;
   bool json = false;
-  bool optimize = true;
-  bool fuse = true;
-  bool cuda_graphs = true;
-  std::string precision = "fp32";
-  int64_t max_input_bytes = torchbridge::RuntimeOptions().max_input_bytes;
 };
 
 void print_help(std::ostream& out) {
@@ -68,17 +63,17 @@ void print_help(std::ostream& out) {
       << "  --warmup N           untimed forwards before --bench (default " << defaults.warmup << ")\n"
       << "  --batch N            size of dynamic dimensions in random inputs (default " << defaults.batch << ")\n"
       << "  --seed N             seed for random inputs (default " << defaults.seed << ")\n"
-      << "  --threads N          intra-op threads, 0 = LibTorch's default (default " << defaults.threads << ")\n"
-      << "  --max-input-bytes N  refuse an input larger than N bytes, 0 = no limit (default " << defaults.max_input_bytes
+      << "  --threads N          intra-op threads, 0 = LibTorch's default (default " << defaults.runtime.threads << ")\n"
+      << "  --max-input-bytes N  refuse an input larger than N bytes, 0 = no limit (default " << defaults.runtime.max_input_bytes
       << ")\n"
-      << "  --device D           cpu, cuda or cuda:N (default " << defaults.device << ")\n"
+      << "  --device D           cpu, cuda or cuda:N (default " << defaults.runtime.device << ")\n"
       << "  --no-optimize        run the TorchScript module as loaded (default: freeze + oneDNN Graph fusion)\n"
       << "  --no-fuse            freeze + optimize_for_inference instead of oneDNN Graph: less memory at large\n"
       << "                       batches, no compilation per input shape, about 10 % slower\n"
       << "  --no-cuda-graphs     on a CUDA device, launch every kernel instead of replaying a CUDA graph\n"
       << "                       captured per input shape\n"
       << "  --precision P        fp32, bf16 or fp16: the dtype float TorchScript models run in (default "
-      << defaults.precision << ")\n"
+      << defaults.runtime.precision << ")\n"
       << "  --info               print the artifact's manifest and submodules\n"
          "  --json               machine-readable output on stdout\n"
          "  -h, --help           this help\n"
@@ -132,19 +127,19 @@ bool parse_args(int argc, char** argv, Params& params) {
     } else if (arg == "--seed") {
       params.seed = static_cast<uint64_t>(parse_int(arg, value(), 0));
     } else if (arg == "--threads") {
-      params.threads = static_cast<int>(parse_int(arg, value(), 0));
+      params.runtime.threads = static_cast<int>(parse_int(arg, value(), 0));
     } else if (arg == "--max-input-bytes") {
-      params.max_input_bytes = parse_int(arg, value(), 0);
+      params.runtime.max_input_bytes = parse_int(arg, value(), 0);
     } else if (arg == "--device") {
-      params.device = value();
+      params.runtime.device = value();
     } else if (arg == "--no-optimize") {
-      params.optimize = false;
+      params.runtime.optimize = false;
     } else if (arg == "--no-fuse") {
-      params.fuse = false;
+      params.runtime.fuse = false;
     } else if (arg == "--no-cuda-graphs") {
-      params.cuda_graphs = false;
+      params.runtime.cuda_graphs = false;
     } else if (arg == "--precision") {
-      params.precision = value();
+      params.runtime.precision = value();
     } else if (arg == "--info") {
       params.info = true;
     } else if (arg == "--json") {
@@ -227,14 +222,7 @@ double ms_since(Clock::time_point start) {
 }
 
 int run(const Params& params) {
-  torchbridge::RuntimeOptions options;
-  options.device = params.device;
-  options.threads = params.threads;
-  options.optimize = params.optimize;
-  options.fuse = params.fuse;
-  options.cuda_graphs = params.cuda_graphs;
-  options.precision = params.precision;
-  options.max_input_bytes = params.max_input_bytes;
+  torchbridge::RuntimeOptions options = params.runtime;
   // Random inputs come at --batch: compile for it at load, so the first call is not the slow one.
   if (params.inputs.empty()) options.warmup_batches = {params.batch};
   const auto load_start = Clock::now();
@@ -243,10 +231,10 @@ int run(const Params& params) {
   const torchbridge::Manifest& manifest = runtime.manifest();
   std::ostringstream json;  // assembled as fields, printed as one object at the end
   json << "{\"model\": \"" << json_escape(params.model) << "\", \"format\": \"" << runtime.format()
-       << "\", \"device\": \"" << json_escape(params.device)
+       << "\", \"device\": \"" << json_escape(params.runtime.device)
        << "\", \"threads\": " << at::get_num_threads() << ", \"load_ms\": " << json_number(load_ms)
        << ", \"optimization\": \"" << json_escape(runtime.optimization()) << "\", \"precision\": \""
-       << json_escape(params.precision) << "\"";
+       << json_escape(params.runtime.precision) << "\"";
 
   if (params.info) {
     if (params.json) {
@@ -270,7 +258,7 @@ int run(const Params& params) {
         if (!manifest.quantized_engine.empty()) std::cout << "  quantized engine: " << manifest.quantized_engine << "\n";
       }
       if (!aoti) std::cout << "  submodules: " << runtime.submodule_names().size() << "\n";
-      std::cout << "  at load: " << runtime.optimization() << ", precision " << params.precision << "\n";
+      std::cout << "  at load: " << runtime.optimization() << ", precision " << params.runtime.precision << "\n";
     }
   }
 
@@ -399,12 +387,12 @@ int run(const Params& params) {
       json << "}";
       if (!params.json) {
         std::printf("bench: %d runs after %d warm-up, batch %lld, %d threads, %s\n", params.bench, params.warmup,
-                    static_cast<long long>(batch), at::get_num_threads(), params.device.c_str());
+                    static_cast<long long>(batch), at::get_num_threads(), params.runtime.device.c_str());
         std::printf("  p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  mean %.3f ms  min %.3f ms\n", p50, p90, p99, mean,
                     latencies.front());
         std::printf("  throughput %.1f samples/s   load %.1f ms   first call %.3f ms   peak RSS %.1f MB\n", throughput,
                     load_ms, first_ms, peak_rss_mb());
-        std::printf("  at load: %s, precision %s\n", runtime.optimization().c_str(), params.precision.c_str());
+        std::printf("  at load: %s, precision %s\n", runtime.optimization().c_str(), params.runtime.precision.c_str());
         if (gpu)
           std::printf("  inputs on %s; with the copies from and to the host: p50 %.3f ms\n",
                       runtime.device().str().c_str(), host_p50);

@@ -117,27 +117,38 @@ PYBIND11_MODULE(_C, m) {
   m.attr("CUDA_GRAPH_SHAPES") = torchbridge::kCudaGraphShapes;
   m.attr("CHECKED_SHAPES") = torchbridge::kCheckedShapes;
 
+  // The runtime's options as one object: Python builds one (its defaults are the library's) and
+  // passes it whole, so a new option is added here once, not as another positional argument.
+  using torchbridge::RuntimeOptions;
+  py::class_<RuntimeOptions>(m, "RuntimeOptions")
+      .def(py::init<>())
+      .def_readwrite("device", &RuntimeOptions::device)
+      .def_readwrite("threads", &RuntimeOptions::threads)
+      .def_readwrite("warmup_runs", &RuntimeOptions::warmup_runs)
+      .def_readwrite("warmup_batches", &RuntimeOptions::warmup_batches)
+      .def_readwrite("optimize", &RuntimeOptions::optimize)
+      .def_readwrite("fuse", &RuntimeOptions::fuse)
+      .def_readwrite("cuda_graphs", &RuntimeOptions::cuda_graphs)
+      .def_readwrite("precision", &RuntimeOptions::precision)
+      .def_readwrite("max_input_bytes", &RuntimeOptions::max_input_bytes)
+      .def("__copy__", [](const RuntimeOptions& self) { return RuntimeOptions(self); })
+      .def("__repr__", [](const RuntimeOptions& o) {
+        std::string batches;
+        for (size_t i = 0; i < o.warmup_batches.size(); ++i)
+          batches += (i ? ", " : "") + std::to_string(o.warmup_batches[i]);
+        return "RuntimeOptions(device='" + o.device + "', threads=" + std::to_string(o.threads) +
+               ", warmup_runs=" + std::to_string(o.warmup_runs) + ", warmup_batches=[" + batches +
+               "], optimize=" + (o.optimize ? "True" : "False") + ", fuse=" + (o.fuse ? "True" : "False") +
+               ", cuda_graphs=" + (o.cuda_graphs ? "True" : "False") + ", precision='" + o.precision +
+               "', max_input_bytes=" + std::to_string(o.max_input_bytes) + ")";
+      });
+
   py::class_<torchbridge::Runtime>(m, "Runtime")
-      .def(py::init([](const std::string& path, const std::string& device, int threads, int warmup_runs, bool optimize,
-                       const std::string& precision, const std::vector<int64_t>& warmup_batches, bool fuse,
-                       bool cuda_graphs, int64_t max_input_bytes) {
-             torchbridge::RuntimeOptions options;
-             options.device = device;
-             options.threads = threads;
-             options.warmup_runs = warmup_runs;
-             options.optimize = optimize;
-             options.precision = precision;
-             options.warmup_batches = warmup_batches;
-             options.fuse = fuse;
-             options.cuda_graphs = cuda_graphs;
-             options.max_input_bytes = max_input_bytes;
+      .def(py::init([](const std::string& path, const RuntimeOptions& options) {
              py::gil_scoped_release release;
              return std::make_unique<torchbridge::Runtime>(path, options);
            }),
-           py::arg("path"), py::arg("device") = "cpu", py::arg("threads") = 0, py::arg("warmup_runs") = 3,
-           py::arg("optimize") = true, py::arg("precision") = "fp32",
-           py::arg("warmup_batches") = std::vector<int64_t>{}, py::arg("fuse") = true,
-           py::arg("cuda_graphs") = true, py::arg("max_input_bytes") = int64_t{1} << 30)
+           py::arg("path"), py::arg("options") = RuntimeOptions())
       .def("forward",
            [](const torchbridge::Runtime& self, const std::vector<py::capsule>& inputs) {
              std::vector<at::Tensor> tensors = from_capsules(inputs);

@@ -23,7 +23,7 @@ from torch import nn
 from torchbridge.bench_report import PATHS, BenchReport, PathInfo, fmt
 from torchbridge.errors import TorchbridgeError
 from torchbridge.mirror import load_in_python
-from torchbridge.runtime import Runtime
+from torchbridge.runtime import Runtime, resolve_threads
 from torchbridge.timing import Latency, cli_bench, cli_latency, summarize, time_interleaved
 
 # --- tb.bench: every path side by side -------------------------------------------------------
@@ -177,7 +177,7 @@ def bench(
     example_inputs=None,
     artifact: str | Path | None = None,
     batch_sizes=(1, 32),
-    threads: int = 2,
+    threads: int | None = None,
     runs: int = 50,
     warmup: int = 10,
     paths=None,
@@ -210,6 +210,7 @@ def bench(
     batch_sizes = [int(b) for b in batch_sizes]
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise TorchbridgeError(f"batch sizes must be positive integers, got {batch_sizes}")
+    threads = resolve_threads(threads)
     if threads < 1 or runs < 1 or warmup < 0:
         raise TorchbridgeError(f"need threads >= 1, runs >= 1, warmup >= 0 (got {threads}, {runs}, {warmup})")
     if model is None and artifact is None:

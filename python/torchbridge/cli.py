@@ -356,7 +356,7 @@ def cmd_bench(args) -> int:
         return 0
     for t in timings:
         print(f"{t.label}: {t.format}, {t.bytes / 1024:.1f} KiB, C++ load {t.load_ms:.1f} ms")
-    print(f"C++ runtime, {args.threads} threads, {runs} interleaved runs per artifact and batch size")
+    print(f"C++ runtime, {resolve_threads(args.threads)} threads, {runs} interleaved runs per artifact and batch size")
     print(ratio_table(results, baseline=timings[0].label))
     return 0
 
@@ -403,6 +403,17 @@ def cmd_triton(args) -> int:
     return 0
 
 
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    from torchbridge.runtime import RuntimeOptions
+
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=RuntimeOptions().threads,
+        help="intra-op threads (the runtime's default, 0: LibTorch's own, one per core)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from torchbridge.prune import DEFAULT_LAYER_TYPES, IMPORTANCES
     from torchbridge.prune import METHODS as PRUNE_METHODS
@@ -423,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: a new runs/pipeline-<time>)")
     p.add_argument("--model", default="digits_cnn", help="digits_cnn, digits_mlp or a torchvision name")
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
+    add_threads(p)
     p.add_argument("--bench-runs", type=int, default=50)
     p.add_argument("--no-progress", action="store_true", help="hide Lightning's progress bar")
     p.add_argument("--prune", choices=PRUNE_METHODS, help="add a pruning stage after training (channels: real removal)")
@@ -482,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-batches", type=int, default=16, help="static: training batches the observers see")
     p.add_argument("--epochs", type=int, default=2, help="qat: fine-tuning epochs")
     p.add_argument("--lr", type=float, default=1e-4, help="qat: fine-tuning learning rate")
-    p.add_argument("--threads", type=int, default=2)
+    add_threads(p)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_quantize)
 
@@ -490,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact")
     p.add_argument("--model", help="the eager model (as for export); default: the golden outputs in the artifact")
     p.add_argument("--weights")
-    p.add_argument("--threads", type=int, default=2)
+    add_threads(p)
     p.add_argument("--fresh", type=int, default=2, help="random input sets besides the golden example")
     p.add_argument("--no-cli", action="store_true", help="skip the torchbridge-run process")
     p.add_argument("--json", action="store_true")
@@ -518,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--norm", type=float, default=2, help="ln_structured: the n of the Ln norm")
     p.add_argument("--input-shape", type=_shape, default=(2, 1, 8, 8), help="example input shape")
     p.add_argument("--out", help="output folder (default: a new runs/prune-<time>)")
-    p.add_argument("--threads", type=int, default=2)
+    add_threads(p)
     p.add_argument("--bench-runs", type=int, default=30, help="C++ latency runs per batch size, before and after")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_prune)
@@ -545,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(3 channels: torchvision's ImageNet model; others: its stem adapted as in `torchbridge export`)",
     )
     p.add_argument("--batch-sizes", type=_shape, default=(1, 32), help="comma-separated")
-    p.add_argument("--threads", type=int, default=2)
+    add_threads(p)
     p.add_argument("--runs", type=int, help="timed runs (rounds) per batch size; unset: 50, or 100 comparing artifacts")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument(

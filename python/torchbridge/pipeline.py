@@ -24,7 +24,7 @@ from torchbridge.errors import TorchbridgeError
 from torchbridge.export import export
 from torchbridge.prune import CHANNELS, DEFAULT_LAYER_TYPES, PruneResult, prune_and_fine_tune, sparsity_report
 from torchbridge.quantize import quantize
-from torchbridge.runtime import Runtime, cli_path
+from torchbridge.runtime import Runtime, cli_path, resolve_threads
 from torchbridge.timing import as_dicts, latency_table, quick_bench, runtime_latencies
 from torchbridge.timing import speedups as p50_speedups
 from torchbridge.train import evaluate, train
@@ -61,7 +61,7 @@ def run_pipeline(
     out: str | Path | None = None,
     model_name: str = "digits_cnn",
     epochs: int = 5,
-    threads: int = 2,
+    threads: int | None = None,
     bench_runs: int = 50,
     batch_sizes: tuple[int, ...] = (1, 32),
     progress_bar: bool = True,
@@ -81,6 +81,7 @@ def run_pipeline(
     quantize: "dynamic", "static" or "qat" adds a stage that makes an int8 artifact and compares its
     accuracy, size and C++ latency with fp32.
     """
+    threads = resolve_threads(threads)
     out = claim_output_dir(out)
     total = 5 + bool(prune) + bool(quantize)
     print(f"torchbridge pipeline: writing to {out}", flush=True)
@@ -329,13 +330,14 @@ def compare_pruning(
     before: tuple[nn.Module, str | os.PathLike],
     after: tuple[nn.Module, str | os.PathLike],
     datamodule=None,
-    threads: int = 2,
+    threads: int | None = None,
     runs: int = 30,
     batch_sizes: Sequence[int] = (1, 32),
     warmup: int = 3,
 ) -> dict[str, Any]:
     """Figures of (model, artifact) before and after pruning, and the C++ runtime latency of both
     artifacts timed interleaved in this process; ratios are after / before (speedup before / after)."""
+    threads = resolve_threads(threads)
     figures = {
         "before": measure(*before, datamodule=datamodule, threads=threads),
         "after": measure(*after, datamodule=datamodule, threads=threads),
@@ -418,7 +420,7 @@ def prune_job(
     skip: Iterable[str] = (),
     dim: int = 0,
     norm: float = 2,
-    threads: int = 2,
+    threads: int | None = None,
     bench_runs: int = 30,
     batch_sizes: Sequence[int] = (1, 32),
     progress_bar: bool = False,
@@ -428,6 +430,7 @@ def prune_job(
     C++ parity, compare the two (size, gzip size, sparsity, accuracy, C++ latency) and write
     `out`/report.json and report.md. `model` itself is left dense for 'channels', pruned in
     place for the mask methods (as `prune` does). Raises ParityError when parity fails."""
+    threads = resolve_threads(threads)
     out = Path(out)
     example_inputs = tensor_tuple(example_inputs)
     dense = copy.deepcopy(model).eval()

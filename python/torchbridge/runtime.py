@@ -5,6 +5,7 @@ Tensors cross the boundary as DLPack capsules, without copies where the layout a
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -19,6 +20,36 @@ import torch
 from torchbridge import _C
 from torchbridge.artifact import TensorSpec, output_names, rebuild_outputs
 from torchbridge.errors import TorchbridgeError
+
+
+#: The runtime's options (device, threads, warmup_runs, warmup_batches, optimize, fuse, cuda_graphs,
+#: precision, max_input_bytes), bound from the C++ struct: RuntimeOptions() holds the library's defaults.
+RuntimeOptions = _C.RuntimeOptions
+OPTION_NAMES = tuple(name for name in dir(RuntimeOptions) if not name.startswith("_"))
+
+
+def runtime_options(options: RuntimeOptions | None = None, **fields: Any) -> RuntimeOptions:
+    """A copy of `options` (default: the library's defaults) with `fields` set by name.
+    threads=None means the default (0: LibTorch's own, one thread per core)."""
+    result = copy.copy(options) if options is not None else RuntimeOptions()
+    for name, value in fields.items():
+        if name not in OPTION_NAMES:
+            raise TypeError(f"unknown runtime option '{name}'; the options are: {', '.join(OPTION_NAMES)}")
+        if name == "threads" and value is None:
+            value = RuntimeOptions().threads
+        if name == "warmup_batches":
+            value = [int(b) for b in value]
+        try:
+            setattr(result, name, value)
+        except TypeError as error:
+            raise TypeError(f"runtime option {name}={value!r}: {error}") from None
+    return result
+
+
+def resolve_threads(threads: int | None = None) -> int:
+    """The intra-op thread count `threads` stands for: None or 0 (the default) is the current
+    setting, LibTorch's own one thread per core unless something set it."""
+    return int(threads) if threads else torch.get_num_threads()
 
 
 def _input_error(message: str) -> TorchbridgeError:
@@ -63,8 +94,12 @@ class Runtime:
     >>> rt = Runtime("model.pt", device="cpu", threads=2)   # or "model.pt2" (AOTInductor)
     >>> y = rt(x)                 # what the model returned at export: a tensor, tuples, dicts, ...
 
+    The options come as a RuntimeOptions (`Runtime(path, options)`, passed whole to C++), as
+    keywords of the same names (`Runtime(path, threads=2)`), or both (keywords win); what is not
+    given keeps the library's default, RuntimeOptions(). `self.options` is what was used.
+
     `threads` sets LibTorch's intra-op thread count for the whole process (Python's torch
-    included); None keeps the current setting. `optimize` (default on) freezes a float TorchScript
+    included); 0 or None (the default) keeps the current setting. `optimize` (default on) freezes a float TorchScript
     model at load and, on the CPU in fp32, runs it with oneDNN Graph fusion, compiled on the first
     call at each input shape (up to _C.FUSED_SHAPES shapes; the warm-up at load takes the golden
     batch and batch 1). Whatever runs at a shape was checked there against the module as loaded on
@@ -83,35 +118,13 @@ class Runtime:
     'invalid_argument' or 'runtime'.
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        device: str = "cpu",
-        threads: int | None = None,
-        warmup_runs: int = 3,
-        optimize: bool = True,
-        precision: str = "fp32",
-        warmup_batches: tuple[int, ...] | list[int] = (),
-        fuse: bool = True,
-        cuda_graphs: bool = True,
-        max_input_bytes: int = 1 << 30,
-    ):
+    def __init__(self, path: str | os.PathLike, options: RuntimeOptions | None = None, **fields: Any):
         self.path = Path(path)
-        self._native = _C.Runtime(
-            os.fspath(path),
-            device,
-            int(threads or 0),
-            int(warmup_runs),
-            bool(optimize),
-            str(precision),
-            [int(b) for b in warmup_batches],
-            bool(fuse),
-            bool(cuda_graphs),
-            int(max_input_bytes),
-        )
+        self.options = runtime_options(options, **fields)
+        self._native = _C.Runtime(os.fspath(path), self.options)
         text = self._native.manifest_json
         self.manifest: dict[str, Any] | None = json.loads(text) if text else None
-        if warmup_runs > 0 and self.manifest:
+        if self.options.warmup_runs > 0 and self.manifest:
             # The C++ side warmed up at load; one call here warms this wrapper's DLPack path too.
             self.forward(*self.golden()[0])
 

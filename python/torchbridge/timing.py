@@ -19,7 +19,7 @@ from torch import nn
 
 from torchbridge.errors import TorchbridgeError
 from torchbridge.mirror import load_in_python
-from torchbridge.runtime import Runtime, cli_path
+from torchbridge.runtime import Runtime, cli_path, resolve_threads
 
 
 @dataclass
@@ -92,13 +92,14 @@ def quick_bench(
     model: nn.Module | None,
     artifact: str | Path,
     batch_sizes=(1, 32),
-    threads: int = 2,
+    threads: int | None = None,
     runs: int = 50,
     warmup: int = 10,
 ) -> list[Latency]:
     """p50/p90 latency of eager PyTorch, the artifact loaded by torch in Python (TorchScript for a
     .pt, AOTInductor for a .pt2), the C++ runtime through the bindings (interleaved in this
     process) and the torchbridge-run process, per batch size."""
+    threads = resolve_threads(threads)
     artifact = Path(artifact)
     torch.set_num_threads(threads)
     runtime = Runtime(artifact, threads=threads)
@@ -133,7 +134,7 @@ class ArtifactTiming:
 def compare_artifacts(
     artifacts: dict[str, str | Path],
     batch_sizes=(1, 32),
-    threads: int = 2,
+    threads: int | None = None,
     runs: int = 100,
     warmup: int = 10,
 ) -> tuple[list[ArtifactTiming], list[Latency]]:
@@ -143,6 +144,7 @@ def compare_artifacts(
     artifacts: label -> path; every artifact must take the same inputs (random, from the first
     one's manifest). Returns each artifact's load time and size, and p50/p90 per batch size.
     """
+    threads = resolve_threads(threads)
     if not artifacts:
         raise TorchbridgeError("compare_artifacts needs at least one artifact")
     torch.set_num_threads(threads)
@@ -179,10 +181,11 @@ def ratio_table(results: list[Latency], baseline: str) -> str:
 
 
 def runtime_latencies(
-    artifacts: dict[str, str | Path], batch_sizes=(1, 32), threads: int = 2, runs: int = 50, warmup: int = 10
+    artifacts: dict[str, str | Path], batch_sizes=(1, 32), threads: int | None = None, runs: int = 50, warmup: int = 10
 ) -> list[Latency]:
     """p50/p90 latency of several artifacts (e.g. fp32 and int8) in the C++ runtime through the
     bindings, interleaved in this process per batch size (compare_artifacts without the load figures)."""
+    threads = resolve_threads(threads)
     return compare_artifacts(artifacts, batch_sizes=batch_sizes, threads=threads, runs=runs, warmup=warmup)[1]
 
 

@@ -33,7 +33,7 @@ from torchbridge.compare import default_atol, fresh_inputs, max_errors, run_modu
 from torchbridge.errors import ParityError, TorchbridgeError
 from torchbridge.hooks import Capture, LayerCall, hooked, record_calls
 from torchbridge.mirror import load_in_python
-from torchbridge.runtime import Runtime, cli_path
+from torchbridge.runtime import Runtime, cli_path, resolve_threads
 
 
 @dataclass
@@ -174,7 +174,7 @@ def verify(
             f"{art.path}: layers=True needs a TorchScript artifact (.pt); a .pt2 is compiled whole and has no "
             "submodules to run one by one"
         )
-    threads = threads or torch.get_num_threads()
+    threads = resolve_threads(threads)
     torch.set_num_threads(threads)
     rtol, atol = manifest["tolerance"]["rtol"], manifest["tolerance"]["atol"]
     golden_inputs, golden_outputs = art.golden()
@@ -413,7 +413,7 @@ def diagnose_layers(
         raise TorchbridgeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     art = open_artifact(artifact)
     rtol = float(art.manifest["tolerance"]["rtol"]) if rtol is None else rtol
-    threads = threads or torch.get_num_threads()
+    threads = resolve_threads(threads)
     started = time.perf_counter()
     if inputs is None:
         inputs, _ = art.golden()
