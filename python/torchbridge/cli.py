@@ -301,6 +301,7 @@ def _bench_paths(text: str) -> list[str]:
 
 def cmd_bench(args) -> int:
     from torchbridge.bench import bench
+    from torchbridge.runtime import resolve_threads
     from torchbridge.timing import as_dicts, compare_artifacts, ratio_table
 
     def usage(message: str) -> int:

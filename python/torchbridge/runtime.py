@@ -21,7 +21,6 @@ from torchbridge import _C
 from torchbridge.artifact import TensorSpec, output_names, rebuild_outputs
 from torchbridge.errors import TorchbridgeError
 
-
 #: The runtime's options (device, threads, warmup_runs, warmup_batches, optimize, fuse, cuda_graphs,
 #: precision, max_input_bytes), bound from the C++ struct: RuntimeOptions() holds the library's defaults.
 RuntimeOptions = _C.RuntimeOptions
