@@ -168,3 +168,37 @@ def test_threads_meeting_new_shapes_at_once_all_get_the_right_answer(always_opti
     assert not errors, errors[:3]
     for batch, (y, e) in enumerate(zip(results, expected), start=10):
         assert max_errors(y, e)[1] <= 1e-5, batch
+
+
+class TopBoxes(nn.Module):
+    """A detection head in miniature: scores from a convolution, the top 5 kept, their boxes gathered."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.score = nn.Conv2d(8, 1, 1)
+        self.box = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.features(x)
+        scores = self.score(features).flatten(1)
+        boxes = self.box(features).flatten(2).transpose(1, 2)
+        top, index = scores.topk(5, dim=1)
+        return top, torch.gather(boxes, 1, index.unsqueeze(-1).expand(-1, -1, 4))
+
+
+def test_a_model_that_selects_by_value_runs_as_loaded(tmp_path):
+    """Which boxes a top-k keeps turns on the last bits of near-equal scores, which a faster
+    variant rounds differently: no check at one input proves the next, so the runtime runs such a
+    model as loaded (the zoo's SSD kept other boxes at one batch size before), and says why."""
+    model = seeded(TopBoxes)
+    path = tmp_path / "top.pt"
+    tb.export(model, (digits(2),), path)
+    runtime = tb.Runtime(path, threads=THREADS)
+    assert runtime.optimization.startswith("none (the model selects by value (aten::topk)"), runtime.optimization
+    assert not runtime.optimized
+    for batch in (1, 2, 3, 8):
+        x = digits(batch)
+        assert runtime.variant_at(x) == "as_loaded"
+        for got, expected in zip(runtime(x), model(x)):
+            assert torch.equal(got, expected), batch

@@ -6,6 +6,7 @@
 #include <caffe2/serialize/inline_container.h>
 #include <torch/cuda.h>
 #include <torch/csrc/jit/codegen/onednn/interface.h>
+#include <torch/csrc/jit/passes/inliner.h>
 #include <torch/csrc/jit/passes/pass_manager.h>
 #include <torch/script.h>
 #include <torch/version.h>
@@ -324,13 +325,54 @@ std::string shapes_string(const std::vector<at::Tensor>& inputs) {
   return inputs.size() == 1 ? out : "(" + out + ")";
 }
 
+// What LibTorch said, without the C++ stack its errors append ("Exception raised from ...").
+std::string libtorch_message(const std::exception& error) {
+  const std::string message = error.what();
+  const size_t stack = message.find("Exception raised from");
+  if (stack == std::string::npos) return message;
+  const size_t end = message.find_last_not_of(" \t\r\n", stack == 0 ? 0 : stack - 1);
+  return stack == 0 || end == std::string::npos ? std::string() : message.substr(0, end + 1);
+}
+
 // The first non-blank line of a LibTorch message, without its C++ stack.
-std::string first_line(const std::string& message) {
-  std::istringstream lines(message.substr(0, message.find("Exception raised from")));
+std::string first_line(const std::exception& error) {
+  std::istringstream lines(libtorch_message(error));
   std::string line;
   while (std::getline(lines, line))
     if (line.find_first_not_of(" \t\r") != std::string::npos) return line.substr(line.find_first_not_of(" \t\r"));
   return "(LibTorch gave no message)";
+}
+
+// Operators whose result is chosen by comparing values (which boxes survive NMS, which entries are
+// the top k, where the maximum is). A faster variant rounds differently in the last bits; where two
+// values are that close, it chooses differently and the output changes by a whole element. One
+// check at an input cannot rule that out for the next input, so such graphs run as loaded.
+void collect_selecting_ops(const torch::jit::Block* block, std::set<std::string>& found) {
+  static const std::set<std::string> selecting = {
+      "aten::topk",        "aten::sort",         "aten::argsort",        "aten::msort",
+      "aten::kthvalue",    "aten::argmax",       "aten::argmin",         "aten::nonzero",
+      "aten::masked_select", "aten::unique",     "aten::_unique2",       "aten::unique_consecutive",
+      "aten::unique_dim",  "aten::mode",         "aten::searchsorted",   "aten::bucketize",
+      "torchvision::nms"};
+  for (const torch::jit::Node* node : block->nodes()) {
+    const std::string kind = node->kind().toQualString();
+    // max/min/median along a dim return the index too (2 outputs).
+    const bool indexed = ((kind == "aten::max" || kind == "aten::min" || kind == "aten::median") &&
+                          node->outputs().size() == 2) ||
+                         (kind == "aten::where" && node->inputs().size() == 1);  // where(mask): nonzero
+    if (selecting.count(kind) || indexed) found.insert(kind);
+    for (const torch::jit::Block* inner : node->blocks()) collect_selecting_ops(inner, found);
+  }
+}
+
+std::string selecting_ops(const torch::jit::Module& module) {
+  const std::shared_ptr<torch::jit::Graph> graph = module.get_method("forward").graph()->copy();
+  torch::jit::Inline(*graph);
+  std::set<std::string> found;
+  collect_selecting_ops(graph->block(), found);
+  std::string out;
+  for (const std::string& kind : found) out += (out.empty() ? "" : ", ") + kind;
+  return out;
 }
 
 // The variant of last resort: the module exactly as loaded, without any pass of torchbridge's.
@@ -370,7 +412,12 @@ class TorchScriptBackend final : public Backend {
       frozen_ = as_loaded_._ivalue()->type()->hasAttribute("training") ? torch::jit::freeze(as_loaded_) : as_loaded_;
     } catch (const std::exception& error) {
       // Freezing refuses modules that mutate their attributes, for example: run as loaded.
-      failure_ = first_line(error.what());
+      failure_ = "freezing failed: " + first_line(error);
+      return;
+    }
+    if (const std::string ops = selecting_ops(frozen_); !ops.empty()) {
+      failure_ = "the model selects by value (" + ops + "): a faster variant's rounding can change what is selected";
+      frozen_ = torch::jit::Module();
       return;
     }
     if (device_.is_cpu()) {
@@ -512,7 +559,7 @@ class TorchScriptBackend final : public Backend {
         }
         rejected += (rejected.empty() ? "" : "; ") + variant + " " + why;
       } catch (const std::exception& error) {
-        rejected += (rejected.empty() ? "" : "; ") + variant + " raised: " + first_line(error.what());
+        rejected += (rejected.empty() ? "" : "; ") + variant + " raised: " + first_line(error);
       }
       {
         // Rejected once, rejected for good: trying it again at every new shape costs a compile and
@@ -625,7 +672,7 @@ class TorchScriptBackend final : public Backend {
       return graph;
     } catch (const std::exception& error) {
       std::fprintf(stderr, "torchbridge: %s: no CUDA graph for input shapes %s, running without one: %s\n",
-                   path_.c_str(), shapes_string(inputs).c_str(), first_line(error.what()).c_str());
+                   path_.c_str(), shapes_string(inputs).c_str(), first_line(error).c_str());
       return nullptr;
     }
   }
@@ -642,7 +689,7 @@ class TorchScriptBackend final : public Backend {
   at::ScalarType precision_;
   double rtol_;
   std::string optimization_;  // the fastest variant, as optimization() reports it
-  std::string failure_;       // why optimization was not possible
+  std::string failure_;       // why the model runs as loaded although optimize is on
   std::vector<std::string> variants_;  // fastest first; empty: everything runs as loaded
   // torch::jit::Module is a handle; its methods are not const, but running forward does not
   // mutate the module in eval mode, and the graph executor serializes its own compilation.
@@ -900,15 +947,14 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
       impl_->optimization = !options.optimize   ? "none (optimize off)"
                             : quantized         ? "none (quantized artifact: int8 kernels are prepacked already)"
                             : backend->failure().empty() ? backend->optimization()
-                                                         : "none (freezing failed: " + backend->failure() + ")";
+                                                         : "none (" + backend->failure() + ")";
       impl_->torchscript = backend.get();
       impl_->backend = std::move(backend);
     }
   } catch (const Error&) {
     throw;
   } catch (const std::exception& error) {
-    std::string message = error.what();
-    message = message.substr(0, message.find("\nException raised from"));
+    const std::string message = libtorch_message(error);
     const std::string what = impl_->format == "aoti" ? "AOTInductor package" : "TorchScript";
     throw Error(ErrorCode::kArtifact, path + ": LibTorch " + TORCH_VERSION + " cannot load this " + what + " (" +
                                           (impl_->manifest.present ? "exported with torch " + impl_->manifest.torch_version
@@ -1102,8 +1148,7 @@ std::vector<at::Tensor> Runtime::forward(const std::vector<at::Tensor>& inputs) 
   } catch (const Error&) {
     throw;
   } catch (const std::exception& error) {
-    std::string message = error.what();
-    throw Error(ErrorCode::kRuntime, impl_->path + ": forward failed: " + message.substr(0, message.find("\nException raised from")));
+    throw Error(ErrorCode::kRuntime, impl_->path + ": forward failed: " + libtorch_message(error));
   }
 }
 
@@ -1120,9 +1165,8 @@ std::vector<at::Tensor> Runtime::forward_submodule(const std::string& name, cons
   } catch (const Error&) {
     throw;
   } catch (const std::exception& error) {
-    std::string message = error.what();
-    throw Error(ErrorCode::kRuntime, impl_->path + ": forward of submodule '" + name +
-                                         "' failed: " + message.substr(0, message.find("\nException raised from")));
+    throw Error(ErrorCode::kRuntime,
+                impl_->path + ": forward of submodule '" + name + "' failed: " + libtorch_message(error));
   }
 }
 

@@ -115,7 +115,9 @@ struct RuntimeOptions {
   /// Whatever runs at an input shape was first run there and checked against the module as loaded
   /// (within the manifest's rtol of the largest output; 2e-2 in bf16/fp16 or on a GPU): a variant
   /// that raises or differs gives way to the next safer one, down to the module as loaded, is not
-  /// tried again at later shapes, and optimization() says so. A .pt2 was optimized when it was compiled.
+  /// tried again at later shapes, and optimization() says so. A model that selects by value (topk,
+  /// sort, argmax, nonzero, NMS, ...) runs as loaded: a variant's rounding can change what it selects
+  /// at inputs no check has seen. A .pt2 was optimized when it was compiled.
   bool optimize = true;
   /// With optimize, on the CPU: false runs torch::jit::optimize_for_inference at every shape
   /// instead of oneDNN Graph (fp32; bf16 runs frozen, channels-last): 10-20 % slower on ResNet-18
