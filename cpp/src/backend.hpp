@@ -3,7 +3,10 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/core/ivalue.h>
 #include <c10/core/Device.h>
+
+#include <exception>
 
 #include <memory>
 #include <string>
@@ -28,6 +31,30 @@ class Backend {
   virtual std::string variant_at(const std::vector<at::Tensor>& /*inputs*/) const { return ""; }
   virtual void drop_optimization() {}
 };
+
+// A TorchScript archive (.pt); torchscript_backend.cpp. With optimize, faster variants are tried and
+// checked at each input shape; `rtol`: how far one may stray from the module as loaded, relative to
+// the largest |output|.
+class TorchScriptModel : public Backend {
+ public:
+  /// Why the model runs as loaded although optimize was asked for ("" when it does not).
+  virtual const std::string& failure() const = 0;
+  /// Batches of at least `batch` run the optimized module, smaller ones the module as loaded.
+  virtual void use_optimized_from(int64_t batch) = 0;
+  virtual int64_t optimized_from_batch() const = 0;
+};
+std::unique_ptr<TorchScriptModel> make_torchscript_backend(const std::string& path, const at::Device& device,
+                                                           at::ScalarType precision, bool optimize, bool fuse,
+                                                           bool cuda_graphs, double rtol);
+
+// Helpers the backends share with the runtime (runtime.cpp).
+std::string shape_string(c10::IntArrayRef shape);
+/// What LibTorch said, without the C++ stack its errors append.
+std::string libtorch_message(const std::exception& error);
+/// The first non-blank line of libtorch_message.
+std::string first_line(const std::exception& error);
+/// A model's return value as its tensors, in order (tuples, lists, dicts; None leaves skipped).
+void flatten_outputs(const c10::IValue& value, std::vector<at::Tensor>& out);
 
 // An AOTInductor package (.pt2); aoti_backend.cpp. Throws what LibTorch's loader throws.
 std::unique_ptr<Backend> make_aoti_backend(const std::string& path, const at::Device& device);
