@@ -27,7 +27,7 @@ from torchbridge import aoti, hooks, models
 from torchbridge.artifact import Artifact, TensorSpec, load_manifest
 from torchbridge.errors import ExportError, NonFiniteError, ParityError, QuantizationError, TorchbridgeError
 from torchbridge.export import export
-from torchbridge.runtime import Runtime, read_npy
+from torchbridge.runtime import Runtime, RuntimeOptions, read_npy
 from torchbridge.verify import ParityReport, diagnose_layers, verify
 from torchbridge.version import __version__ as __version__
 
@@ -82,6 +82,7 @@ __all__ = [
     "ParityReport",
     "QuantizationError",
     "Runtime",
+    "RuntimeOptions",
     "SparsityReport",
     "TensorSpec",
     "TorchbridgeError",
