@@ -80,7 +80,10 @@ def test_ratios_and_derived_checks(mlp_bench):
     assert set(cli.peak_rss_by_batch_mb) == set(eager.peak_rss_by_batch_mb) == set(BATCHES)
     rss = {str(b): pytest.approx(cli.peak_rss_by_batch_mb[b] / eager.peak_rss_by_batch_mb[b]) for b in BATCHES}
     assert derived["cli RSS / eager-process RSS"] == rss
-    assert eager.peak_rss_by_batch_mb[BATCHES[-1]] == pytest.approx(eager.peak_rss_mb)
+    # The process's high-water mark at the end: the last batch's, or a page or two above it (the
+    # worker allocates its reply after reading it).
+    last = eager.peak_rss_by_batch_mb[BATCHES[-1]]
+    assert last <= eager.peak_rss_mb <= last + 1.0
 
 
 def test_markdown_table_and_plot(mlp_bench):
