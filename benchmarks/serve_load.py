@@ -19,7 +19,6 @@ import http.client
 import io
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -33,20 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from torchbridge.bench_report import cpu_name
 from torchbridge.serving import default_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = "<!-- serve_load: begin -->", "<!-- serve_load: end -->"
 
 
-def cpu_name() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def export_models(names: list[str], folder: Path) -> dict[str, tuple[Path, tuple[int, ...]]]:

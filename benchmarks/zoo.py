@@ -42,7 +42,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import re
 import shutil
 import signal
@@ -588,14 +587,9 @@ def failed(row: dict) -> bool:
 
 
 def cpu_info() -> dict:
-    info = {"model": platform.processor() or platform.machine(), "cores": os.cpu_count()}
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in lscpu.splitlines():
-            if line.startswith("Model name:"):
-                info["model"] = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
+    from torchbridge.bench_report import cpu_name
+
+    info = {"model": cpu_name(), "cores": os.cpu_count()}
     flags = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

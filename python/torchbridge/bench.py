@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchbridge.bench_report import PATHS, BenchReport, PathInfo, fmt
+from torchbridge.bench_report import PATHS, BenchReport, PathInfo, cpu_name, fmt
 from torchbridge.errors import TorchbridgeError
 from torchbridge.mirror import load_in_python
 from torchbridge.runtime import Runtime, resolve_threads
@@ -59,15 +59,7 @@ def _progress(enabled: bool, message: str) -> None:
 
 def machine_info(threads: int) -> dict[str, Any]:
     """CPU model (/proc/cpuinfo), core count, versions and thread count; loadavg and date are added by bench."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_name()
     try:
         from importlib.metadata import version
 

@@ -5,11 +5,25 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torchbridge.timing import Latency
+
+
+def cpu_name() -> str:
+    """The CPU's model name as lscpu prints it ("AMD EPYC", "Intel(R) Xeon(R) ..."), from /proc/cpuinfo;
+    platform's processor or machine where that file has none."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 #: Every path tb.bench can measure, in the order reports list them.
 PATHS = ("eager", "torchscript", "libtorch", "cpp", "cli", "onnxruntime", "pt2")
