@@ -28,14 +28,14 @@ OPTION_NAMES = tuple(name for name in dir(RuntimeOptions) if not name.startswith
 
 
 def runtime_options(options: RuntimeOptions | None = None, **fields: Any) -> RuntimeOptions:
-    """A copy of `options` (default: the library's defaults) with `fields` set by name.
-    threads=None means the default (0: LibTorch's own, one thread per core)."""
+    """A copy of `options` (default: the library's defaults) with `fields` set by name; a field
+    given as None keeps its value (threads=None: 0, LibTorch's own, one thread per core)."""
     result = copy.copy(options) if options is not None else RuntimeOptions()
     for name, value in fields.items():
         if name not in OPTION_NAMES:
             raise TypeError(f"unknown runtime option '{name}'; the options are: {', '.join(OPTION_NAMES)}")
-        if name == "threads" and value is None:
-            value = RuntimeOptions().threads
+        if value is None:
+            continue
         if name == "warmup_batches":
             value = [int(b) for b in value]
         try:
