@@ -454,3 +454,52 @@ def test_tensors_dlpack_cannot_carry_are_refused_clearly(cnn_artifact):
     torch.testing.assert_close(runtime(big_endian), runtime(x), rtol=0, atol=0)
     result = run_cli(path, "--max-input-bytes", "100", "--batch", "4")
     assert result.returncode == BAD_INPUT and "more than max_input_bytes (100)" in result.stderr, result.stderr
+
+
+def _zip_damage(source, target, kind: str) -> str:
+    """A copy with one zip structure damaged, as a bad disk or a careless tool leaves it; returns the
+    message the runtime must give."""
+    import struct
+    import zipfile
+
+    data = bytearray(source.read_bytes())
+    with zipfile.ZipFile(source) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith("data/0"))
+    end = data.rfind(b"PK\x05\x06")
+    directory = struct.unpack("<I", data[end + 16 : end + 20])[0]
+    entry = directory  # the central directory entry of that record
+    while struct.unpack("<I", data[entry + 42 : entry + 46])[0] != info.header_offset:
+        entry = data.find(b"PK\x01\x02", entry + 4)
+    if kind == "entries on this disk":
+        data[end + 8] ^= 0x01
+        expected = "names another disk (a split archive)"
+    elif kind == "entry disk":
+        data[entry + 34] = 0x01
+        expected = f"('{info.filename}') is damaged (its disk, flags or sizes)"
+    elif kind == "entry sizes":
+        data[entry + 20] ^= 0x01  # compressed size of a stored record
+        expected = f"('{info.filename}') is damaged (its disk, flags or sizes)"
+    elif kind == "local signature":
+        data[info.header_offset + 1] ^= 0x01
+        expected = f"the local zip header of '{info.filename}' is damaged"
+    else:  # "local name"
+        data[info.header_offset + 30] ^= 0x01
+        expected = f"the local zip header of '{info.filename}' is damaged"
+    target.write_bytes(bytes(data))
+    return expected
+
+
+@pytest.mark.parametrize("kind", ["entries on this disk", "entry disk", "entry sizes", "local signature", "local name"])
+def test_damaged_zip_structure_is_refused_in_torchbridge_words(cnn_artifact, tmp_path, kind):
+    """The zip's end record, central directory and local headers are read before LibTorch's reader:
+    what it would call a 'multidisk archive' or 'invalid header' is named here, with the record."""
+    _, good = cnn_artifact
+    damaged = tmp_path / "damaged.pt"
+    expected = _zip_damage(good, damaged, kind)
+    with pytest.raises(tb.TorchbridgeError) as caught:
+        tb.Runtime(damaged)
+    message = str(caught.value)
+    assert caught.value.code == "artifact" and str(damaged) in message and "damaged artifact" in message
+    assert expected in message and "PytorchStreamReader" not in message, message
+    result = run_cli(damaged, "--selftest")
+    assert result.returncode == LOAD_FAILURE and expected in result.stderr, result.stderr

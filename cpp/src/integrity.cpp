@@ -283,7 +283,7 @@ ZipDirectory read_zip_directory(const std::string& path) {
       break;
     }
   if (end < 0) damaged(path, "no zip end-of-central-directory record: the file is truncated or not a whole zip archive");
-  if (le16(&tail[end + 4]) != 0 || le16(&tail[end + 6]) != 0)
+  if (le16(&tail[end + 4]) != 0 || le16(&tail[end + 6]) != 0 || le16(&tail[end + 8]) != le16(&tail[end + 10]))
     damaged(path, "the zip end-of-central-directory record names another disk (a split archive)");
   uint64_t entries = le16(&tail[end + 10]);
   uint64_t directory_size = le32(&tail[end + 12]);
@@ -318,17 +318,41 @@ ZipDirectory read_zip_directory(const std::string& path) {
       damaged(path, "zip central directory entry " + std::to_string(n) + " is unreadable");
     StoredRecord entry;
     entry.crc = le32(&directory[at + 16]);
+    uint64_t compressed = le32(&directory[at + 20]);
     entry.size = le32(&directory[at + 24]);
-    if (entry.size == 0xFFFFFFFF) {
-      // The zip64 extra field (id 1) holds the 64-bit uncompressed size first.
-      for (size_t e = at + 46 + name_length; e + 4 <= at + 46 + name_length + extra_length;) {
-        const uint16_t id = le16(&directory[e]);
-        const uint16_t length = le16(&directory[e + 2]);
-        if (id == 1 && length >= 8 && e + 12 <= directory.size()) entry.size = le64(&directory[e + 4]);
-        e += 4 + length;
+    uint64_t local = le32(&directory[at + 42]);
+    // Zip64: the extra field (id 1) holds, in this order, the 64-bit fields whose 32-bit ones are full.
+    for (size_t e = at + 46 + name_length; e + 4 <= at + 46 + name_length + extra_length;) {
+      const uint16_t id = le16(&directory[e]);
+      const uint16_t length = le16(&directory[e + 2]);
+      if (id == 1) {
+        size_t field = e + 4;
+        const size_t field_end = std::min<size_t>(e + 4 + length, directory.size());
+        for (uint64_t* value : {&entry.size, &compressed, &local}) {
+          if (*value != 0xFFFFFFFF) continue;
+          if (field + 8 > field_end) break;
+          *value = le64(&directory[field]);
+          field += 8;
+        }
       }
+      e += 4 + length;
     }
     std::string name(reinterpret_cast<const char*>(&directory[at + 46]), name_length);
+    const bool stored_plain = le16(&directory[at + 10]) == 0;  // method 0: stored, as torch writes
+    if (le16(&directory[at + 34]) != 0 || (le16(&directory[at + 8]) & 1) != 0 ||
+        (stored_plain && compressed != entry.size) || (entry.size != 0 && compressed == 0))
+      damaged(path, "zip central directory entry " + std::to_string(n) + " ('" + name.substr(0, 80) +
+                        "') is damaged (its disk, flags or sizes)");
+    // Its local header, which the reader follows to the data: where the directory says, with the
+    // same name, and its data before the directory.
+    const std::vector<unsigned char> header = read_at(file, local, 30);
+    if (local > directory_offset || header.size() != 30 || le32(header.data()) != 0x04034b50 ||
+        le16(&header[26]) != name_length)
+      damaged(path, "the local zip header of '" + name.substr(0, 80) + "' is damaged");
+    const uint64_t data_start = local + 30 + name_length + le16(&header[28]);
+    if (data_start > directory_offset || compressed > directory_offset - data_start ||
+        read_at(file, local + 30, name_length) != std::vector<unsigned char>(name.begin(), name.end()))
+      damaged(path, "the local zip header of '" + name.substr(0, 80) + "' is damaged");
     const size_t slash = name.find('/');
     if (slash == std::string::npos || slash == 0 || (n > 0 && name.compare(0, slash + 1, top) != 0))
       damaged(path, "zip entry " + std::to_string(n) + " ('" + name.substr(0, 80) +

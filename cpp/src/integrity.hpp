@@ -33,7 +33,8 @@ using ZipDirectory = std::map<std::string, StoredRecord>;
 /// The zip's central directory, read before LibTorch's reader sees the file, so that a damaged end
 /// record or directory is refused in torchbridge's words: Error(kArtifact) "<path>: damaged artifact:
 /// ..." for a missing or split end record, a directory outside the file or unreadable, an entry
-/// outside the archive's top folder, a record listed twice.
+/// outside the archive's top folder, a record listed twice, an entry whose disk, flags or sizes
+/// disagree, a local header missing, misplaced or naming another record.
 ZipDirectory read_zip_directory(const std::string& path);
 
 /// Throws Error(kArtifact) naming the first record of the archive at `path` whose bytes do not match
