@@ -16,6 +16,10 @@ once every worker has loaded and warmed up the model; GET /metrics gives request
 percentiles; GET /info the model's inputs and outputs and the server settings.
 
 The LitServe package is needed: pip install 'torchbridge[serve]'.
+
+Long because one request's path is here whole: the three body formats each way, validation that
+fails one request alone inside a batch, batching and splitting back, and the health and metrics
+routes LitServe does not keep.
 """
 
 from __future__ import annotations
