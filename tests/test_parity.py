@@ -208,6 +208,8 @@ def test_a_named_tuple_output_keeps_its_fields(tmp_path):
 
     artifact = tb.export(seeded(NamedOutputs), (torch.rand(2, 4),), tmp_path / "named.pt", method="trace")
     assert [spec["name"] for spec in artifact.manifest["outputs"]] == ["logits", "aux"]
-    result = tb.Runtime(artifact.path, threads=THREADS)(torch.rand(3, 4))
+    runtime = tb.Runtime(artifact.path, threads=THREADS)
+    result = runtime(torch.rand(3, 4))
     assert type(result).__name__ == "Pair" and result._fields == ("logits", "aux")
     assert torch.equal(result.aux, result.logits.relu())
+    assert type(runtime(torch.rand(1, 4))) is type(result)  # one class for every call

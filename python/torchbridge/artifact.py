@@ -16,6 +16,7 @@ The C++ runtime reads these to check the file, validate inputs and run its selft
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import io
 import json
@@ -189,6 +190,12 @@ def output_names(structure: Any) -> list[str]:
     return [names[i] for i in sorted(names)]
 
 
+@functools.lru_cache(maxsize=256)
+def _namedtuple_class(name: str, fields: tuple[str, ...]) -> type:
+    # One class per name and fields: rebuilding a named tuple per call would make a class per call.
+    return collections.namedtuple(name, fields)
+
+
 def rebuild_outputs(structure: Any, tensors: Sequence[torch.Tensor]) -> Any:
     """The return value of the model rebuilt from its flat tensors (inverse of output_structure)."""
     if structure is None:
@@ -198,7 +205,7 @@ def rebuild_outputs(structure: Any, tensors: Sequence[torch.Tensor]) -> Any:
     if "dict" in structure:
         return {key: rebuild_outputs(sub, tensors) for key, sub in structure["dict"].items()}
     if "namedtuple" in structure:
-        kind = collections.namedtuple(structure["namedtuple"], structure["fields"])
+        kind = _namedtuple_class(structure["namedtuple"], tuple(structure["fields"]))
         return kind(*(rebuild_outputs(sub, tensors) for sub in structure["items"]))
     if "list" in structure:
         return [rebuild_outputs(sub, tensors) for sub in structure["list"]]
