@@ -173,8 +173,10 @@ PY
         > "build/cpp-fuzz/$harness.log" 2>&1 || status=$?
       executions=$(sed -n 's/^stat::number_of_executed_units: *//p' "build/cpp-fuzz/$harness.log")
       speed=$(sed -n 's/^stat::average_exec_per_sec: *//p' "build/cpp-fuzz/$harness.log")
-      crashes=$(find "$findings" -type f | wc -l)
-      echo "$harness: ${executions:-?} executions, ${speed:-?}/s, exit $status, $crashes crashing input(s) in $findings"
+      # libFuzzer also saves inputs slower than -report_slow_units (slow-unit-*): kept, but not failures.
+      crashes=$(find "$findings" -type f ! -name 'slow-unit-*' | wc -l)
+      slow=$(find "$findings" -type f -name 'slow-unit-*' | wc -l)
+      echo "$harness: ${executions:-?} executions, ${speed:-?}/s, exit $status, $crashes crashing input(s), $slow slow input(s) in $findings"
       if [ "$status" -ne 0 ] || [ "$crashes" -gt 0 ]; then
         crashed=1
         grep -E -A30 "^==[0-9]+==ERROR|runtime error|non-torchbridge|deadly signal|Timeout|out-of-memory" \
