@@ -373,6 +373,14 @@ MANIFEST_EDITS = {
         lambda m: m["runtime"].update(optimize_from_batch=4096),
         "'runtime.optimize_from_batch' must be an integer in [0, 1024], got 4096",
     ),
+    "runtime.fuse a string": (
+        lambda m: m["runtime"].update(fuse="false"),
+        "'runtime.fuse' must be true or false",
+    ),
+    "runtime.optimize a number": (
+        lambda m: m["runtime"].update(optimize=0),
+        "'runtime.optimize' must be true or false",
+    ),
     "output dtype": (
         lambda m: m["outputs"][0].update(dtype="complex64"),
         "'outputs[0].dtype': unknown dtype 'complex64'",

@@ -4,6 +4,7 @@ or differs; no input layout changes an answer."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import threading
 
@@ -24,7 +25,7 @@ def always_optimized(tmp_path_factory):
     model = seeded(tb.models.digits_cnn)
     path = tmp_path_factory.mktemp("fallback") / "cnn.pt"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys.modules["torchbridge.export"], "_optimize_from_batch", lambda *args: 1)
+        patch.setattr(sys.modules["torchbridge.export"], "_optimize_from_batch", lambda *args, **kwargs: 1)
         tb.export(model, (digits(4),), path)
     return model, path
 
@@ -202,3 +203,51 @@ def test_a_model_that_selects_by_value_runs_as_loaded(tmp_path):
         assert runtime.variant_at(x) == "as_loaded"
         for got, expected in zip(runtime(x), model(x)):
             assert torch.equal(got, expected), batch
+
+
+@pytest.mark.parametrize(
+    "planted, manifest_runtime, optimization",
+    [
+        ("onednn_graph=crash", {"fuse": False}, "freeze+optimize_for_inference (no oneDNN Graph: LibTorch crashed"),
+        (
+            "onednn_graph=crash,optimize_for_inference=crash",
+            {"fuse": False, "optimize": False},
+            "none (LibTorch crashed",
+        ),
+    ],
+)
+def test_a_pass_that_crashes_libtorch_is_found_at_export_and_kept_off(
+    planted, manifest_runtime, optimization, monkeypatch, tmp_path
+):
+    """A crash (a signal) cannot be fallen back from inside the process, so export runs the artifact
+    once in torchbridge-run, turns off in the manifest what crashed it, and every front end then runs
+    the model without that pass, whatever the options ask."""
+    model = seeded(tb.models.digits_cnn)
+    path = tmp_path / "cnn.pt"
+    monkeypatch.setenv("TORCHBRIDGE_PLANT_FAILURE", planted)
+    art = tb.export(model, (digits(4),), path)
+    for field, value in manifest_runtime.items():
+        assert art.manifest["runtime"][field] is value, art.manifest["runtime"]
+    assert any("crashed (SIGSEGV)" in note for note in art.manifest["notes"]), art.manifest["notes"]
+
+    runtime = tb.Runtime(path, threads=THREADS)  # would die here at the planted pass
+    assert runtime.optimization.startswith(optimization), runtime.optimization
+    x = digits(7)
+    with torch.inference_mode():
+        assert max_errors(runtime(x), model(x))[1] <= 1e-5
+    cli = subprocess.run([str(tb.runtime.cli_path()), str(path), "--selftest", "--batch", "5"], capture_output=True)
+    assert cli.returncode == 0, cli.stderr
+    report = tb.verify(model, path, threads=THREADS, fresh=1)
+    assert report.passed, report.table()
+
+
+def test_a_model_libtorch_crashes_on_even_as_loaded_is_refused_and_nothing_is_overwritten(monkeypatch, tmp_path):
+    model = seeded(tb.models.digits_cnn)
+    path = tmp_path / "cnn.pt"
+    path.write_bytes(b"the user's file")
+    monkeypatch.setattr(sys.modules["torchbridge.export"], "RUNTIME_FALLBACKS", (((), {}),))
+    monkeypatch.setenv("TORCHBRIDGE_PLANT_FAILURE", "onednn_graph=crash")
+    with pytest.raises(tb.ExportError, match=r"cnn.pt: the C\+\+ runtime cannot run this model: .*crashed \(SIGSEGV\)"):
+        tb.export(model, (digits(4),), path)
+    assert path.read_bytes() == b"the user's file"
+    assert [p.name for p in tmp_path.iterdir()] == ["cnn.pt"]

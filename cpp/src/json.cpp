@@ -252,6 +252,11 @@ double Value::as_number(const std::string& what) const {
   return number;
 }
 
+bool Value::as_bool(const std::string& what) const {
+  if (type != Type::kBool) throw std::runtime_error("'" + what + "' must be true or false");
+  return boolean;
+}
+
 const std::vector<Value>& Value::as_array(const std::string& what) const {
   if (type != Type::kArray) throw std::runtime_error("'" + what + "' must be an array");
   return array;

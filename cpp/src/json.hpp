@@ -27,6 +27,7 @@ class Value {
   const Value& at(const std::string& key) const;
   const std::string& as_string(const std::string& what) const;
   double as_number(const std::string& what) const;
+  bool as_bool(const std::string& what) const;
   const std::vector<Value>& as_array(const std::string& what) const;
 };
 

@@ -110,9 +110,14 @@ ParsedManifest parse_manifest(const std::string& text, const std::string& path) 
     manifest.torch_version = root.at("torch_version").as_string("torch_version");
     manifest.method = root.has("method") ? root.at("method").as_string("method") : "";
     manifest.model = root.has("model") ? root.at("model").as_string("model") : "";
-    if (root.has("runtime") && root.at("runtime").has("optimize_from_batch"))
-      parsed.optimize_from_batch =
-          integer(root.at("runtime").at("optimize_from_batch"), "runtime.optimize_from_batch", 0, kMaxOptimizeFromBatch);
+    if (root.has("runtime")) {
+      const json::Value& runtime = root.at("runtime");
+      if (runtime.has("optimize_from_batch"))
+        parsed.optimize_from_batch =
+            integer(runtime.at("optimize_from_batch"), "runtime.optimize_from_batch", 0, kMaxOptimizeFromBatch);
+      if (runtime.has("fuse")) parsed.fuse = runtime.at("fuse").as_bool("runtime.fuse");
+      if (runtime.has("optimize")) parsed.optimize = runtime.at("optimize").as_bool("runtime.optimize");
+    }
     if (root.has("quantized_engine") && !root.at("quantized_engine").is_null())
       manifest.quantized_engine = root.at("quantized_engine").as_string("quantized_engine");
     const auto& inputs = root.at("inputs").as_array("inputs");

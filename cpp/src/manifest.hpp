@@ -24,6 +24,11 @@ struct ParsedManifest {
   /// TorchScript: batches of this size or more run the module optimized at load, smaller ones the
   /// module as loaded (export measures both; 0: never optimized, 1: always, the default).
   int64_t optimize_from_batch = 1;
+  /// TorchScript: false when export found that a runtime pass crashes LibTorch on this model (a
+  /// crash cannot be caught and fallen back from inside the process): fuse drops oneDNN Graph
+  /// fusion, optimize every pass, whatever the RuntimeOptions ask.
+  bool fuse = true;
+  bool optimize = true;
 };
 
 /// Parses and checks `text`; throws Error(kArtifact) "<path>: bad torchbridge manifest: <what>".

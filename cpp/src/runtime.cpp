@@ -54,6 +54,10 @@ const bool kPartitionCacheOff = [] {
   setenv("DNNL_GRAPH_COMPILED_PARTITION_CACHE_CAPACITY", "0", /*overwrite=*/0);
   return true;
 }();
+
+// Why a pass is off although the options ask for it (a crash cannot be fallen back from in-process).
+constexpr char kCrashedAtExport[] =
+    "LibTorch crashed on this model with it when export ran the artifact in torchbridge-run, so the manifest sets ";
 }  // namespace
 
 std::string Error::printable(const std::string& message) {
@@ -289,6 +293,8 @@ struct Runtime::Impl {
   RuntimeOptions options;
   Manifest manifest;
   int64_t optimize_from_batch = 1;  // the manifest's runtime.optimize_from_batch
+  bool manifest_fuse = true;        // runtime.fuse and runtime.optimize: false where export saw
+  bool manifest_optimize = true;    // that pass crash LibTorch on this model
   at::Device device{at::kCPU};
   std::unique_ptr<Backend> backend;
   std::vector<at::Tensor> golden_inputs;
@@ -358,6 +364,8 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
                                               "', which the manifest promises, is missing (export it again or restore a copy)");
       impl_->manifest = std::move(parsed.manifest);
       impl_->optimize_from_batch = parsed.optimize_from_batch;
+      impl_->manifest_fuse = parsed.fuse;
+      impl_->manifest_optimize = parsed.optimize;
       manifest_root = std::move(parsed.root);
       // Under extra/ in TorchScript; at the top level in a .pt2 (torch's loader reads extra/ as text).
       auto golden_record = [&](const std::string& name) {
@@ -430,13 +438,21 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
       const double check_rtol = impl_->precision == at::kFloat && impl_->device.is_cpu()
                                     ? (impl_->manifest.present ? impl_->manifest.rtol : 1e-5)
                                     : 2e-2;
+      // The manifest turns a pass off only on the CPU, where export ran the model with it.
+      const bool cpu = impl_->device.is_cpu();
+      const bool optimize_off = cpu && !impl_->manifest_optimize;
+      const bool fuse_off = cpu && !impl_->manifest_fuse;
       auto backend = make_torchscript_backend(path, impl_->device, impl_->precision,
-                                                          options.optimize && !quantized, options.fuse,
-                                                          options.cuda_graphs, check_rtol);
-      impl_->optimization = !options.optimize   ? "none (optimize off)"
-                            : quantized         ? "none (quantized artifact: int8 kernels are prepacked already)"
+                                              options.optimize && !quantized && !optimize_off,
+                                              options.fuse && !fuse_off, options.cuda_graphs, check_rtol);
+      impl_->optimization = !options.optimize ? "none (optimize off)"
+                            : quantized       ? "none (quantized artifact: int8 kernels are prepacked already)"
+                            : optimize_off    ? "none (" + std::string(kCrashedAtExport) + "runtime.optimize false)"
                             : backend->failure().empty() ? backend->optimization()
                                                          : "none (" + backend->failure() + ")";
+      if (options.optimize && !quantized && !optimize_off && options.fuse && fuse_off &&
+          backend->failure().empty())
+        impl_->optimization += " (no oneDNN Graph: " + std::string(kCrashedAtExport) + "runtime.fuse false)";
       impl_->torchscript = backend.get();
       impl_->backend = std::move(backend);
     }

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -181,7 +182,8 @@ class TorchScriptBackend final : public TorchScriptModel {
       : path_(path), device_(device), precision_(precision), rtol_(rtol) {
     as_loaded_ = load();
     if (!optimize) return;
-    // Fault injection for tests: TORCHBRIDGE_PLANT_FAILURE="onednn_graph=raise,frozen=differ".
+    // Fault injection for tests: TORCHBRIDGE_PLANT_FAILURE="onednn_graph=raise,frozen=differ"
+    // (or "=crash": SIGSEGV).
     if (const char* planted = std::getenv("TORCHBRIDGE_PLANT_FAILURE")) {
       std::istringstream entries(planted);
       for (std::string entry; std::getline(entries, entry, ',');)
@@ -362,8 +364,11 @@ class TorchScriptBackend final : public TorchScriptModel {
   // executor profiles on the first call and runs its optimized graph from the second), with the
   // outputs of that run.
   std::pair<Choice, std::vector<at::Tensor>> make(const std::string& variant, const std::vector<at::Tensor>& inputs) const {
+    const auto planted = planted_.find(variant);
+    // "crash": the way LibTorch itself can die inside a pass (tests export's crash check).
+    if (planted != planted_.end() && planted->second == "crash") std::raise(SIGSEGV);
     auto [choice, outputs] = make_variant(variant, inputs);
-    if (const auto planted = planted_.find(variant); planted != planted_.end()) {
+    if (planted != planted_.end()) {
       if (planted->second == "raise") throw std::runtime_error("planted failure (TORCHBRIDGE_PLANT_FAILURE)");
       for (auto& output : outputs)
         if (at::isFloatingType(output.scalar_type())) output = output * 1.001 + 1e-3;

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,6 +98,7 @@ def export(
     trace_checks: int = 4,
     quantized_engine: str | None = None,
     format: str | None = None,
+    check_runtime: bool = True,
     **aoti_options: Any,
 ) -> Artifact:
     """Export `model` to an artifact at `path` and return it.
@@ -110,6 +113,10 @@ def export(
     optimize: freeze + torch.jit.optimize_for_inference, kept only if outputs stay within tolerance.
     rtol, atol: the artifact-vs-eager tolerance stored in the manifest; rtol defaults to 1e-5,
       atol to rtol x the largest |output| of the golden example.
+    check_runtime: run the artifact once in torchbridge-run (a process of its own, as a first
+      load runs it) before it is moved into place; where a runtime pass crashes LibTorch on this
+      model, the manifest turns that pass off (runtime.fuse, runtime.optimize) and says so in its
+      notes. Costs about one load of the model in C++.
     The file is written next to `path` and moved into place only after it loads back, so a
     failed export leaves an existing file untouched.
     """
@@ -163,24 +170,94 @@ def export(
         if optimize and not quantized:
             module, optimized = _optimized(module, golden, eager_golden, rtol, atol, notes)
 
-        from_batch = 1
-        if not quantized and dynamic_dims and 0 in dynamic_dims[0]:
-            from_batch = _optimize_from_batch(module, golden, dynamic_dims)
         inputs_spec, outputs_spec = tensor_specs(prepared, input_names)
-        fields = {"optimized": optimized, "quantized_engine": engine, "runtime": {"optimize_from_batch": from_batch}}
-        manifest = build_manifest(prepared, "torchscript", used, inputs_spec, outputs_spec, notes, **fields)
-        extra = extra_entries(manifest, prepared)
+        manifest: dict[str, Any] = {}
+
+        def write(temporary: Path, runtime: dict[str, Any]) -> None:
+            nonlocal manifest
+            fields = {"optimized": optimized, "quantized_engine": engine, "runtime": runtime}
+            manifest = build_manifest(prepared, "torchscript", used, inputs_spec, outputs_spec, notes, **fields)
+            unsealed = temporary.parent / "unsealed" / temporary.name
+            unsealed.parent.mkdir(exist_ok=True)
+            torch.jit.save(module, str(unsealed), _extra_files=extra_entries(manifest, prepared))
+            seal(unsealed, temporary)
 
         def save(temporary: Path) -> None:
-            unsealed = temporary.parent / "unsealed" / temporary.name
-            unsealed.parent.mkdir()
-            torch.jit.save(module, str(unsealed), _extra_files=extra)
-            seal(unsealed, temporary)
+            runtime: dict[str, Any] = {"optimize_from_batch": 1}
+            if check_runtime and not quantized:
+                # Before anything below runs the runtime's passes in this process.
+                write(temporary, runtime)
+                runtime.update(_runtime_check(temporary, golden, dynamic_dims, notes))
+            if not quantized and runtime.get("optimize", True) and dynamic_dims and 0 in dynamic_dims[0]:
+                runtime["optimize_from_batch"] = _optimize_from_batch(
+                    module, golden, dynamic_dims, fuse=runtime.get("fuse", True)
+                )
+            write(temporary, runtime)
             torch.jit.load(str(temporary))
 
         path = Path(path)
         write_in_place(path, save)
     return Artifact(path=path, manifest=manifest)
+
+
+#: What export retries in torchbridge-run when the runtime's defaults crash it, and what the
+#: manifest then records in "runtime" (the C++ runtime and the Python mirror honour it).
+RUNTIME_FALLBACKS = (
+    ((), {}),
+    (("--no-fuse",), {"fuse": False}),
+    (("--no-optimize",), {"fuse": False, "optimize": False}),
+)
+#: Seconds one torchbridge-run check may take (a load compiles every fused shape it warms up).
+RUNTIME_CHECK_TIMEOUT_S = 1800
+
+
+def _runtime_check(path: Path, golden: Sequence[torch.Tensor], dynamic_dims, notes: list[str]) -> dict[str, Any]:
+    """Run the artifact once in torchbridge-run, a process of its own, as a user's first load runs
+    it (warm-up at the golden batch, batch 1 and one more) and check the golden example. A pass
+    that crashes LibTorch (a signal: SIGSEGV inside oneDNN Graph, say) cannot be caught and fallen
+    back from inside the process as the runtime does with a pass that raises or differs, so the
+    crash is found here: the check is repeated with that pass off, and the manifest fields that keep
+    it off are returned ({} when the defaults ran). Errors that are not crashes are left to verify."""
+    from torchbridge.runtime import cli_path
+
+    try:
+        command = [str(cli_path()), str(path), "--selftest"]
+    except TorchbridgeError as error:
+        notes.append(f"not run in torchbridge-run at export: {error}")
+        return {}
+    if golden and golden[0].dim() > 0 and dynamic_dims and 0 in dynamic_dims[0]:
+        command += ["--batch", str(golden[0].shape[0] + 1)]
+    crashed = []
+    for flags, fields in RUNTIME_FALLBACKS:
+        try:
+            done = subprocess.run(
+                command + list(flags), capture_output=True, text=True, timeout=RUNTIME_CHECK_TIMEOUT_S
+            )
+        except subprocess.TimeoutExpired:
+            notes.append(
+                f"torchbridge-run {' '.join(flags) or 'with the defaults'}: no answer in "
+                f"{RUNTIME_CHECK_TIMEOUT_S} s at export; not checked"
+            )
+            return fields
+        if done.returncode >= 0:
+            if crashed:
+                off = ", ".join(f"runtime.{k} {str(v).lower()}" for k, v in fields.items())
+                notes.append(f"{'; '.join(crashed)}: the runtime runs this model with {off}")
+            return fields
+        how = " ".join(flags) or "with the defaults"
+        crashed.append(f"torchbridge-run {how} crashed ({_signal_name(done.returncode)})")
+    tail = " ".join(done.stderr.strip().splitlines()[-3:])
+    raise ExportError(
+        f"{path.name}: the C++ runtime cannot run this model: {'; '.join(crashed)}, so LibTorch crashes on the "
+        f"module as loaded{': ' + tail if tail else ''}"
+    )
+
+
+def _signal_name(returncode: int) -> str:
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
 
 
 #: Models with at most this much in weights get optimize_from_batch measured at export (both
@@ -189,7 +266,7 @@ MEASURE_LIMIT_BYTES = 16 << 20
 MEASURE_BATCHES = (1, 4, 16, 64)
 
 
-def _optimize_from_batch(module, golden: Sequence[torch.Tensor], dynamic_dims) -> int:
+def _optimize_from_batch(module, golden: Sequence[torch.Tensor], dynamic_dims, fuse: bool = True) -> int:
     """The smallest batch size at which what the C++ runtime runs at load (RuntimeMirror: freeze,
     oneDNN Graph fusion per shape) is faster than the module as exported, timed here in the same
     LibTorch: the runtime runs the optimized module from that batch size up and the other below it.
@@ -207,7 +284,7 @@ def _optimize_from_batch(module, golden: Sequence[torch.Tensor], dynamic_dims) -
         return torch.jit.load(buffer).eval()
 
     module = load()
-    optimized = RuntimeMirror(load)
+    optimized = RuntimeMirror(load, fuse=fuse)
 
     def median_ms(fn, inputs, runs=7) -> float:
         times = []

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from torchbridge._warnings import expected_deprecations
-from torchbridge.artifact import artifact_format
+from torchbridge.artifact import artifact_format, load_manifest
 from torchbridge.compare import max_errors, run_module
 
 
@@ -25,7 +25,8 @@ def load_in_python(
     0 runs the module as loaded; N >= 1 runs batches of N or more as the runtime does on the CPU in
     fp32 (RuntimeMirror: the same variant per input shape, made with the same LibTorch code) and
     smaller ones as loaded, so that the two can be compared bit for bit; `fuse` as given to the
-    Runtime. `runtime`: the torchbridge.Runtime to follow (its choice of variant at each shape it has
+    Runtime (the manifest's runtime.fuse / runtime.optimize, set at export, turn passes off here as
+    they do there). `runtime`: the torchbridge.Runtime to follow (its choice of variant at each shape it has
     met). Ignored for a .pt2."""
     path = Path(path)
     if artifact_format(path) == "aoti":
@@ -37,11 +38,13 @@ def load_in_python(
         with expected_deprecations():
             return torch.jit.load(str(path)).eval()
 
-    if optimized_from_batch < 1:
+    manifest = runtime.manifest if runtime is not None else load_manifest(path)
+    # Passes export found to crash LibTorch on this model are off in the runtime: here too.
+    passes = (manifest or {}).get("runtime", {})
+    if optimized_from_batch < 1 or passes.get("optimize") is False:
         return "torchscript", load()
-    rtol = 1e-5
-    if runtime is not None and runtime.manifest:
-        rtol = runtime.manifest["tolerance"]["rtol"]
+    fuse = fuse and passes.get("fuse") is not False
+    rtol = manifest["tolerance"]["rtol"] if manifest else 1e-5
     return "torchscript", RuntimeMirror(load, optimized_from_batch, fuse=fuse, runtime=runtime, rtol=rtol)
 
 
