@@ -127,6 +127,7 @@ def cmd_export(args) -> int:
         dynamic_dims=[[]] if args.static else None,
         optimize=args.optimize,
         format=args.format,
+        check_runtime=not args.no_runtime_check,
         **options,
     )
     print(f"wrote {artifact.path} ({artifact.size_bytes / 1024:.1f} KiB, method {artifact.manifest['method']})")
@@ -474,6 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--static", action="store_true", help="fixed batch size (default: dim 0 is dynamic)")
     p.add_argument("--optimize", action="store_true", help="freeze + optimize_for_inference when parity holds")
+    p.add_argument(
+        "--no-runtime-check",
+        action="store_true",
+        help="TorchScript: skip running the artifact once in torchbridge-run (which finds runtime passes that crash)",
+    )
     p.add_argument(
         "--format",
         choices=["torchscript", "aoti"],

@@ -113,7 +113,7 @@ def export(
     optimize: freeze + torch.jit.optimize_for_inference, kept only if outputs stay within tolerance.
     rtol, atol: the artifact-vs-eager tolerance stored in the manifest; rtol defaults to 1e-5,
       atol to rtol x the largest |output| of the golden example.
-    check_runtime: run the artifact once in torchbridge-run (a process of its own, as a first
+    check_runtime: (TorchScript) run the artifact once in torchbridge-run (a process of its own, as a first
       load runs it) before it is moved into place; where a runtime pass crashes LibTorch on this
       model, the manifest turns that pass off (runtime.fuse, runtime.optimize) and says so in its
       notes. Costs about one load of the model in C++.
