@@ -451,6 +451,7 @@ def test_tensors_dlpack_cannot_carry_are_refused_clearly(cnn_artifact):
         (torch.quantize_per_tensor(x, 0.1, 0, torch.quint8), "quantized tensor"),
         (torch.nested.nested_tensor([x[0], x[1]]), "nested tensor"),
         (np.array([[1, "a"]], dtype=object), "numpy dtype object"),
+        (torch.complex(x, x).conj(), "input 0 (torch.complex64) cannot be passed to the runtime: Can't export"),
         (torch.zeros(0, 1, 8, 8), "is empty: size 0 in dim 0"),
         (torch.zeros(4097, 1, 8, 8), "more than max_input_bytes (1048576)"),
     ]
@@ -460,6 +461,7 @@ def test_tensors_dlpack_cannot_carry_are_refused_clearly(cnn_artifact):
         assert caught.value.code == "input" and expected in str(caught.value), str(caught.value)
     big_endian = x.numpy().astype(">f4")
     torch.testing.assert_close(runtime(big_endian), runtime(x), rtol=0, atol=0)
+    torch.testing.assert_close(runtime(x.clone().requires_grad_()), runtime(x), rtol=0, atol=0)
     result = run_cli(path, "--max-input-bytes", "100", "--batch", "4")
     assert result.returncode == BAD_INPUT and "more than max_input_bytes (100)" in result.stderr, result.stderr
 

@@ -58,6 +58,13 @@ def _input_error(message: str) -> TorchbridgeError:
 
 
 def _to_capsule(value, index: int):
+    if type(value) is torch.Tensor and not value.requires_grad:
+        # The common case, checked no further here: DLPack refuses what it cannot carry (then the
+        # checks below name it) and the runtime's validate() what the model cannot take.
+        try:
+            return value.__dlpack__()
+        except Exception:
+            pass
     if isinstance(value, np.ndarray):
         if not value.dtype.isnative:  # big-endian data: the same values in this CPU's byte order
             value = value.astype(value.dtype.newbyteorder("="))
@@ -80,7 +87,10 @@ def _to_capsule(value, index: int):
         )
     if value.device.type not in ("cpu", "cuda"):
         raise _input_error(f"input {index} is on device '{value.device}' (expected cpu or cuda)")
-    return value.detach().__dlpack__()
+    try:
+        return value.detach().__dlpack__()
+    except Exception as error:  # the conjugate bit, say
+        raise _input_error(f"input {index} ({value.dtype}) cannot be passed to the runtime: {error}") from None
 
 
 def _from_capsules(capsules) -> list[torch.Tensor]:
