@@ -58,7 +58,7 @@ def _input_error(message: str) -> TorchbridgeError:
 
 
 def _to_capsule(value, index: int):
-    if type(value) is torch.Tensor and not value.requires_grad:
+    if type(value) is torch.Tensor and not value.requires_grad and (value.is_cpu or value.is_cuda):
         # The common case, checked no further here: DLPack refuses what it cannot carry (then the
         # checks below name it) and the runtime's validate() what the model cannot take.
         try:
