@@ -740,6 +740,21 @@ def write_report(rows: list[dict], meta: dict, out: Path) -> None:
             groups.setdefault(cause_key(r), []).append(f"{r['name']} ({r['verdict'].split(': ')[-1]})")
         for key, names in sorted(groups.items(), key=lambda item: -len(item[1])):
             lines.append(f"- {len(names)} x `{cell(key, 240)}`: {', '.join(names)}")
+    whole: dict[str, list[str]] = {}
+    for r in rows:
+        text = str((r.get("default") or {}).get("optimization") or "")
+        if text and not parse_optimization(text)[0].startswith("freeze+onednn_graph"):
+            whole.setdefault(whole_model_reason(parse_optimization(text)[0]), []).append(r["name"])
+    if whole:
+        lines += [
+            "",
+            "## Models the runtime does not fuse at any shape",
+            "",
+            "What load applied instead of oneDNN Graph fusion (`rt.optimization`, op lists masked), and why:",
+            "",
+        ]
+        for why, names in sorted(whole.items(), key=lambda item: -len(item[1])):
+            lines.append(f"- {len(names)} x `{cell(why, 240)}`: {', '.join(names)}")
     fallbacks: dict[str, list[str]] = {}
     for r in rows:
         for batch, variant, why in parse_optimization(str((r.get("default") or {}).get("optimization", "")))[1]:
@@ -877,6 +892,11 @@ def optimization_cell(section: dict | None) -> str:
     if fallbacks:
         base += "; fell back at " + ", ".join(f"b{batch} to {variant}" for batch, variant, _ in fallbacks)
     return cell(base, 120)
+
+
+def whole_model_reason(base: str) -> str:
+    """What load applied, with the ops a model selects by value masked: the key models are grouped by."""
+    return re.sub(r"selects by value \([^)]*\)", "selects by value (...)", base)
 
 
 def fallback_reason(why: str) -> str:
