@@ -3,6 +3,7 @@ PyTorch on the model kinds users bring, at 1 and 2 threads, batch 1 and 32, fp32
 
     python benchmarks/speed_subset.py                         # 8 models x 2 thread counts (about 20-40 min on 2 cores)
     python benchmarks/speed_subset.py --models mlp,lstm --threads 1 --runs 20 --out /tmp/speed.md
+    python benchmarks/speed_subset.py --threads 1 --pt2     # also the .pt2 (AOTInductor) path: compiles per model
 
 Each model goes through tb.bench (paths eager, cpp, onnxruntime; interleaved round-robin after
 warm-up, medians) once per thread count, in a process of its own; cpp is `tb.Runtime(path)` on the
@@ -82,7 +83,7 @@ MODELS = {
 }
 
 
-def run_one(name: str, threads: int, batches: list[int], runs: int, warmup: int, work: Path) -> dict:
+def run_one(name: str, threads: int, batches: list[int], runs: int, warmup: int, work: Path, pt2: bool) -> dict:
     """One model at one thread count, in this process: tb.bench's p50 per path and batch."""
     import torchbridge as tb
 
@@ -96,14 +97,17 @@ def run_one(name: str, threads: int, batches: list[int], runs: int, warmup: int,
         threads=threads,
         runs=runs,
         warmup=warmup,
-        paths=["eager", "cpp", "onnxruntime"],
+        paths=PATHS + (["pt2"] if pt2 else []),
         out_dir=work,
         progress=False,
         name=name,
     )
-    p50 = {f"{path}@{b}": report.p50(path, b) for path in ("eager", "cpp", "onnxruntime") for b in batches}
+    p50 = {f"{path}@{b}": report.p50(path, b) for path in PATHS + ["pt2"] for b in batches if report.p50(path, b)}
     cpp = report.info("cpp")
     return {"p50_ms": p50, "skipped": report.skipped, "cpp_note": cpp.note if cpp else None}
+
+
+PATHS = ["eager", "cpp", "onnxruntime"]
 
 
 def geomean(values: list[float]) -> float | None:
@@ -131,10 +135,11 @@ def render(rows: list[dict], meta: dict) -> str:
                 "",
                 f"## {threads} thread(s), batch {batch}",
                 "",
-                "| model | eager ms | C++ ms | onnxruntime ms | C++ / onnxruntime | C++ / eager | note |",
-                "|---|---:|---:|---:|---:|---:|---|",
+                "| model | eager ms | C++ ms | onnxruntime ms | C++ / onnxruntime | C++ / eager | .pt2 ms "
+                "| .pt2 / onnxruntime | note |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---|",
             ]
-            vs_ort, vs_eager = [], []
+            vs_ort, vs_eager, pt2_ort = [], [], []
             for row in rows:
                 if row["threads"] != threads:
                     continue
@@ -142,15 +147,19 @@ def render(rows: list[dict], meta: dict) -> str:
                 e, c, o = p.get(f"eager@{batch}"), p.get(f"cpp@{batch}"), p.get(f"onnxruntime@{batch}")
                 r_o = c / o if c and o else None
                 r_e = c / e if c and e else None
+                a = p.get(f"pt2@{batch}")
+                r_a = a / o if a and o else None
                 vs_ort.append(r_o)
                 vs_eager.append(r_e)
+                pt2_ort.append(r_a)
                 note = row.get("error") or "; ".join(f"{k}: {v}" for k, v in row.get("skipped", {}).items())
                 lines.append(
                     f"| {MODELS[row['model']][2]} | {fmt(e)} | {fmt(c)} | {fmt(o)} | {fmt(r_o, 2)} | {fmt(r_e, 2)} "
-                    f"| {note[:160]} |"
+                    f"| {fmt(a)} | {fmt(r_a, 2)} | {note[:160]} |"
                 )
             lines.append(
-                f"| **geometric mean** | | | | **{fmt(geomean(vs_ort), 2)}** | **{fmt(geomean(vs_eager), 2)}** | |"
+                f"| **geometric mean** | | | | **{fmt(geomean(vs_ort), 2)}** | **{fmt(geomean(vs_eager), 2)}** | "
+                f"| {fmt(geomean(pt2_ort), 2)} | |"
             )
     return "\n".join(lines) + "\n"
 
@@ -174,13 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "docs" / "speed.md"))
+    parser.add_argument("--pt2", action="store_true", help="also the C++ runtime on an AOTInductor .pt2 (compiles)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # NAME:THREADS, run in this process, JSON on stdout
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     if args.one:
         name, threads = args.one.split(":")
         with tempfile.TemporaryDirectory() as work:
-            print(json.dumps(run_one(name, int(threads), batches, args.runs, args.warmup, Path(work))))
+            row = run_one(name, int(threads), batches, args.runs, args.warmup, Path(work), args.pt2)
+            print(json.dumps(row))
         return 0
 
     from zoo import cpu_info
@@ -215,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     for threads in threads_list:
         for name in models:
             command = [sys.executable, __file__, "--one", f"{name}:{threads}", "--batches", args.batches]
-            command += ["--runs", str(args.runs), "--warmup", str(args.warmup)]
+            command += ["--runs", str(args.runs), "--warmup", str(args.warmup)] + (["--pt2"] if args.pt2 else [])
             began = time.time()
             done = subprocess.run(command, capture_output=True, text=True)
             row = {"model": name, "threads": threads, "seconds": round(time.time() - began, 1)}

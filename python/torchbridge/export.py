@@ -187,7 +187,7 @@ def export(
             if check_runtime and not quantized:
                 # Before anything below runs the runtime's passes in this process.
                 write(temporary, runtime)
-                runtime.update(_runtime_check(temporary, golden, dynamic_dims, notes))
+                runtime.update(_runtime_check(temporary, notes))
             if not quantized and runtime.get("optimize", True) and dynamic_dims and 0 in dynamic_dims[0]:
                 runtime["optimize_from_batch"] = _optimize_from_batch(
                     module, golden, dynamic_dims, fuse=runtime.get("fuse", True)
@@ -211,9 +211,9 @@ RUNTIME_FALLBACKS = (
 RUNTIME_CHECK_TIMEOUT_S = 1800
 
 
-def _runtime_check(path: Path, golden: Sequence[torch.Tensor], dynamic_dims, notes: list[str]) -> dict[str, Any]:
+def _runtime_check(path: Path, notes: list[str]) -> dict[str, Any]:
     """Run the artifact once in torchbridge-run, a process of its own, as a user's first load runs
-    it (warm-up at the golden batch, batch 1 and one more) and check the golden example. A pass
+    it (warm-up at the golden batch and batch 1) and check the golden example. A pass
     that crashes LibTorch (a signal: SIGSEGV inside oneDNN Graph, say) cannot be caught and fallen
     back from inside the process as the runtime does with a pass that raises or differs, so the
     crash is found here: the check is repeated with that pass off, and the manifest fields that keep
@@ -225,8 +225,6 @@ def _runtime_check(path: Path, golden: Sequence[torch.Tensor], dynamic_dims, not
     except TorchbridgeError as error:
         notes.append(f"not run in torchbridge-run at export: {error}")
         return {}
-    if golden and golden[0].dim() > 0 and dynamic_dims and 0 in dynamic_dims[0]:
-        command += ["--batch", str(golden[0].shape[0] + 1)]
     crashed = []
     for flags, fields in RUNTIME_FALLBACKS:
         try:
