@@ -227,22 +227,19 @@ def _runtime_check(path: Path, notes: list[str]) -> dict[str, Any]:
         return {}
     crashed = []
     for flags, fields in RUNTIME_FALLBACKS:
+        how = " ".join(flags) or "with the defaults"
         try:
             done = subprocess.run(
                 command + list(flags), capture_output=True, text=True, timeout=RUNTIME_CHECK_TIMEOUT_S
             )
         except subprocess.TimeoutExpired:
-            notes.append(
-                f"torchbridge-run {' '.join(flags) or 'with the defaults'}: no answer in "
-                f"{RUNTIME_CHECK_TIMEOUT_S} s at export; not checked"
-            )
-            return fields
-        if done.returncode >= 0:
+            crashed.append(f"torchbridge-run {how}: no answer in {RUNTIME_CHECK_TIMEOUT_S} s, not checked further")
+            done = None
+        if done is None or done.returncode >= 0:
             if crashed:
-                off = ", ".join(f"runtime.{k} {str(v).lower()}" for k, v in fields.items())
+                off = ", ".join(f"runtime.{k} {str(v).lower()}" for k, v in fields.items()) or "its defaults"
                 notes.append(f"{'; '.join(crashed)}: the runtime runs this model with {off}")
             return fields
-        how = " ".join(flags) or "with the defaults"
         crashed.append(f"torchbridge-run {how} crashed ({_signal_name(done.returncode)})")
     tail = " ".join(done.stderr.strip().splitlines()[-3:])
     raise ExportError(
