@@ -381,6 +381,14 @@ MANIFEST_EDITS = {
         lambda m: m["runtime"].update(optimize=0),
         "'runtime.optimize' must be true or false",
     ),
+    "runtime.variants a string": (
+        lambda m: m["runtime"].update(variants="channels_last"),
+        "'runtime.variants' must be an array",
+    ),
+    "runtime.variants a number in it": (
+        lambda m: m["runtime"].update(variants=["frozen", 3]),
+        "'runtime.variants[]' must be a string",
+    ),
     "output dtype": (
         lambda m: m["outputs"][0].update(dtype="complex64"),
         "'outputs[0].dtype': unknown dtype 'complex64'",

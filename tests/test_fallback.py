@@ -26,7 +26,7 @@ def always_optimized(tmp_path_factory):
     path = tmp_path_factory.mktemp("fallback") / "cnn.pt"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sys.modules["torchbridge.export"], "_optimize_from_batch", lambda *args, **kwargs: 1)
-        tb.export(model, (digits(4),), path)
+        tb.export(model, (digits(4),), path, tune=False)  # the runtime's built-in order
     return model, path
 
 
@@ -208,7 +208,7 @@ def test_a_model_that_selects_by_value_runs_as_loaded(tmp_path):
 @pytest.mark.parametrize(
     "planted, manifest_runtime, optimization",
     [
-        ("onednn_graph=crash", {"fuse": False}, "freeze+optimize_for_inference (no oneDNN Graph: LibTorch crashed"),
+        ("onednn_graph=crash", {"fuse": False}, "(no oneDNN Graph: LibTorch crashed"),
         (
             "onednn_graph=crash,optimize_for_inference=crash",
             {"fuse": False, "optimize": False},
@@ -231,7 +231,7 @@ def test_a_pass_that_crashes_libtorch_is_found_at_export_and_kept_off(
     assert any("crashed (SIGSEGV)" in note for note in art.manifest["notes"]), art.manifest["notes"]
 
     runtime = tb.Runtime(path, threads=THREADS)  # would die here at the planted pass
-    assert runtime.optimization.startswith(optimization), runtime.optimization
+    assert optimization in runtime.optimization and "onednn_graph" not in runtime.optimization, runtime.optimization
     x = digits(7)
     with torch.inference_mode():
         assert max_errors(runtime(x), model(x))[1] <= 1e-5

@@ -20,7 +20,7 @@ from torchbridge.mirror import load_in_python
 def cnn(tmp_path_factory):
     model = seeded(tb.models.digits_cnn)
     path = tmp_path_factory.mktemp("options") / "cnn.pt"
-    tb.export(model, (digits(4),), path)
+    tb.export(model, (digits(4),), path, tune=False)  # the runtime's built-in variant order (test_tune.py: measured)
     return model, path
 
 
@@ -180,7 +180,7 @@ def test_export_times_the_optimized_module_and_the_runtime_follows(tmp_path, mon
 
     monkeypatch.setattr(mirror, "__call__", slow)
     path = tmp_path / "mlp.pt"
-    artifact = tb.export(seeded(tb.models.digits_mlp), (digits(4),), path)
+    artifact = tb.export(seeded(tb.models.digits_mlp), (digits(4),), path, tune=False)
     monkeypatch.undo()
     assert artifact.manifest["runtime"]["optimize_from_batch"] == 0
     runtime = tb.Runtime(path, threads=THREADS)

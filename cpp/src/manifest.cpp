@@ -117,6 +117,15 @@ ParsedManifest parse_manifest(const std::string& text, const std::string& path) 
             integer(runtime.at("optimize_from_batch"), "runtime.optimize_from_batch", 0, kMaxOptimizeFromBatch);
       if (runtime.has("fuse")) parsed.fuse = runtime.at("fuse").as_bool("runtime.fuse");
       if (runtime.has("optimize")) parsed.optimize = runtime.at("optimize").as_bool("runtime.optimize");
+      if (runtime.has("variants")) {
+        const auto& names = runtime.at("variants").as_array("runtime.variants");
+        if (names.size() > 16) bad("'runtime.variants' must list at most 16 names");
+        for (const json::Value& name : names) {
+          const std::string& text = name.as_string("runtime.variants[]");
+          if (text.empty() || text.size() > 64) bad("'runtime.variants' names must be 1 to 64 characters");
+          parsed.variants.push_back(text);
+        }
+      }
     }
     if (root.has("quantized_engine") && !root.at("quantized_engine").is_null())
       manifest.quantized_engine = root.at("quantized_engine").as_string("quantized_engine");

@@ -29,6 +29,11 @@ struct ParsedManifest {
   /// fusion, optimize every pass, whatever the RuntimeOptions ask.
   bool fuse = true;
   bool optimize = true;
+  /// TorchScript on the CPU in fp32: the runtime's variants in the order export measured them, fastest
+  /// first ("onednn_graph", "optimize_for_inference", "channels_last", "frozen", "as_loaded"); the
+  /// runtime tries them in this order at each input shape, and those after "as_loaded" not at all.
+  /// Empty: the runtime's own order. Names this runtime does not know are skipped.
+  std::vector<std::string> variants;
 };
 
 /// Parses and checks `text`; throws Error(kArtifact) "<path>: bad torchbridge manifest: <what>".

@@ -293,6 +293,7 @@ struct Runtime::Impl {
   RuntimeOptions options;
   Manifest manifest;
   int64_t optimize_from_batch = 1;  // the manifest's runtime.optimize_from_batch
+  std::vector<std::string> manifest_variants;  // runtime.variants: the CPU order measured at export
   bool manifest_fuse = true;        // runtime.fuse and runtime.optimize: false where export saw
   bool manifest_optimize = true;    // that pass crash LibTorch on this model
   at::Device device{at::kCPU};
@@ -366,6 +367,7 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
       impl_->optimize_from_batch = parsed.optimize_from_batch;
       impl_->manifest_fuse = parsed.fuse;
       impl_->manifest_optimize = parsed.optimize;
+      impl_->manifest_variants = std::move(parsed.variants);
       manifest_root = std::move(parsed.root);
       // Under extra/ in TorchScript; at the top level in a .pt2 (torch's loader reads extra/ as text).
       auto golden_record = [&](const std::string& name) {
@@ -444,7 +446,9 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
       const bool fuse_off = cpu && !impl_->manifest_fuse;
       auto backend = make_torchscript_backend(path, impl_->device, impl_->precision,
                                               options.optimize && !quantized && !optimize_off,
-                                              options.fuse && !fuse_off, options.cuda_graphs, check_rtol);
+                                              options.fuse && !fuse_off, options.cuda_graphs, check_rtol,
+                                              cpu && impl_->precision == at::kFloat ? impl_->manifest_variants
+                                                                                    : std::vector<std::string>{});
       impl_->optimization = !options.optimize ? "none (optimize off)"
                             : quantized       ? "none (quantized artifact: int8 kernels are prepacked already)"
                             : optimize_off    ? "none (" + std::string(kCrashedAtExport) + "runtime.optimize false)"

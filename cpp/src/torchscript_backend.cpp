@@ -178,7 +178,7 @@ class TorchScriptBackend final : public TorchScriptModel {
   // precision: the floating dtype the module runs in (kFloat keeps the artifact's own).
   // rtol: how far a variant may stray from the module as loaded, relative to the largest |output|.
   TorchScriptBackend(const std::string& path, const at::Device& device, at::ScalarType precision, bool optimize,
-                     bool fuse, bool cuda_graphs, double rtol)
+                     bool fuse, bool cuda_graphs, double rtol, const std::vector<std::string>& order)
       : path_(path), device_(device), precision_(precision), rtol_(rtol) {
     as_loaded_ = load();
     if (!optimize) return;
@@ -208,14 +208,38 @@ class TorchScriptBackend final : public TorchScriptModel {
       return;
     }
     if (device_.is_cpu()) {
-      if (fuse && precision_ != at::kHalf && AT_MKLDNN_ENABLED()) variants_.push_back("onednn_graph");
+      std::vector<std::string> available;
+      if (fuse && precision_ != at::kHalf && AT_MKLDNN_ENABLED()) available.push_back("onednn_graph");
       // optimize_for_inference converts float32 only; bf16/fp16 run frozen with channels-last
       // weights (oneDNN picks its AMX/AVX512 kernels for those).
-      if (precision_ == at::kFloat) variants_.push_back("optimize_for_inference");
-      variants_.push_back("frozen");
-      optimization_ = variants_.front() == "onednn_graph"           ? "freeze+onednn_graph"
-                      : variants_.front() == "optimize_for_inference" ? "freeze+optimize_for_inference"
-                                                                      : "freeze+channels_last";
+      if (precision_ == at::kFloat) available.push_back("optimize_for_inference");
+      available.push_back("frozen");
+      if (order.empty()) {
+        variants_ = available;
+      } else {
+        // Export timed the variants on its CPU and wrote them fastest first; which one is fastest
+        // depends on the model (channels-last pays on depthwise convolutions, oneDNN Graph on
+        // convolution chains, neither on small matrix products).
+        if (precision_ == at::kFloat) available.push_back("channels_last");
+        for (const std::string& name : order) {
+          if (name == kAsLoaded) break;
+          if (std::find(available.begin(), available.end(), name) != available.end() &&
+              std::find(variants_.begin(), variants_.end(), name) == variants_.end())
+            variants_.push_back(name);
+        }
+        if (variants_.empty()) {
+          failure_ = "the module as loaded measured fastest at export";
+          frozen_ = torch::jit::Module();
+          return;
+        }
+        measured_ = true;
+      }
+      const std::string& first = variants_.front();
+      optimization_ = first == "onednn_graph"             ? "freeze+onednn_graph"
+                      : first == "optimize_for_inference" ? "freeze+optimize_for_inference"
+                      : first == "channels_last" || precision_ != at::kFloat ? "freeze+channels_last"
+                                                                              : "freeze";
+      if (measured_) optimization_ += " (variant order measured at export)";
     } else {
       variants_.push_back("optimize_for_inference");
       optimization_ = "freeze+optimize_for_inference";
@@ -232,7 +256,7 @@ class TorchScriptBackend final : public TorchScriptModel {
     const std::optional<Choice> choice = choices_.get(inputs, [&] { return choose(inputs); });
     if (!choice) return call(as_loaded_, inputs);  // past kCheckedShapes shapes: nothing unchecked runs
     if (choice->graph) return choice->graph->replay(inputs);
-    return call(choice->module, inputs);
+    return call_variant(*choice, inputs);
   }
 
   std::string variant_at(const std::vector<at::Tensor>& inputs) const override {
@@ -290,6 +314,7 @@ class TorchScriptBackend final : public TorchScriptModel {
     frozen_ = torch::jit::Module();
     const std::lock_guard<std::mutex> lock(optimized_mutex_);
     optimized_.reset();
+    channels_last_.reset();
   }
 
  private:
@@ -297,7 +322,38 @@ class TorchScriptBackend final : public TorchScriptModel {
     std::string variant;
     torch::jit::Module module;
     std::shared_ptr<cuda::Graph> graph;  // on a CUDA device: a graph replaying `module`, or null
+    bool channels_last = false;          // 4-d floating inputs go in channels-last
   };
+
+  // The variant's module on `inputs`; "channels_last" takes its 4-d floating inputs in that layout
+  // (oneDNN's NHWC convolutions, without a reorder per layer) and gives contiguous outputs, as the
+  // module as loaded does.
+  static std::vector<at::Tensor> call_variant(const Choice& choice, const std::vector<at::Tensor>& inputs) {
+    if (!choice.channels_last) return call(choice.module, inputs);
+    std::vector<at::Tensor> converted;
+    converted.reserve(inputs.size());
+    for (const at::Tensor& input : inputs)
+      converted.push_back(input.dim() == 4 && at::isFloatingType(input.scalar_type())
+                              ? input.contiguous(at::MemoryFormat::ChannelsLast)
+                              : input);
+    std::vector<at::Tensor> outputs = call(choice.module, converted);
+    for (at::Tensor& output : outputs) output = output.contiguous();
+    return outputs;
+  }
+
+  // A frozen copy whose 4-d floating weights are channels-last (so oneDNN does not reorder them per
+  // call); made on first need, shared by every shape that runs it.
+  torch::jit::Module channels_last() const {
+    const std::lock_guard<std::mutex> lock(optimized_mutex_);
+    if (!channels_last_) {
+      torch::jit::Module copy = load();
+      for (const auto& parameter : copy.parameters())
+        if (parameter.dim() == 4 && at::isFloatingType(parameter.scalar_type()))
+          parameter.set_data(parameter.contiguous(at::MemoryFormat::ChannelsLast));
+      channels_last_ = copy._ivalue()->type()->hasAttribute("training") ? torch::jit::freeze(copy) : copy;
+    }
+    return *channels_last_;
+  }
 
   torch::jit::Module load() const {
     torch::jit::Module module = torch::jit::load(path_, device_);
@@ -387,9 +443,10 @@ class TorchScriptBackend final : public TorchScriptModel {
       outputs = call(choice.module, inputs);
       return {std::move(choice), std::move(outputs)};
     }
-    choice.module = variant == "frozen" ? frozen_ : optimized();
-    call(choice.module, inputs);
-    outputs = call(choice.module, inputs);
+    choice.module = variant == "frozen" ? frozen_ : variant == "channels_last" ? channels_last() : optimized();
+    choice.channels_last = variant == "channels_last";
+    call_variant(choice, inputs);
+    outputs = call_variant(choice, inputs);
     if (capture_ != nullptr) {
       choice.graph = capture(choice.module, inputs);
       if (choice.graph) outputs = choice.graph->replay(inputs);
@@ -486,6 +543,8 @@ class TorchScriptBackend final : public TorchScriptModel {
   mutable torch::jit::Module as_loaded_;
   mutable torch::jit::Module frozen_;
   mutable std::optional<torch::jit::Module> optimized_;
+  mutable std::optional<torch::jit::Module> channels_last_;
+  bool measured_ = false;  // variants_ in the order export measured
   mutable std::mutex optimized_mutex_;
   int64_t from_batch_ = 1;  // batches below it run as loaded (measured faster there at export)
   mutable PerShape<Choice> choices_{kCheckedShapes};
@@ -501,8 +560,9 @@ class TorchScriptBackend final : public TorchScriptModel {
 
 std::unique_ptr<TorchScriptModel> make_torchscript_backend(const std::string& path, const at::Device& device,
                                                            at::ScalarType precision, bool optimize, bool fuse,
-                                                           bool cuda_graphs, double rtol) {
-  return std::make_unique<TorchScriptBackend>(path, device, precision, optimize, fuse, cuda_graphs, rtol);
+                                                           bool cuda_graphs, double rtol,
+                                                           const std::vector<std::string>& order) {
+  return std::make_unique<TorchScriptBackend>(path, device, precision, optimize, fuse, cuda_graphs, rtol, order);
 }
 
 }  // namespace torchbridge

@@ -128,6 +128,7 @@ def cmd_export(args) -> int:
         optimize=args.optimize,
         format=args.format,
         check_runtime=not args.no_runtime_check,
+        tune=not args.no_tune,
         **options,
     )
     print(f"wrote {artifact.path} ({artifact.size_bytes / 1024:.1f} KiB, method {artifact.manifest['method']})")
@@ -479,6 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-runtime-check",
         action="store_true",
         help="TorchScript: skip running the artifact once in torchbridge-run (which finds runtime passes that crash)",
+    )
+    p.add_argument(
+        "--no-tune",
+        action="store_true",
+        help="TorchScript: skip timing the runtime's CPU variants (the runtime then tries its built-in order)",
     )
     p.add_argument(
         "--format",

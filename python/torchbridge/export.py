@@ -5,6 +5,7 @@ format="aoti" to aoti.export_aoti; both share prepare.py."""
 from __future__ import annotations
 
 import io
+import math
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from torch import nn
 from torchbridge._warnings import expected_deprecations
 from torchbridge.aoti import export_aoti
 from torchbridge.artifact import Artifact, seal, write_in_place
-from torchbridge.compare import compare_or_raise, first_line, fresh_inputs, run_module
+from torchbridge.compare import compare_or_raise, first_line, fresh_inputs, max_errors, run_module
 from torchbridge.errors import ExportError, TorchbridgeError
 from torchbridge.mirror import RuntimeMirror
 from torchbridge.prepare import build_manifest, extra_entries, prepare, tensor_specs
@@ -99,6 +100,7 @@ def export(
     quantized_engine: str | None = None,
     format: str | None = None,
     check_runtime: bool = True,
+    tune: bool = True,
     **aoti_options: Any,
 ) -> Artifact:
     """Export `model` to an artifact at `path` and return it.
@@ -117,6 +119,10 @@ def export(
       load runs it) before it is moved into place; where a runtime pass crashes LibTorch on this
       model, the manifest turns that pass off (runtime.fuse, runtime.optimize) and says so in its
       notes. Costs about one load of the model in C++.
+    tune: (TorchScript) time the C++ runtime's CPU variants of the model (oneDNN Graph, optimize_for_inference,
+      channels-last, frozen, as loaded) here at batch 1 and 16 and record them in the manifest fastest first
+      (runtime.variants, with the table in runtime.measured): the runtime tries them in that order at each
+      input shape, each still checked against the module as loaded there. Costs a few runs of each variant.
     The file is written next to `path` and moved into place only after it loads back, so a
     failed export leaves an existing file untouched.
     """
@@ -188,9 +194,18 @@ def export(
                 # Before anything below runs the runtime's passes in this process.
                 write(temporary, runtime)
                 runtime.update(_runtime_check(temporary, notes))
-            if not quantized and runtime.get("optimize", True) and dynamic_dims and 0 in dynamic_dims[0]:
+            if not quantized and runtime.get("optimize", True) and tune:
+                runtime.update(_measure_variants(module, golden, dynamic_dims, runtime.get("fuse", True), rtol))
+            order = runtime.get("variants")
+            if (
+                not quantized
+                and runtime.get("optimize", True)
+                and dynamic_dims
+                and 0 in dynamic_dims[0]
+                and (order is None or order[0] != "as_loaded")
+            ):
                 runtime["optimize_from_batch"] = _optimize_from_batch(
-                    module, golden, dynamic_dims, fuse=runtime.get("fuse", True)
+                    module, golden, dynamic_dims, fuse=runtime.get("fuse", True), order=order
                 )
             write(temporary, runtime)
             torch.jit.load(str(temporary))
@@ -261,7 +276,105 @@ MEASURE_LIMIT_BYTES = 16 << 20
 MEASURE_BATCHES = (1, 4, 16, 64)
 
 
-def _optimize_from_batch(module, golden: Sequence[torch.Tensor], dynamic_dims, fuse: bool = True) -> int:
+#: Batch sizes export times the runtime's variants at (a model with a dynamic batch dimension).
+TUNE_BATCHES = (1, 16)
+
+
+def _measure_variants(
+    module, golden: Sequence[torch.Tensor], dynamic_dims, fuse: bool = True, rtol: float = 1e-5
+) -> dict[str, Any]:
+    """The C++ runtime's CPU variants of `module` (RuntimeMirror: the same LibTorch passes), each
+    checked against the module as loaded and timed here, interleaved, at TUNE_BATCHES (the golden
+    batch where the batch is fixed): {"variants": names fastest first by the geometric mean of their
+    time relative to the module as loaded, "as_loaded" among them (those after it are never run),
+    "measured": the table}. A variant that raises or differs at any size goes after "as_loaded".
+    Which is fastest depends on the model and the CPU: channels-last pays on depthwise
+    convolutions, oneDNN Graph on convolution chains, neither on small matrix products. {} where the
+    module as loaded itself fails at those sizes (the runtime then keeps its own order)."""
+    try:
+        return _measured_order(module, golden, dynamic_dims, fuse, rtol)
+    except Exception:
+        return {}
+
+
+def _measured_order(module, golden, dynamic_dims, fuse: bool, rtol: float) -> dict[str, Any]:
+    from torchbridge.mirror import CPU_VARIANTS
+
+    buffer = io.BytesIO()
+    torch.jit.save(module, buffer)
+
+    def load():
+        buffer.seek(0)
+        return torch.jit.load(buffer).eval()
+
+    candidates = [v for v in CPU_VARIANTS if fuse or v != "onednn_graph"]
+    batch_dynamic = bool(dynamic_dims) and 0 in dynamic_dims[0]
+    batches = TUNE_BATCHES if batch_dynamic else (int(golden[0].shape[0]) if golden[0].dim() else 1,)
+    table: dict[str, list[float | None]] = {v: [] for v in ["as_loaded", *candidates]}
+    rejected: dict[str, str] = {}
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for batch in batches:
+            inputs = fresh_inputs(golden, dynamic_dims, seed=0, dynamic_size=batch) if batch_dynamic else tuple(golden)
+            mirror = RuntimeMirror(load, fuse=fuse, order=candidates, rtol=rtol)
+            expected = run_module(mirror.loaded, inputs)
+            runs = {"as_loaded": mirror.loaded}
+            for variant in candidates:
+                if variant in rejected:
+                    continue
+                try:
+                    made, actual = mirror._make(variant, inputs)
+                    bad = len(actual) != len(expected) or any(
+                        max_errors(a, e)[1] > mirror.rtol for a, e in zip(actual, expected)
+                    )
+                except Exception as error:
+                    rejected[variant] = f"raised at batch {batch}: {first_line(error)}"
+                    continue
+                if bad:
+                    rejected[variant] = f"differs from the module as loaded at batch {batch}"
+                    continue
+                runs[variant] = made
+            for run in runs.values():  # the profiling executor optimizes on the first calls
+                run(*inputs)
+            # Interleaved rounds, so that a busy moment slows every variant alike.
+            start = time.perf_counter()
+            mirror.loaded(*inputs)
+            # About 0.1 s of each variant (noise on small models), at least 3 rounds.
+            rounds = max(3, min(200, int(0.1 / max(time.perf_counter() - start, 1e-6))))
+            times: dict[str, list[float]] = {name: [] for name in runs}
+            for _ in range(rounds):
+                for name, run in runs.items():
+                    start = time.perf_counter()
+                    run(*inputs)
+                    times[name].append(time.perf_counter() - start)
+            for name in table:
+                samples = sorted(times.get(name, []))
+                table[name].append(round(samples[len(samples) // 2] * 1000.0, 4) if samples else None)
+            del mirror, runs
+    base = table["as_loaded"]
+
+    def score(name: str) -> float:
+        ratios = [t / b for t, b in zip(table[name], base) if t and b]
+        if name in rejected or len(ratios) != len(base):
+            return float("inf")
+        return math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+
+    order = sorted(table, key=lambda name: (score(name), name != "as_loaded"))
+    order = [name for name in order if score(name) != float("inf")] + sorted(rejected)
+    measured = {
+        "batches": list(batches),
+        "threads": torch.get_num_threads(),
+        "p50_ms": table,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if rejected:
+        measured["rejected"] = rejected
+    return {"variants": order, "measured": measured}
+
+
+def _optimize_from_batch(
+    module, golden: Sequence[torch.Tensor], dynamic_dims, fuse: bool = True, order: list[str] | None = None
+) -> int:
     """The smallest batch size at which what the C++ runtime runs at load (RuntimeMirror: freeze,
     oneDNN Graph fusion per shape) is faster than the module as exported, timed here in the same
     LibTorch: the runtime runs the optimized module from that batch size up and the other below it.
@@ -279,7 +392,7 @@ def _optimize_from_batch(module, golden: Sequence[torch.Tensor], dynamic_dims, f
         return torch.jit.load(buffer).eval()
 
     module = load()
-    optimized = RuntimeMirror(load, fuse=fuse)
+    optimized = RuntimeMirror(load, fuse=fuse, order=order)
 
     def median_ms(fn, inputs, runs=7) -> float:
         times = []

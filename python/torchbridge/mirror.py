@@ -45,7 +45,11 @@ def load_in_python(
         return "torchscript", load()
     fuse = fuse and passes.get("fuse") is not False
     rtol = manifest["tolerance"]["rtol"] if manifest else 1e-5
-    return "torchscript", RuntimeMirror(load, optimized_from_batch, fuse=fuse, runtime=runtime, rtol=rtol)
+    order = passes.get("variants")
+    mirror = RuntimeMirror(load, optimized_from_batch, fuse=fuse, runtime=runtime, rtol=rtol, order=order)
+    if not mirror.variants:  # export measured the module as loaded fastest: the runtime runs it
+        return "torchscript", mirror.loaded
+    return "torchscript", mirror
 
 
 def dense(tensor: torch.Tensor) -> torch.Tensor:
@@ -60,18 +64,47 @@ def dense(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.stride() == strides else tensor.as_strided(tensor.shape, strides)
 
 
+class ChannelsLast:
+    """A module run as the runtime's "channels_last" variant runs it: 4-d floating inputs in
+    channels-last, outputs made contiguous."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __call__(self, *inputs):
+        inputs = [to_channels_last(t) for t in inputs]
+        return torch.utils._pytree.tree_map(
+            lambda t: t.contiguous() if isinstance(t, torch.Tensor) else t, self.module(*inputs)
+        )
+
+
+def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.dim() == 4 and tensor.is_floating_point():
+        return tensor.contiguous(memory_format=torch.channels_last)
+    return tensor
+
+
+#: The variants the runtime knows on the CPU in fp32; export times them and writes the manifest's
+#: runtime.variants, fastest first.
+CPU_VARIANTS = ("onednn_graph", "optimize_for_inference", "channels_last", "frozen")
+
+
 class RuntimeMirror:
     """What the C++ runtime runs for a float TorchScript model on the CPU in fp32 (runtime.cpp,
     TorchScriptBackend), done by torch in this process. Batches below `from_batch` run the module as
-    loaded. At every other input shape one variant runs, chosen on the first call there: the first of
-    "onednn_graph" (a frozen copy fused by oneDNN Graph on its first two calls, through the runtime's
-    own OneDnnFusionScope; the first _C.FUSED_SHAPES shapes only, none with fuse=False),
-    "optimize_for_inference" (freeze + optimize_for_inference) and "frozen" that runs there and
-    matches the module as loaded within `rtol` of its largest output, else "as_loaded". With a
-    `runtime`, the variant is the one the runtime chose at that shape, so both run the same graphs.
-    `load` returns a fresh module as loaded (eval mode)."""
+    loaded. At every other input shape one variant runs, chosen on the first call there: the first
+    that runs there and matches the module as loaded within `rtol` of its largest output, else
+    "as_loaded", in the manifest's measured `order` (runtime.variants; those after "as_loaded" are
+    never tried) or else the built-in one: "onednn_graph" (a frozen copy fused by oneDNN Graph on
+    its first two calls, through the runtime's own OneDnnFusionScope; the first _C.FUSED_SHAPES
+    shapes only, none with fuse=False), "optimize_for_inference" (freeze + optimize_for_inference),
+    "frozen". "channels_last" (freeze with channels-last weights, 4-d inputs in channels-last) runs
+    only where the order names it. With a `runtime`, the variant is the one the runtime chose at that
+    shape, so both run the same graphs. `load` returns a fresh module as loaded (eval mode)."""
 
-    def __init__(self, load: Callable[[], Any], from_batch: int = 1, fuse: bool = True, runtime=None, rtol=1e-5):
+    def __init__(
+        self, load: Callable[[], Any], from_batch: int = 1, fuse: bool = True, runtime=None, rtol=1e-5, order=None
+    ):
         from torchbridge import _C
 
         self._C = _C
@@ -80,16 +113,22 @@ class RuntimeMirror:
         self.fuse = fuse
         self.runtime = runtime
         self.rtol = rtol
+        self.order = list(order) if order else None
         self.loaded = load()  # the reference, and what runs as loaded; a bad file fails here
         self.by_shape: dict[tuple[int, ...], tuple[str, Any]] = {}  # shape key -> (variant, module)
         self.fused_shapes = 0
         self.rejected: set[str] = set()
         self._frozen_module = None
         self._optimized_module = None
+        self._channels_last_module = None
 
     @property
     def variants(self) -> list[str]:
-        return (["onednn_graph"] if self.fuse else []) + ["optimize_for_inference", "frozen"]
+        if self.order is None:
+            return (["onednn_graph"] if self.fuse else []) + ["optimize_for_inference", "frozen"]
+        available = [v for v in CPU_VARIANTS if self.fuse or v != "onednn_graph"]
+        names = self.order[: self.order.index("as_loaded")] if "as_loaded" in self.order else self.order
+        return list(dict.fromkeys(v for v in names if v in available))
 
     def _freeze(self):
         with expected_deprecations():
@@ -111,6 +150,18 @@ class RuntimeMirror:
             with self._C.OneDnnFusionScope():
                 module(*inputs)  # profiled
                 return module, run_module(module, inputs)  # optimized with the pass: oneDNN Graph compiles
+        if variant == "channels_last":
+            if self._channels_last_module is None:
+                with expected_deprecations():
+                    module = self._load()
+                    for parameter in module.parameters():
+                        if parameter.dim() == 4 and parameter.is_floating_point():
+                            parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
+                    frozen = torch.jit.freeze(module) if module._c.hasattr("training") else module
+                self._channels_last_module = ChannelsLast(frozen)
+            module = self._channels_last_module
+            module(*inputs)
+            return module, run_module(module, inputs)
         if variant == "optimize_for_inference":
             if self._optimized_module is None:
                 self._optimized_module = torch.jit.optimize_for_inference(self._freeze())

@@ -117,7 +117,10 @@ struct RuntimeOptions {
   /// that raises or differs gives way to the next safer one, down to the module as loaded, is not
   /// tried again at later shapes, and optimization() says so. A model that selects by value (topk,
   /// sort, argmax, nonzero, NMS, ...) runs as loaded: a variant's rounding can change what it selects
-  /// at inputs no check has seen. A .pt2 was optimized when it was compiled.
+  /// at inputs no check has seen. A .pt2 was optimized when it was compiled. On the CPU in fp32 an
+  /// artifact whose manifest has runtime.variants (export timed them) tries its variants in that
+  /// order, which may include "channels_last" (frozen, channels-last weights and 4-d inputs) and
+  /// stops at "as_loaded".
   bool optimize = true;
   /// With optimize, on the CPU: false runs torch::jit::optimize_for_inference at every shape
   /// instead of oneDNN Graph (fp32; bf16 runs frozen, channels-last): 10-20 % slower on ResNet-18

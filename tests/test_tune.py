@@ -1,0 +1,148 @@
+"""Export times the C++ runtime's CPU variants of a model and records them fastest first
+(manifest runtime.variants); the runtime tries them in that order at each input shape, each still
+checked against the module as loaded there, and the Python mirror follows bit for bit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import torchbridge as tb
+from conftest import THREADS, digits, seeded
+from torchbridge.compare import max_errors
+from torchbridge.mirror import CPU_VARIANTS, load_in_python
+
+
+def export_with_order(model, example, path, order, monkeypatch):
+    """Export with the measurement replaced by a fixed order, from batch 1 (what the runtime does
+    with an order is under test here, not which variant this machine finds fastest)."""
+    module = sys.modules["torchbridge.export"]
+    monkeypatch.setattr(module, "_measure_variants", lambda *a, **k: {"variants": order, "measured": {}})
+    monkeypatch.setattr(module, "_optimize_from_batch", lambda *a, **k: 1)  # every batch size runs the order
+    artifact = tb.export(model, example, path)
+    monkeypatch.undo()
+    return artifact
+
+
+def test_export_times_every_variant_and_the_runtime_tries_them_in_that_order(tmp_path):
+    model = seeded(tb.models.digits_cnn)
+    artifact = tb.export(model, (digits(4),), tmp_path / "cnn.pt")
+    runtime_fields = artifact.manifest["runtime"]
+    order, measured = runtime_fields["variants"], runtime_fields["measured"]
+    assert sorted(order) == sorted(["as_loaded", *CPU_VARIANTS])
+    assert measured["batches"] == [1, 16] and measured["threads"] >= 1
+    assert all(len(times) == 2 and all(t > 0 for t in times) for times in measured["p50_ms"].values()), measured
+
+    runtime = tb.Runtime(artifact.path, threads=THREADS)
+    tried = order[: order.index("as_loaded")]
+    if not tried:
+        assert runtime.optimization == "none (the module as loaded measured fastest at export)"
+    else:
+        assert runtime.optimization.startswith("freeze") and "variant order measured at export" in runtime.optimization
+    _, mirror = load_in_python(artifact.path, runtime.optimized_from_batch, runtime=runtime)
+    _, unlinked = load_in_python(artifact.path, runtime.optimized_from_batch)  # its own choice, same order
+    with torch.inference_mode():
+        for batch in (1, 8, 20):
+            x = digits(batch)
+            y = runtime(x)
+            assert torch.equal(y, mirror(x)) and torch.equal(y, unlinked(x)), f"batch {batch}"
+            assert max_errors(y, model(x))[1] <= 1e-5
+            if tried and batch >= max(runtime.optimized_from_batch, 1):
+                assert runtime.variant_at(x) == tried[0], (batch, order, runtime.optimization)
+
+
+def test_channels_last_runs_4d_inputs_in_that_layout_and_matches_its_mirror(tmp_path, monkeypatch):
+    model = seeded(tb.models.digits_cnn)
+    path = tmp_path / "cnn.pt"
+    export_with_order(model, (digits(4),), path, ["channels_last", "as_loaded", "onednn_graph"], monkeypatch)
+    runtime = tb.Runtime(path, threads=THREADS)
+    assert runtime.optimization.startswith("freeze+channels_last (variant order measured at export)")
+    _, mirror = load_in_python(path, runtime.optimized_from_batch)
+    with torch.inference_mode():
+        for batch in (1, 6, 32):
+            x = digits(batch)
+            y = runtime(x)
+            assert runtime.variant_at(x) == "channels_last"
+            assert y.is_contiguous()
+            assert torch.equal(y, mirror(x)), f"batch {batch}"
+            assert max_errors(y, model(x))[1] <= 1e-5
+    assert tb.verify(model, path, threads=THREADS, fresh=1).passed
+    done = subprocess.run([str(tb.runtime.cli_path()), str(path), "--selftest"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+class FlattensWithView(nn.Module):
+    """x.view() needs the contiguous layout: it raises on a channels-last input (of more than one
+    channel: with one, the two layouts are the same strides)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.fc(y.view(y.shape[0], -1))
+
+
+def test_a_variant_that_raises_gives_way_to_the_next_in_the_measured_order(tmp_path, monkeypatch, capfd):
+    model = seeded(FlattensWithView).eval()
+    path = tmp_path / "view.pt"
+    images = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    export_with_order(model, (images[:4],), path, ["channels_last", "frozen", "as_loaded"], monkeypatch)
+    runtime = tb.Runtime(path, threads=THREADS)
+    assert "channels_last raised" in capfd.readouterr().err
+    x = images
+    with torch.inference_mode():
+        y = runtime(x)
+        assert runtime.variant_at(x) == "frozen"
+        assert "channels_last raised" in runtime.optimization and ": frozen (" in runtime.optimization
+        assert max_errors(y, model(x))[1] <= 1e-5
+        _, mirror = load_in_python(path, runtime.optimized_from_batch)
+        assert torch.equal(y, mirror(x))
+
+
+def test_as_loaded_measured_fastest_runs_the_module_as_loaded(tmp_path, monkeypatch):
+    model = seeded(tb.models.digits_mlp)
+    path = tmp_path / "mlp.pt"
+    export_with_order(model, (digits(4),), path, ["as_loaded", "onednn_graph", "frozen"], monkeypatch)
+    runtime = tb.Runtime(path, threads=THREADS)
+    assert not runtime.optimized
+    assert runtime.optimization == "none (the module as loaded measured fastest at export)"
+    _, loaded = load_in_python(path)
+    _, mirror = load_in_python(path, 1)
+    x = digits(8)
+    with torch.inference_mode():
+        assert torch.equal(runtime(x), loaded(x)) and torch.equal(runtime(x), mirror(x))
+
+
+def test_unknown_names_are_skipped_and_no_tune_keeps_the_builtin_order(tmp_path, monkeypatch):
+    model = seeded(tb.models.digits_cnn)
+    path = tmp_path / "cnn.pt"
+    export_with_order(model, (digits(4),), path, ["a_future_variant", "frozen", "as_loaded"], monkeypatch)
+    runtime = tb.Runtime(path, threads=THREADS)
+    assert runtime.optimization.startswith("freeze (variant order measured at export)")
+    x = digits(16)
+    with torch.inference_mode():
+        runtime(x)
+    assert runtime.variant_at(x) == "frozen"
+
+    untuned = tb.export(model, (digits(4),), tmp_path / "untuned.pt", tune=False)
+    assert "variants" not in untuned.manifest["runtime"]
+    assert tb.Runtime(untuned.path, threads=THREADS).optimization.startswith("freeze+onednn_graph")
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_runtime_fuse_off_drops_onednn_graph_from_the_measured_order(tmp_path, monkeypatch, fuse):
+    model = seeded(tb.models.digits_cnn)
+    path = tmp_path / "cnn.pt"
+    export_with_order(model, (digits(4),), path, ["onednn_graph", "frozen", "as_loaded"], monkeypatch)
+    runtime = tb.Runtime(path, threads=THREADS, fuse=fuse)
+    x = digits(16)
+    with torch.inference_mode():
+        runtime(x)
+    assert runtime.variant_at(x) == ("onednn_graph" if fuse else "frozen")
