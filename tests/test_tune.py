@@ -146,3 +146,20 @@ def test_runtime_fuse_off_drops_onednn_graph_from_the_measured_order(tmp_path, m
     with torch.inference_mode():
         runtime(x)
     assert runtime.variant_at(x) == ("onednn_graph" if fuse else "frozen")
+
+
+def test_a_channels_last_crash_found_at_export_takes_it_out_of_the_order(tmp_path, monkeypatch):
+    """Export's first runtime check runs the built-in order; when the measured order tries
+    channels-last, the artifact is run once more in torchbridge-run, and a crash there takes that
+    variant out of the order (the user's process never runs it)."""
+    model = seeded(tb.models.digits_cnn)
+    path = tmp_path / "cnn.pt"
+    monkeypatch.setenv("TORCHBRIDGE_PLANT_FAILURE", "channels_last=crash")
+    art = export_with_order(model, (digits(4),), path, ["channels_last", "frozen", "as_loaded"], monkeypatch)
+    assert art.manifest["runtime"]["variants"] == ["frozen", "as_loaded"]
+    assert any("crashed (SIGSEGV) with the channels_last variant" in note for note in art.manifest["notes"])
+    runtime = tb.Runtime(path, threads=THREADS)  # would die at the planted crash
+    x = digits(8)
+    with torch.inference_mode():
+        assert max_errors(runtime(x), model(x))[1] <= 1e-5
+    assert runtime.variant_at(x) == "frozen"

@@ -196,6 +196,14 @@ def export(
                 runtime.update(_runtime_check(temporary, notes))
             if not quantized and runtime.get("optimize", True) and tune:
                 runtime.update(_measure_variants(module, golden, dynamic_dims, runtime.get("fuse", True), rtol))
+                order = runtime.get("variants", [])
+                if check_runtime and "channels_last" in order[: order.index("as_loaded")]:
+                    # The check above ran the built-in order; channels-last is run here first.
+                    write(temporary, runtime)
+                    crash = _crashes_in_runtime(temporary)
+                    if crash:
+                        runtime["variants"] = [v for v in order if v != "channels_last"]
+                        notes.append(f"torchbridge-run crashed ({crash}) with the channels_last variant: not tried")
             order = runtime.get("variants")
             if (
                 not quantized
@@ -261,6 +269,20 @@ def _runtime_check(path: Path, notes: list[str]) -> dict[str, Any]:
         f"{path.name}: the C++ runtime cannot run this model: {'; '.join(crashed)}, so LibTorch crashes on the "
         f"module as loaded{': ' + tail if tail else ''}"
     )
+
+
+def _crashes_in_runtime(path: Path) -> str | None:
+    """The signal that killed torchbridge-run --selftest on `path`, or None (it ran, failed
+    otherwise, or could not be run: verify reports those)."""
+    from torchbridge.runtime import cli_path
+
+    try:
+        done = subprocess.run(
+            [str(cli_path()), str(path), "--selftest"], capture_output=True, timeout=RUNTIME_CHECK_TIMEOUT_S
+        )
+    except (TorchbridgeError, subprocess.TimeoutExpired):
+        return None
+    return _signal_name(done.returncode) if done.returncode < 0 else None
 
 
 def _signal_name(returncode: int) -> str:
