@@ -114,11 +114,10 @@ def cmd_export(args) -> int:
 
     model = resolve_model(args.model, args.weights)
     example = example_input(args.input_shape, args.dtype)
-    options = (
-        {"isa": args.isa, "dynamic_range": (1, args.max_batch)} if format_for(args.out, args.format) == "aoti" else {}
-    )
+    compiled = format_for(args.out, args.format) in ("aoti", "auto")
+    options = {"isa": args.isa, "dynamic_range": (1, args.max_batch)} if compiled else {}
     if not options and (args.isa != "native" or args.max_batch != 1024):
-        raise TorchbridgeError("--isa and --max-batch apply to the aoti format (.pt2)")
+        raise TorchbridgeError("--isa and --max-batch apply to the aoti and auto formats (.pt2)")
     artifact = export(
         model,
         (example,),
@@ -138,6 +137,15 @@ def cmd_export(args) -> int:
         print(f"  output {spec}")
     for note in artifact.manifest["notes"]:
         print(f"  note: {note}")
+    selection = artifact.manifest.get("selection")
+    if selection:
+        timed = ", ".join(
+            f"{name} " + " / ".join(f"{ms:.3g}" for ms in times) + " ms" for name, times in selection["p50_ms"].items()
+        )
+        batches = "/".join(str(b) for b in selection["batches"])
+        print(f"  format auto: chose {selection['chosen']} (C++ runtime p50 at batch {batches}: {timed})")
+        for name, why in selection.get("failed", {}).items():
+            print(f"  format auto: {name} not possible: {why}")
     return 0
 
 
@@ -488,8 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--format",
-        choices=["torchscript", "aoti"],
-        help="artifact format (default: aoti for a .pt2 path, else torchscript)",
+        choices=["torchscript", "aoti", "auto"],
+        help="artifact format (default: aoti for a .pt2 path, else torchscript); auto: export both, time both in "
+        "the C++ runtime, keep the faster",
     )
     p.add_argument("--isa", choices=["native", "x86-64-v3", "x86-64-v2"], default="native", help="aoti: target CPUs")
     p.add_argument("--max-batch", type=int, default=1024, help="aoti: largest batch the package accepts")

@@ -26,7 +26,7 @@ from torchbridge.mirror import RuntimeMirror
 from torchbridge.prepare import build_manifest, extra_entries, prepare, tensor_specs
 
 METHODS = ("auto", "script", "trace")
-FORMATS = ("torchscript", "aoti")
+FORMATS = ("torchscript", "aoti", "auto")
 
 
 def _is_quantized(model: nn.Module) -> bool:
@@ -107,7 +107,9 @@ def export(
 
     format: "torchscript" or "aoti" (an AOTInductor .pt2 package, see torchbridge.aoti.export_aoti,
       which takes the `aoti_options`: dynamic_range, isa, inductor_configs, checks); default:
-      "aoti" when `path` ends in .pt2, else "torchscript".
+      "aoti" when `path` ends in .pt2, else "torchscript". "auto" exports both, times both in the C++
+      runtime on this CPU and keeps the faster (torchbridge.auto; manifest["selection"] holds the
+      table); the compile costs what a .pt2 export costs.
     method: "script" compiles the source (keeps control flow), "trace" records one run (checked
       on fresh inputs against eager, refused when they differ), "auto" scripts and falls back to
       a checked trace when scripting fails. The aoti format always uses torch.export.
@@ -126,6 +128,26 @@ def export(
     The file is written next to `path` and moved into place only after it loads back, so a
     failed export leaves an existing file untouched.
     """
+    if format_for(path, format) == "auto":
+        from torchbridge.auto import export_auto
+
+        return export_auto(
+            export,
+            model,
+            example_inputs,
+            path,
+            aoti_options,
+            method=method,
+            dynamic_dims=dynamic_dims,
+            input_names=input_names,
+            optimize=optimize,
+            rtol=rtol,
+            atol=atol,
+            trace_checks=trace_checks,
+            quantized_engine=quantized_engine,
+            check_runtime=check_runtime,
+            tune=tune,
+        )
     if format_for(path, format) == "aoti":
         if method != "auto" or optimize or quantized_engine or trace_checks != 4:
             raise TorchbridgeError(
