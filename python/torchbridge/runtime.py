@@ -109,10 +109,12 @@ class Runtime:
 
     `threads` sets LibTorch's intra-op thread count for the whole process (Python's torch
     included); 0 or None (the default) keeps the current setting. `optimize` (default on) freezes a float TorchScript
-    model at load and, on the CPU in fp32, runs it with oneDNN Graph fusion, compiled on the first
-    call at each input shape (up to _C.FUSED_SHAPES shapes; the warm-up at load takes the golden
-    batch and batch 1). Whatever runs at a shape was checked there against the module as loaded on
-    the first call, falling back (optimize_for_inference, freeze alone, as loaded) when a pass raises
+    model at load and, on the CPU in fp32, runs the variant export measured fastest on this model
+    (the manifest's runtime.variants: oneDNN Graph fusion, compiled on the first call at each input
+    shape for up to _C.FUSED_SHAPES shapes, optimize_for_inference, channels-last, freeze alone, or
+    the module as loaded; without that field, oneDNN Graph first). The warm-up at load takes the
+    golden batch and batch 1. Whatever runs at a shape was checked there against the module as loaded on
+    the first call, falling back to the next variant, down to the module as loaded, when one raises
     or differs; `optimization` says what was applied and where it fell back, `variant_at(x)` what
     runs at x's shapes. `warmup_batches` names more batch sizes to compile for at load. `fuse=False` runs
     freeze + optimize_for_inference instead of oneDNN Graph: no compilation per shape and less
@@ -193,7 +195,7 @@ class Runtime:
         return _from_capsules(self._native.forward_submodule(name, capsules))
 
     def variant_at(self, *inputs) -> str:
-        """What runs at these inputs' shapes: 'onednn_graph', 'optimize_for_inference', 'frozen',
+        """What runs at these inputs' shapes: 'onednn_graph', 'optimize_for_inference', 'channels_last', 'frozen',
         'as_loaded' (each checked against the module as loaded on the first call at that shape), or
         '' before any call has met these shapes (and for a .pt2)."""
         return self._native.variant_at([_to_capsule(x, i) for i, x in enumerate(inputs)])
