@@ -320,8 +320,10 @@ MEASURE_LIMIT_BYTES = 16 << 20
 MEASURE_BATCHES = (1, 4, 16, 64)
 
 
-#: Batch sizes export times the runtime's variants at (a model with a dynamic batch dimension).
+#: Batch sizes export times the runtime's variants at (a model with a dynamic batch dimension); the
+#: second is smaller where one call of the model at that size would take over TUNE_CALL_S seconds.
 TUNE_BATCHES = (1, 16)
+TUNE_CALL_S = 0.5
 
 
 def _measure_variants(
@@ -353,12 +355,16 @@ def _measured_order(module, golden, dynamic_dims, fuse: bool, rtol: float) -> di
 
     candidates = [v for v in CPU_VARIANTS if fuse or v != "onednn_graph"]
     batch_dynamic = bool(dynamic_dims) and 0 in dynamic_dims[0]
-    batches = TUNE_BATCHES if batch_dynamic else (int(golden[0].shape[0]) if golden[0].dim() else 1,)
+    batches = list(TUNE_BATCHES) if batch_dynamic else [int(golden[0].shape[0]) if golden[0].dim() else 1]
     table: dict[str, list[float | None]] = {v: [] for v in ["as_loaded", *candidates]}
     rejected: dict[str, str] = {}
     started = time.perf_counter()
     with torch.inference_mode():
-        for batch in batches:
+        for index, batch in enumerate(batches):
+            if index > 0 and table["as_loaded"][0]:
+                # A heavy model is timed at a smaller second batch: one call of the module as loaded
+                # about TUNE_CALL_S at most (estimated from batch 1), so export stays bounded.
+                batch = batches[index] = max(2, min(batch, int(TUNE_CALL_S * 1000.0 / table["as_loaded"][0])))
             inputs = fresh_inputs(golden, dynamic_dims, seed=0, dynamic_size=batch) if batch_dynamic else tuple(golden)
             mirror = RuntimeMirror(load, fuse=fuse, order=candidates, rtol=rtol)
             expected = run_module(mirror.loaded, inputs)
