@@ -114,6 +114,8 @@ PYBIND11_MODULE(_C, m) {
         return false;
       });
   m.attr("FUSED_SHAPES") = torchbridge::kFusedShapes;
+  // Export skips timing the variants of a model the runtime will run as loaded anyway.
+  m.def("selecting_ops", [](const std::string& path) { return torchbridge::selecting_ops_in(path); });
   m.attr("CUDA_GRAPH_SHAPES") = torchbridge::kCudaGraphShapes;
   m.attr("CHECKED_SHAPES") = torchbridge::kCheckedShapes;
 

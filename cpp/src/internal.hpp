@@ -32,6 +32,11 @@ class OneDnnFusionScope {
   OneDnnFusionScope& operator=(const OneDnnFusionScope&) = delete;
 };
 
+/// The operators in the TorchScript archive at `path` that choose by comparing values (topk, sort,
+/// argmax, nonzero, NMS, ...), comma-separated, "" when none: such a model runs as loaded whatever
+/// the options ask (a faster variant's rounding can change what it selects).
+std::string selecting_ops_in(const std::string& path);
+
 /// The .npy reader and writer behind read_npy/write_npy, on bytes in memory; `what` names the
 /// source in error messages.
 at::Tensor parse_npy(const std::string& bytes, const std::string& what);

@@ -558,6 +558,8 @@ class TorchScriptBackend final : public TorchScriptModel {
 
 }  // namespace
 
+std::string selecting_ops_in(const std::string& path) { return selecting_ops(torch::jit::load(path, at::kCPU)); }
+
 std::unique_ptr<TorchScriptModel> make_torchscript_backend(const std::string& path, const at::Device& device,
                                                            at::ScalarType precision, bool optimize, bool fuse,
                                                            bool cuda_graphs, double rtol,

@@ -12,6 +12,8 @@ class Error(RuntimeError):
 
 torch_version: str
 FUSED_SHAPES: int
+
+def selecting_ops(path: str) -> str: ...
 CUDA_GRAPH_SHAPES: int
 CHECKED_SHAPES: int
 

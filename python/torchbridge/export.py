@@ -212,11 +212,13 @@ def export(
 
         def save(temporary: Path) -> None:
             runtime: dict[str, Any] = {"optimize_from_batch": 1}
+            write(temporary, runtime)
             if check_runtime and not quantized:
                 # Before anything below runs the runtime's passes in this process.
-                write(temporary, runtime)
                 runtime.update(_runtime_check(temporary, notes))
-            if not quantized and runtime.get("optimize", True) and tune:
+            # The runtime runs a model that selects by value as loaded: nothing to time for it.
+            selecting = "" if quantized else _selects_by_value(temporary)
+            if not quantized and runtime.get("optimize", True) and tune and not selecting:
                 runtime.update(_measure_variants(module, golden, dynamic_dims, runtime.get("fuse", True), rtol))
                 order = runtime.get("variants", [])
                 if check_runtime and "channels_last" in order[: order.index("as_loaded")]:
@@ -230,6 +232,7 @@ def export(
             if (
                 not quantized
                 and runtime.get("optimize", True)
+                and not selecting
                 and dynamic_dims
                 and 0 in dynamic_dims[0]
                 and (order is None or order[0] != "as_loaded")
@@ -341,6 +344,16 @@ def _measure_variants(
         return _measured_order(module, golden, dynamic_dims, fuse, rtol)
     except Exception:
         return {}
+
+
+def _selects_by_value(path: Path) -> str:
+    """The operators that make the runtime run the artifact at `path` as loaded (its own check)."""
+    from torchbridge import _C
+
+    try:
+        return _C.selecting_ops(str(path))
+    except Exception:
+        return ""
 
 
 def _measured_order(module, golden, dynamic_dims, fuse: bool, rtol: float) -> dict[str, Any]:
