@@ -236,8 +236,8 @@ def _copy_with_entries(compiled: Path, target: Path, entries: dict[str, bytes]) 
     records: dict[str, bytes] = {}
     with PT2ArchiveReader(str(compiled)) as reader, PT2ArchiveWriter(str(target)) as writer:
         for name in reader.get_file_names():
-            # The writer adds the zip-format records itself.
-            if name.startswith(".data/") or name == "byteorder":
+            # The writer adds the zip-format records itself; the digests are written below.
+            if name.startswith(".data/") or name == "byteorder" or name == DIGEST_RECORD:
                 continue
             records[name] = reader.read_bytes(name)
         for name, data in entries.items():

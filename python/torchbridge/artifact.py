@@ -229,11 +229,14 @@ def digest_record(records: dict[str, bytes]) -> bytes:
     return json.dumps({"algorithm": "sha256", "records": digests}, indent=1).encode()
 
 
-def seal(source: Path, target: Path) -> None:
-    """Copy the TorchScript archive `source` to `target` with DIGEST_RECORD added, through torch's
-    own zip writer (records keep the alignment LibTorch's reader expects)."""
+def seal(source: Path, target: Path, replace: dict[str, bytes] | None = None) -> None:
+    """Copy the TorchScript archive `source` to `target` with DIGEST_RECORD added (or written again),
+    through torch's own zip writer (records keep the alignment LibTorch's reader expects);
+    `replace` gives new contents for some records (record name -> bytes)."""
     reader = torch._C.PyTorchFileReader(str(source))
-    records = {name: reader.get_record(name) for name in reader.get_all_records() if name != ".data/serialization_id"}
+    skipped = {".data/serialization_id", DIGEST_RECORD}  # the writer makes the first, this function the second
+    records = {name: reader.get_record(name) for name in reader.get_all_records() if name not in skipped}
+    records.update(replace or {})
     writer = torch._C.PyTorchFileWriter(str(target))
     for name, data in records.items():
         writer.write_record(name, data, len(data))

@@ -12,9 +12,11 @@ declared range (1..1024 by default), a TorchScript artifact any.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,14 +25,7 @@ from typing import Any
 
 import torch
 
-from torchbridge.artifact import (
-    DIGEST_RECORD,
-    MANIFEST_ENTRY,
-    Artifact,
-    artifact_format,
-    digest_record,
-    write_in_place,
-)
+from torchbridge.artifact import MANIFEST_ENTRY, Artifact, artifact_format, seal, write_in_place
 from torchbridge.compare import first_line
 from torchbridge.errors import TorchbridgeError
 
@@ -93,6 +88,7 @@ def time_in_runtime(paths: dict[str, Path]) -> tuple[dict[str, list[float]], lis
     """p50 ms of torchbridge.Runtime.forward per artifact at AUTO_BATCHES (the golden batch where
     the batch is fixed), timed in interleaved rounds (about 0.2 s of each, at least 3)."""
     from torchbridge.runtime import Runtime
+    from torchbridge.timing import time_interleaved
 
     threads = torch.get_num_threads()
     runtimes = {name: Runtime(path, threads=threads) for name, path in paths.items()}
@@ -109,48 +105,22 @@ def time_in_runtime(paths: dict[str, Path]) -> tuple[dict[str, list[float]], lis
         start = time.perf_counter()
         first.forward(*inputs)
         rounds = max(3, min(200, int(0.2 / max(time.perf_counter() - start, 1e-6))))
-        times: dict[str, list[float]] = {name: [] for name in runtimes}
-        for _ in range(rounds):
-            for name, runtime in runtimes.items():
-                start = time.perf_counter()
-                runtime.forward(*inputs)
-                times[name].append(time.perf_counter() - start)
-        for name, samples in times.items():
-            samples.sort()
-            table[name].append(round(samples[len(samples) // 2] * 1000.0, 4))
+        calls = {name: functools.partial(runtime.forward, *inputs) for name, runtime in runtimes.items()}
+        for name, samples in time_interleaved(calls, runs=rounds, warmup=0).items():
+            table[name].append(round(statistics.median(samples), 4))
     return table, batches
 
 
 def rewrite_manifest(source: Path, target: Path, manifest: dict[str, Any]) -> None:
     """Copy the artifact `source` to `target` (same file name: a TorchScript archive's top folder
-    is its stem) with its manifest replaced and the digest record written again, through torch's
-    own archive writers (records keep the alignment LibTorch's reader expects)."""
+    is its stem) with its manifest replaced and the digest record written again, through the
+    writers export itself uses."""
     if source.name != target.name:
         raise TorchbridgeError(f"rewrite_manifest keeps the file name: {source.name} -> {target.name}")
-    manifest_record = "extra/" + MANIFEST_ENTRY
-    data = json.dumps(manifest, indent=2).encode()
+    entries = {MANIFEST_ENTRY: json.dumps(manifest, indent=2).encode()}
     if artifact_format(source) == "aoti":
-        from torch.export.pt2_archive import PT2ArchiveReader, PT2ArchiveWriter
+        from torchbridge.aoti import _copy_with_entries
 
-        records: dict[str, bytes] = {}
-        with PT2ArchiveReader(str(source)) as reader, PT2ArchiveWriter(str(target)) as writer:
-            for name in reader.get_file_names():
-                if name.startswith(".data/") or name == "byteorder" or name == DIGEST_RECORD:
-                    continue
-                records[name] = reader.read_bytes(name)
-            records[manifest_record] = data
-            for name, content in records.items():
-                writer.write_bytes(name, content)
-            writer.write_bytes(DIGEST_RECORD, digest_record(records))
-        return
-    reader = torch._C.PyTorchFileReader(str(source))
-    skipped = {".data/serialization_id", DIGEST_RECORD}  # as seal(): the writer makes the first
-    records = {name: reader.get_record(name) for name in reader.get_all_records() if name not in skipped}
-    records[manifest_record] = data
-    writer = torch._C.PyTorchFileWriter(str(target))
-    for name, content in records.items():
-        writer.write_record(name, content, len(content))
-    digests = digest_record(records)
-    writer.write_record(DIGEST_RECORD, digests, len(digests))
-    writer.write_end_of_file()
-    del writer
+        _copy_with_entries(source, target, entries)
+    else:
+        seal(source, target, {"extra/" + name: data for name, data in entries.items()})

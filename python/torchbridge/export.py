@@ -4,10 +4,12 @@ format="aoti" to aoti.export_aoti; both share prepare.py."""
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
 import signal
+import statistics
 import subprocess
 import time
 from collections.abc import Sequence
@@ -358,6 +360,7 @@ def _selects_by_value(path: Path) -> str:
 
 def _measured_order(module, golden, dynamic_dims, fuse: bool, rtol: float) -> dict[str, Any]:
     from torchbridge.mirror import CPU_VARIANTS
+    from torchbridge.timing import time_interleaved
 
     buffer = io.BytesIO()
     torch.jit.save(module, buffer)
@@ -404,15 +407,10 @@ def _measured_order(module, golden, dynamic_dims, fuse: bool, rtol: float) -> di
             mirror.loaded(*inputs)
             # About 0.1 s of each variant (noise on small models), at least 3 rounds.
             rounds = max(3, min(200, int(0.1 / max(time.perf_counter() - start, 1e-6))))
-            times: dict[str, list[float]] = {name: [] for name in runs}
-            for _ in range(rounds):
-                for name, run in runs.items():
-                    start = time.perf_counter()
-                    run(*inputs)
-                    times[name].append(time.perf_counter() - start)
+            calls = {name: functools.partial(run, *inputs) for name, run in runs.items()}
+            times = time_interleaved(calls, runs=rounds, warmup=0)
             for name in table:
-                samples = sorted(times.get(name, []))
-                table[name].append(round(samples[len(samples) // 2] * 1000.0, 4) if samples else None)
+                table[name].append(round(statistics.median(times[name]), 4) if name in times else None)
             del mirror, runs
     base = table["as_loaded"]
 
