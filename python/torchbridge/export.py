@@ -124,7 +124,7 @@ def export(
       model, the manifest turns that pass off (runtime.fuse, runtime.optimize) and says so in its
       notes. Costs about one load of the model in C++.
     tune: (TorchScript) time the C++ runtime's CPU variants of the model (oneDNN Graph, optimize_for_inference,
-      channels-last, frozen, as loaded) here at batch 1 and 16 and record them in the manifest fastest first
+      channels-last, as loaded) here at batch 1 and 16 and record them in the manifest fastest first
       (runtime.variants, with the table in runtime.measured): the runtime tries them in that order at each
       input shape, each still checked against the module as loaded there. Costs a few runs of each variant.
     The file is written next to `path` and moved into place only after it loads back, so a
