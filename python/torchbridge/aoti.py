@@ -224,7 +224,7 @@ def _export_program(
         ) from error
 
 
-def _copy_with_entries(compiled: Path, target: Path, entries: dict[str, bytes]) -> None:
+def copy_with_entries(compiled: Path, target: Path, entries: dict[str, bytes]) -> None:
     """Write the package `compiled` to `target` with torchbridge's entries added, through torch's
     PT2 archive writer, so every record keeps the alignment LibTorch's reader expects.
 
@@ -385,7 +385,7 @@ def export_aoti(
                 },
             )
         )
-        _copy_with_entries(compiled, temporary, extra_entries(manifest, prepared))
+        copy_with_entries(compiled, temporary, extra_entries(manifest, prepared))
 
     write_in_place(path, compile_and_package)
     return Artifact(path=path, manifest=manifest)

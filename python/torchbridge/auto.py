@@ -119,8 +119,8 @@ def rewrite_manifest(source: Path, target: Path, manifest: dict[str, Any]) -> No
         raise TorchbridgeError(f"rewrite_manifest keeps the file name: {source.name} -> {target.name}")
     entries = {MANIFEST_ENTRY: json.dumps(manifest, indent=2).encode()}
     if artifact_format(source) == "aoti":
-        from torchbridge.aoti import _copy_with_entries
+        from torchbridge.aoti import copy_with_entries
 
-        _copy_with_entries(source, target, entries)
+        copy_with_entries(source, target, entries)
     else:
         seal(source, target, {"extra/" + name: data for name, data in entries.items()})
