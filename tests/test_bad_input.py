@@ -389,6 +389,18 @@ MANIFEST_EDITS = {
         lambda m: m["runtime"].update(variants=["frozen", 3]),
         "'runtime.variants[]' must be a string",
     ),
+    "runtime.large_batches from batch 1": (
+        lambda m: m["runtime"].update(large_batches={"from": 1, "variants": ["frozen"]}),
+        "'runtime.large_batches.from' must be an integer in [2, 1024], got 1",
+    ),
+    "runtime.large_batches a list": (
+        lambda m: m["runtime"].update(large_batches=[8, ["frozen"]]),
+        "'runtime.large_batches' must be an object",
+    ),
+    "runtime.large_batches without variants": (
+        lambda m: m["runtime"].update(large_batches={"from": 8}),
+        "missing key 'variants'",
+    ),
     "output dtype": (
         lambda m: m["outputs"][0].update(dtype="complex64"),
         "'outputs[0].dtype': unknown dtype 'complex64'",

@@ -17,11 +17,13 @@ from torchbridge.compare import max_errors
 from torchbridge.mirror import CPU_VARIANTS, load_in_python
 
 
-def export_with_order(model, example, path, order, monkeypatch):
-    """Export with the measurement replaced by a fixed order, from batch 1 (what the runtime does
-    with an order is under test here, not which variant this machine finds fastest)."""
+def export_with_order(model, example, path, order, monkeypatch, **fields):
+    """Export with the measurement replaced by a fixed order (and other runtime `fields`), from
+    batch 1 (what the runtime does with an order is under test here, not which variant this machine
+    finds fastest)."""
     module = sys.modules["torchbridge.export"]
-    monkeypatch.setattr(module, "_measure_variants", lambda *a, **k: {"variants": order, "measured": {}})
+    measured = {"variants": order, "measured": {}, **fields}
+    monkeypatch.setattr(module, "_measure_variants", lambda *a, **k: measured)
     monkeypatch.setattr(module, "_optimize_from_batch", lambda *a, **k: 1)  # every batch size runs the order
     artifact = tb.export(model, example, path)
     monkeypatch.undo()
@@ -34,7 +36,7 @@ def test_export_times_every_variant_and_the_runtime_tries_them_in_that_order(tmp
     runtime_fields = artifact.manifest["runtime"]
     order, measured = runtime_fields["variants"], runtime_fields["measured"]
     assert sorted(order) == sorted(["as_loaded", *CPU_VARIANTS])
-    assert measured["batches"] == [1, 16] and measured["threads"] >= 1
+    assert measured["batches"] == [1, 32] and measured["threads"] >= 1
     rejected = measured.get("rejected", {})  # a variant that raised or differed on this CPU: last, untimed
     for variant, times in measured["p50_ms"].items():
         assert len(times) == 2 and (variant in rejected or all(t > 0 for t in times)), measured
@@ -42,6 +44,9 @@ def test_export_times_every_variant_and_the_runtime_tries_them_in_that_order(tmp
 
     runtime = tb.Runtime(artifact.path, threads=THREADS)
     tried = order[: order.index("as_loaded")]
+    large = runtime_fields.get("large_batches")
+    if large:  # batch 32 measured another variant fastest: it runs from where the two cross
+        assert 2 <= large["from"] <= 32 and large["variants"][0] != order[0], runtime_fields
     if not tried:
         assert runtime.optimization == "none (the module as loaded measured fastest at export)"
     else:
@@ -54,8 +59,11 @@ def test_export_times_every_variant_and_the_runtime_tries_them_in_that_order(tmp
             y = runtime(x)
             assert torch.equal(y, mirror(x)) and torch.equal(y, unlinked(x)), f"batch {batch}"
             assert max_errors(y, model(x))[1] <= 1e-5
-            if tried and batch >= max(runtime.optimized_from_batch, 1):
-                assert runtime.variant_at(x) == tried[0], (batch, order, runtime.optimization)
+            expected = tried
+            if large and batch >= large["from"]:
+                expected = large["variants"][: large["variants"].index("as_loaded")] or ["as_loaded"]
+            if expected and batch >= max(runtime.optimized_from_batch, 1):
+                assert runtime.variant_at(x) == expected[0], (batch, runtime_fields, runtime.optimization)
 
 
 def test_channels_last_runs_4d_inputs_in_that_layout_and_matches_its_mirror(tmp_path, monkeypatch):
@@ -166,3 +174,45 @@ def test_a_channels_last_crash_found_at_export_takes_it_out_of_the_order(tmp_pat
     with torch.inference_mode():
         assert max_errors(runtime(x), model(x))[1] <= 1e-5
     assert runtime.variant_at(x) == "frozen"
+
+
+def test_large_batches_follow_their_own_measured_order(tmp_path, monkeypatch):
+    """Export measured another variant fastest at batch 32 than at batch 1: batches from where the
+    two cross try the large batch's order (its own variants, or the module as loaded)."""
+    model = seeded(tb.models.digits_cnn)
+    path = tmp_path / "cnn.pt"
+    large = {"from": 8, "variants": ["channels_last", "frozen", "as_loaded"]}
+    export_with_order(model, (digits(4),), path, ["frozen", "as_loaded"], monkeypatch, large_batches=large)
+    runtime = tb.Runtime(path, threads=THREADS)
+    assert "(variant order measured at export; from batch 8: channels_last)" in runtime.optimization
+    _, mirror = load_in_python(path, runtime.optimized_from_batch)
+    with torch.inference_mode():
+        for batch, variant in ((1, "frozen"), (7, "frozen"), (8, "channels_last"), (20, "channels_last")):
+            x = digits(batch)
+            y = runtime(x)
+            assert runtime.variant_at(x) == variant, batch
+            assert torch.equal(y, mirror(x)), f"batch {batch}"
+            assert max_errors(y, model(x))[1] <= 1e-5
+    assert tb.verify(model, path, threads=THREADS, fresh=1).passed
+
+    as_loaded = {"from": 4, "variants": ["as_loaded", "frozen"]}
+    path = tmp_path / "as_loaded_from_4.pt"
+    export_with_order(model, (digits(4),), path, ["frozen", "as_loaded"], monkeypatch, large_batches=as_loaded)
+    runtime = tb.Runtime(path, threads=THREADS)
+    assert "from batch 4: as_loaded)" in runtime.optimization
+    _, mirror = load_in_python(path, runtime.optimized_from_batch)
+    with torch.inference_mode():
+        for batch, variant in ((3, "frozen"), (4, "as_loaded"), (16, "as_loaded")):
+            x = digits(batch)
+            assert torch.equal(runtime(x), mirror(x)) and runtime.variant_at(x) == variant, batch
+
+
+def test_the_orders_split_where_the_two_fastest_cross():
+    from torchbridge.export import _crossing
+
+    # oneDNN Graph: 2 ms at batch 1, 34 at 32; freeze: 1 and 65: equal at batch 2 and beyond.
+    assert _crossing([1.0, 65.0], [2.0, 34.0], [1, 32]) == 2
+    # 1.0 + 1.0 * (b - 1) vs 1.5 + 0.9 * (b - 1): equal at b = 6.
+    assert _crossing([1.0, 32.0], [1.5, 29.4], [1, 32]) == 6
+    assert _crossing([1.0, 2.0], [1.0, 1.0], [1, 32]) == 2  # a tie at batch 1
+    assert _crossing([1.0, 10.0], [1.2, 9.0], [1, 4]) <= 4  # a heavy model timed at batch 4

@@ -35,7 +35,8 @@ class Backend {
 // A TorchScript archive (.pt); torchscript_backend.cpp. With optimize, faster variants are tried and
 // checked at each input shape; `rtol`: how far one may stray from the module as loaded, relative to
 // the largest |output|. `order`: the CPU variants in the order export measured them (the manifest's
-// runtime.variants), fastest first; empty: the built-in order.
+// runtime.variants), fastest first; empty: the built-in order. `large_from` >= 2: from that batch
+// size on, `large_order` instead (runtime.large_batches; empty there: the module as loaded).
 class TorchScriptModel : public Backend {
  public:
   /// Why the model runs as loaded although optimize was asked for ("" when it does not).
@@ -47,7 +48,9 @@ class TorchScriptModel : public Backend {
 std::unique_ptr<TorchScriptModel> make_torchscript_backend(const std::string& path, const at::Device& device,
                                                            at::ScalarType precision, bool optimize, bool fuse,
                                                            bool cuda_graphs, double rtol,
-                                                           const std::vector<std::string>& order = {});
+                                                           const std::vector<std::string>& order = {},
+                                                           int64_t large_from = 0,
+                                                           const std::vector<std::string>& large_order = {});
 
 // Helpers the backends share with the runtime (runtime.cpp).
 std::string shape_string(c10::IntArrayRef shape);

@@ -70,6 +70,19 @@ double tolerance(const json::Value& value, const std::string& what) {
   return number;
 }
 
+// runtime.variants and runtime.large_batches.variants: at most 16 names of 1 to 64 characters.
+std::vector<std::string> variant_names(const json::Value& value, const std::string& what) {
+  const auto& names = value.as_array(what);
+  if (names.size() > 16) bad("'" + what + "' must list at most 16 names");
+  std::vector<std::string> out;
+  for (const json::Value& name : names) {
+    const std::string& text = name.as_string(what + "[]");
+    if (text.empty() || text.size() > 64) bad("'" + what + "' names must be 1 to 64 characters");
+    out.push_back(text);
+  }
+  return out;
+}
+
 std::vector<std::string> golden_names(const json::Value& golden, const char* key, size_t expected) {
   std::vector<std::string> names;
   const std::string what = std::string("golden.") + key;
@@ -117,14 +130,13 @@ ParsedManifest parse_manifest(const std::string& text, const std::string& path) 
             integer(runtime.at("optimize_from_batch"), "runtime.optimize_from_batch", 0, kMaxOptimizeFromBatch);
       if (runtime.has("fuse")) parsed.fuse = runtime.at("fuse").as_bool("runtime.fuse");
       if (runtime.has("optimize")) parsed.optimize = runtime.at("optimize").as_bool("runtime.optimize");
-      if (runtime.has("variants")) {
-        const auto& names = runtime.at("variants").as_array("runtime.variants");
-        if (names.size() > 16) bad("'runtime.variants' must list at most 16 names");
-        for (const json::Value& name : names) {
-          const std::string& text = name.as_string("runtime.variants[]");
-          if (text.empty() || text.size() > 64) bad("'runtime.variants' names must be 1 to 64 characters");
-          parsed.variants.push_back(text);
-        }
+      if (runtime.has("variants")) parsed.variants = variant_names(runtime.at("variants"), "runtime.variants");
+      if (runtime.has("large_batches")) {
+        const json::Value& large = runtime.at("large_batches");
+        if (large.type != json::Value::Type::kObject) bad("'runtime.large_batches' must be an object");
+        parsed.large_batches_from =
+            integer(large.at("from"), "runtime.large_batches.from", 2, kMaxOptimizeFromBatch);
+        parsed.large_batch_variants = variant_names(large.at("variants"), "runtime.large_batches.variants");
       }
     }
     if (root.has("quantized_engine") && !root.at("quantized_engine").is_null())

@@ -34,6 +34,11 @@ struct ParsedManifest {
   /// runtime tries them in this order at each input shape, and those after "as_loaded" not at all.
   /// Empty: the runtime's own order. Names this runtime does not know are skipped.
   std::vector<std::string> variants;
+  /// runtime.large_batches {"from": N, "variants": [...]}: from batch N on (N >= 2) the order is
+  /// `large_batch_variants` instead, measured at a large batch (empty: the module as loaded there).
+  /// 0: one order for every batch.
+  int64_t large_batches_from = 0;
+  std::vector<std::string> large_batch_variants;
 };
 
 /// Parses and checks `text`; throws Error(kArtifact) "<path>: bad torchbridge manifest: <what>".

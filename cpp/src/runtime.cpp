@@ -294,6 +294,8 @@ struct Runtime::Impl {
   Manifest manifest;
   int64_t optimize_from_batch = 1;  // the manifest's runtime.optimize_from_batch
   std::vector<std::string> manifest_variants;  // runtime.variants: the CPU order measured at export
+  int64_t large_batches_from = 0;               // runtime.large_batches: from this batch on,
+  std::vector<std::string> large_batch_variants;  // this order (measured at a large batch)
   bool manifest_fuse = true;        // runtime.fuse and runtime.optimize: false where export saw
   bool manifest_optimize = true;    // that pass crash LibTorch on this model
   at::Device device{at::kCPU};
@@ -368,6 +370,8 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
       impl_->manifest_fuse = parsed.fuse;
       impl_->manifest_optimize = parsed.optimize;
       impl_->manifest_variants = std::move(parsed.variants);
+      impl_->large_batches_from = parsed.large_batches_from;
+      impl_->large_batch_variants = std::move(parsed.large_batch_variants);
       manifest_root = std::move(parsed.root);
       // Under extra/ in TorchScript; at the top level in a .pt2 (torch's loader reads extra/ as text).
       auto golden_record = [&](const std::string& name) {
@@ -444,11 +448,14 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
       const bool cpu = impl_->device.is_cpu();
       const bool optimize_off = cpu && !impl_->manifest_optimize;
       const bool fuse_off = cpu && !impl_->manifest_fuse;
-      auto backend = make_torchscript_backend(path, impl_->device, impl_->precision,
-                                              options.optimize && !quantized && !optimize_off,
-                                              options.fuse && !fuse_off, options.cuda_graphs, check_rtol,
-                                              cpu && impl_->precision == at::kFloat ? impl_->manifest_variants
-                                                                                    : std::vector<std::string>{});
+      // The measured orders hold for the CPU in fp32, where export timed them.
+      const bool measured_here = cpu && impl_->precision == at::kFloat;
+      auto backend = make_torchscript_backend(
+          path, impl_->device, impl_->precision, options.optimize && !quantized && !optimize_off,
+          options.fuse && !fuse_off, options.cuda_graphs, check_rtol,
+          measured_here ? impl_->manifest_variants : std::vector<std::string>{},
+          measured_here ? impl_->large_batches_from : 0,
+          measured_here ? impl_->large_batch_variants : std::vector<std::string>{});
       impl_->optimization = !options.optimize ? "none (optimize off)"
                             : quantized       ? "none (quantized artifact: int8 kernels are prepacked already)"
                             : optimize_off    ? "none (" + std::string(kCrashedAtExport) + "runtime.optimize false)"

@@ -178,7 +178,8 @@ class TorchScriptBackend final : public TorchScriptModel {
   // precision: the floating dtype the module runs in (kFloat keeps the artifact's own).
   // rtol: how far a variant may stray from the module as loaded, relative to the largest |output|.
   TorchScriptBackend(const std::string& path, const at::Device& device, at::ScalarType precision, bool optimize,
-                     bool fuse, bool cuda_graphs, double rtol, const std::vector<std::string>& order)
+                     bool fuse, bool cuda_graphs, double rtol, const std::vector<std::string>& order,
+                     int64_t large_from, const std::vector<std::string>& large_order)
       : path_(path), device_(device), precision_(precision), rtol_(rtol) {
     as_loaded_ = load();
     if (!optimize) return;
@@ -221,11 +222,22 @@ class TorchScriptBackend final : public TorchScriptModel {
         // depends on the model (channels-last pays on depthwise convolutions, oneDNN Graph on
         // convolution chains, neither on small matrix products).
         if (precision_ == at::kFloat) available.push_back("channels_last");
-        for (const std::string& name : order) {
-          if (name == kAsLoaded) break;
-          if (std::find(available.begin(), available.end(), name) != available.end() &&
-              std::find(variants_.begin(), variants_.end(), name) == variants_.end())
-            variants_.push_back(name);
+        const auto known = [&](const std::vector<std::string>& names) {
+          std::vector<std::string> out;
+          for (const std::string& name : names) {
+            if (name == kAsLoaded) break;
+            if (std::find(available.begin(), available.end(), name) != available.end() &&
+                std::find(out.begin(), out.end(), name) == out.end())
+              out.push_back(name);
+          }
+          return out;
+        };
+        variants_ = known(order);
+        // The fastest variant can change with the batch size (oneDNN Graph's fused kernels pay on
+        // large batches; freeze alone or the module as loaded can win at batch 1).
+        if (large_from >= 2) {
+          large_from_ = large_from;
+          large_variants_ = known(large_order);
         }
         if (variants_.empty()) {
           failure_ = "the module as loaded measured fastest at export";
@@ -239,7 +251,13 @@ class TorchScriptBackend final : public TorchScriptModel {
                       : first == "optimize_for_inference" ? "freeze+optimize_for_inference"
                       : first == "channels_last" || precision_ != at::kFloat ? "freeze+channels_last"
                                                                               : "freeze";
-      if (measured_) optimization_ += " (variant order measured at export)";
+      if (measured_) {
+        optimization_ += " (variant order measured at export";
+        if (large_from_ >= 2)
+          optimization_ += "; from batch " + std::to_string(large_from_) + ": " +
+                           (large_variants_.empty() ? std::string(kAsLoaded) : large_variants_.front());
+        optimization_ += ")";
+      }
     } else {
       variants_.push_back("optimize_for_inference");
       optimization_ = "freeze+optimize_for_inference";
@@ -309,6 +327,8 @@ class TorchScriptBackend final : public TorchScriptModel {
 
   void drop_optimization() override {
     variants_.clear();
+    large_variants_.clear();
+    large_from_ = 0;
     from_batch_ = 1;
     choices_.clear();
     frozen_ = torch::jit::Module();
@@ -373,7 +393,17 @@ class TorchScriptBackend final : public TorchScriptModel {
   bool runs_optimized(const std::vector<at::Tensor>& inputs) const {
     if (variants_.empty()) return false;
     // Measured at export: small batches of a small model run faster as loaded.
-    return !(from_batch_ > 1 && !inputs.empty() && inputs[0].dim() > 0 && inputs[0].size(0) < from_batch_);
+    if (from_batch_ > 1 && batch_of(inputs) < from_batch_) return false;
+    return !variants_for(inputs).empty();
+  }
+
+  static int64_t batch_of(const std::vector<at::Tensor>& inputs) {
+    return !inputs.empty() && inputs[0].dim() > 0 ? inputs[0].size(0) : 1;
+  }
+
+  // The order for these inputs' batch size (export may have measured another for large batches).
+  const std::vector<std::string>& variants_for(const std::vector<at::Tensor>& inputs) const {
+    return large_from_ >= 2 && batch_of(inputs) >= large_from_ ? large_variants_ : variants_;
   }
 
   // The variant for these input shapes: the first that runs them and matches the module as loaded.
@@ -381,7 +411,7 @@ class TorchScriptBackend final : public TorchScriptModel {
     // The reference. If the module as loaded raises, the call raises as it would without torchbridge.
     const std::vector<at::Tensor> expected = call(as_loaded_, inputs);
     std::string rejected;
-    for (const std::string& variant : variants_) {
+    for (const std::string& variant : variants_for(inputs)) {
       bool counted = false;
       if (const std::lock_guard<std::mutex> lock(fallbacks_mutex_); rejected_.count(variant)) continue;
       try {
@@ -538,6 +568,8 @@ class TorchScriptBackend final : public TorchScriptModel {
   std::string optimization_;  // the fastest variant, as optimization() reports it
   std::string failure_;       // why the model runs as loaded although optimize is on
   std::vector<std::string> variants_;  // fastest first; empty: everything runs as loaded
+  int64_t large_from_ = 0;             // >= 2: batches from this size on try large_variants_
+  std::vector<std::string> large_variants_;  // empty there: the module as loaded
   // torch::jit::Module is a handle; its methods are not const, but running forward does not
   // mutate the module in eval mode, and the graph executor serializes its own compilation.
   mutable torch::jit::Module as_loaded_;
@@ -563,8 +595,11 @@ std::string selecting_ops_in(const std::string& path) { return selecting_ops(tor
 std::unique_ptr<TorchScriptModel> make_torchscript_backend(const std::string& path, const at::Device& device,
                                                            at::ScalarType precision, bool optimize, bool fuse,
                                                            bool cuda_graphs, double rtol,
-                                                           const std::vector<std::string>& order) {
-  return std::make_unique<TorchScriptBackend>(path, device, precision, optimize, fuse, cuda_graphs, rtol, order);
+                                                           const std::vector<std::string>& order,
+                                                           int64_t large_from,
+                                                           const std::vector<std::string>& large_order) {
+  return std::make_unique<TorchScriptBackend>(path, device, precision, optimize, fuse, cuda_graphs, rtol, order,
+                                              large_from, large_order);
 }
 
 }  // namespace torchbridge

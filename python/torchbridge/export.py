@@ -124,8 +124,9 @@ def export(
       model, the manifest turns that pass off (runtime.fuse, runtime.optimize) and says so in its
       notes. Costs about one load of the model in C++.
     tune: (TorchScript) time the C++ runtime's CPU variants of the model (oneDNN Graph, optimize_for_inference,
-      channels-last, as loaded) here at batch 1 and 16 and record them in the manifest fastest first
-      (runtime.variants, with the table in runtime.measured): the runtime tries them in that order at each
+      channels-last, as loaded) here at batch 1 and 32 and record them in the manifest fastest first
+      (runtime.variants, with the table in runtime.measured; runtime.large_batches where batch 32 has
+      another fastest, from the batch where they cross): the runtime tries them in that order at each
       input shape, each still checked against the module as loaded there. Costs a few runs of each variant.
     The file is written next to `path` and moved into place only after it loads back, so a
     failed export leaves an existing file untouched.
@@ -222,22 +223,24 @@ def export(
             selecting = "" if quantized else _selects_by_value(temporary)
             if not quantized and runtime.get("optimize", True) and tune and not selecting:
                 runtime.update(_measure_variants(module, golden, dynamic_dims, runtime.get("fuse", True), rtol))
-                order = runtime.get("variants", [])
-                if check_runtime and "channels_last" in order[: order.index("as_loaded")]:
+                orders = [runtime.get("variants", []), runtime.get("large_batches", {}).get("variants", [])]
+                if check_runtime and any("channels_last" in tried(order) for order in orders):
                     # The check above ran the built-in order; channels-last is run here first.
                     write(temporary, runtime)
                     crash = _crashes_in_runtime(temporary)
                     if crash:
-                        runtime["variants"] = [v for v in order if v != "channels_last"]
+                        for order in orders:
+                            if "channels_last" in order:
+                                order.remove("channels_last")
                         notes.append(f"torchbridge-run crashed ({crash}) with the channels_last variant: not tried")
             order = runtime.get("variants")
             if (
                 not quantized
                 and runtime.get("optimize", True)
                 and not selecting
+                and order is None  # timed above, at batch 1 and a large batch
                 and dynamic_dims
                 and 0 in dynamic_dims[0]
-                and (order is None or order[0] != "as_loaded")
             ):
                 runtime["optimize_from_batch"] = _optimize_from_batch(
                     module, golden, dynamic_dims, fuse=runtime.get("fuse", True), order=order
@@ -327,8 +330,13 @@ MEASURE_BATCHES = (1, 4, 16, 64)
 
 #: Batch sizes export times the runtime's variants at (a model with a dynamic batch dimension); the
 #: second is smaller where one call of the model at that size would take over TUNE_CALL_S seconds.
-TUNE_BATCHES = (1, 16)
+TUNE_BATCHES = (1, 32)
 TUNE_CALL_S = 0.5
+
+
+def tried(order: list[str]) -> list[str]:
+    """The variants of a measured order the runtime tries: those before "as_loaded"."""
+    return order[: order.index("as_loaded")] if "as_loaded" in order else list(order)
 
 
 def _measure_variants(
@@ -339,6 +347,11 @@ def _measure_variants(
     batch where the batch is fixed): {"variants": names fastest first by the geometric mean of their
     time relative to the module as loaded, "as_loaded" among them (those after it are never run),
     "measured": the table}. A variant that raises or differs at any size goes after "as_loaded".
+    Where the fastest differs between the two batch sizes, the orders split at the batch where the
+    two fastest cross (times taken as linear in the batch): "variants" holds batch 1's order and
+    "large_batches" {"from": that batch, "variants": the large batch's order}, or, where the module as
+    loaded is fastest at batch 1, "variants" the large batch's order and "optimize_from_batch" the
+    crossing (the runtime then runs smaller batches as loaded).
     Which is fastest depends on the model and the CPU: channels-last pays on depthwise
     convolutions, oneDNN Graph on convolution chains, neither on small matrix products. {} where the
     module as loaded itself fails at those sizes (the runtime then keeps its own order)."""
@@ -414,14 +427,26 @@ def _measured_order(module, golden, dynamic_dims, fuse: bool, rtol: float) -> di
             del mirror, runs
     base = table["as_loaded"]
 
-    def score(name: str) -> float:
-        ratios = [t / b for t, b in zip(table[name], base) if t and b]
-        if name in rejected or len(ratios) != len(base):
-            return float("inf")
-        return math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+    def ranked(columns: list[int]) -> list[str]:
+        def score(name: str) -> float:
+            ratios = [table[name][i] / base[i] for i in columns if table[name][i] and base[i]]
+            if name in rejected or len(ratios) != len(columns):
+                return float("inf")
+            return math.exp(sum(math.log(r) for r in ratios) / len(ratios))
 
-    order = sorted(table, key=lambda name: (score(name), name != "as_loaded"))
-    order = [name for name in order if score(name) != float("inf")] + sorted(rejected)
+        order = sorted(table, key=lambda name: (score(name), name != "as_loaded"))
+        return [name for name in order if score(name) != float("inf")] + sorted(rejected)
+
+    order = ranked(list(range(len(batches))))
+    result: dict[str, Any] = {"variants": order}
+    if len(batches) == 2 and batches[1] > 1:
+        small, large = ranked([0]), ranked([1])
+        if small[0] != large[0]:
+            crossing = _crossing(table[small[0]], table[large[0]], batches)
+            if small[0] == "as_loaded":
+                result = {"variants": large, "optimize_from_batch": crossing}
+            else:
+                result = {"variants": small, "large_batches": {"from": crossing, "variants": large}}
     measured = {
         "batches": list(batches),
         "threads": torch.get_num_threads(),
@@ -430,7 +455,18 @@ def _measured_order(module, golden, dynamic_dims, fuse: bool, rtol: float) -> di
     }
     if rejected:
         measured["rejected"] = rejected
-    return {"variants": order, "measured": measured}
+    return {**result, "measured": measured}
+
+
+def _crossing(small: list[float], large: list[float], batches: list[int]) -> int:
+    """The batch size from which the variant timed `large` ([ms at batches[0], ms at batches[1]])
+    is faster than the one timed `small`, each time taken as linear in the batch size between the
+    two measured batches: in [2, batches[1]]."""
+    (b0, b1), before, after = batches, small[0] - large[0], small[1] - large[1]
+    if after <= before:  # not crossing in between: measurement noise; the large batch decides
+        return b1
+    point = b0 + (b1 - b0) * (-before) / (after - before)
+    return max(2, min(b1, math.ceil(point)))
 
 
 def _optimize_from_batch(

@@ -45,8 +45,8 @@ def load_in_python(
         return "torchscript", load()
     fuse = fuse and passes.get("fuse") is not False
     rtol = manifest["tolerance"]["rtol"] if manifest else 1e-5
-    order = passes.get("variants")
-    mirror = RuntimeMirror(load, optimized_from_batch, fuse=fuse, runtime=runtime, rtol=rtol, order=order)
+    order, large = passes.get("variants"), passes.get("large_batches")
+    mirror = RuntimeMirror(load, optimized_from_batch, fuse=fuse, runtime=runtime, rtol=rtol, order=order, large=large)
     if not mirror.variants:  # export measured the module as loaded fastest: the runtime runs it
         return "torchscript", mirror.loaded
     return "torchscript", mirror
@@ -101,11 +101,19 @@ class RuntimeMirror:
     its first two calls, through the runtime's own OneDnnFusionScope; the first _C.FUSED_SHAPES
     shapes only, none with fuse=False), "optimize_for_inference" (freeze + optimize_for_inference),
     "frozen". "channels_last" (freeze with channels-last weights, 4-d inputs in channels-last) runs
-    only where the order names it. With a `runtime`, the variant is the one the runtime chose at that
+    only where the order names it. `large` (runtime.large_batches, {"from": N, "variants": [...]}):
+    batches of N or more follow that order instead. With a `runtime`, the variant is the one the runtime chose at that
     shape, so both run the same graphs. `load` returns a fresh module as loaded (eval mode)."""
 
     def __init__(
-        self, load: Callable[[], Any], from_batch: int = 1, fuse: bool = True, runtime=None, rtol=1e-5, order=None
+        self,
+        load: Callable[[], Any],
+        from_batch: int = 1,
+        fuse: bool = True,
+        runtime=None,
+        rtol=1e-5,
+        order=None,
+        large=None,
     ):
         from torchbridge import _C
 
@@ -116,6 +124,8 @@ class RuntimeMirror:
         self.runtime = runtime
         self.rtol = rtol
         self.order = list(order) if order else None
+        self.large_from = int(large["from"]) if large and self.order else 0
+        self.large_order = list(large["variants"]) if self.large_from else []
         self.loaded = load()  # the reference, and what runs as loaded; a bad file fails here
         self.by_shape: dict[tuple[int, ...], tuple[str, Any]] = {}  # shape key -> (variant, module)
         self.fused_shapes = 0
@@ -126,10 +136,20 @@ class RuntimeMirror:
 
     @property
     def variants(self) -> list[str]:
+        """The variants tried at small batches (all batches without `large`), in order; [] where
+        the order puts the module as loaded first (the runtime then runs it at every batch)."""
         if self.order is None:
             return (["onednn_graph"] if self.fuse else []) + ["optimize_for_inference", "frozen"]
+        return self._known(self.order)
+
+    def variants_for(self, batch: int) -> list[str]:
+        if self.large_from >= 2 and batch >= self.large_from and self.variants:
+            return self._known(self.large_order)
+        return self.variants
+
+    def _known(self, order: list[str]) -> list[str]:
         available = [v for v in (*CPU_VARIANTS, "frozen") if self.fuse or v != "onednn_graph"]
-        names = self.order[: self.order.index("as_loaded")] if "as_loaded" in self.order else self.order
+        names = order[: order.index("as_loaded")] if "as_loaded" in order else order
         return list(dict.fromkeys(v for v in names if v in available))
 
     def _freeze(self):
@@ -175,7 +195,8 @@ class RuntimeMirror:
 
     def _choose(self, inputs) -> tuple[str, Any]:
         expected = run_module(self.loaded, inputs)
-        for variant in self.variants:
+        batch = inputs[0].shape[0] if inputs and inputs[0].dim() > 0 else 1
+        for variant in self.variants_for(batch):
             if variant in self.rejected or (variant == "onednn_graph" and self.fused_shapes >= self._C.FUSED_SHAPES):
                 continue
             try:
@@ -199,7 +220,8 @@ class RuntimeMirror:
 
     def __call__(self, *inputs):
         inputs = tuple(dense(t) for t in inputs)  # as the runtime passes them
-        if self.from_batch > 1 and inputs and inputs[0].dim() > 0 and inputs[0].shape[0] < self.from_batch:
+        batch = inputs[0].shape[0] if inputs and inputs[0].dim() > 0 else 1
+        if (self.from_batch > 1 and batch < self.from_batch) or not self.variants_for(batch):
             return self.loaded(*inputs)
         key = self._key(inputs)
         entry = self.by_shape.get(key)
