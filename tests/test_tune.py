@@ -216,3 +216,21 @@ def test_the_orders_split_where_the_two_fastest_cross():
     assert _crossing([1.0, 32.0], [1.5, 29.4], [1, 32]) == 6
     assert _crossing([1.0, 2.0], [1.0, 1.0], [1, 32]) == 2  # a tie at batch 1
     assert _crossing([1.0, 10.0], [1.2, 9.0], [1, 4]) <= 4  # a heavy model timed at batch 4
+
+
+def test_the_frozen_variant_matches_its_mirror_exactly(tmp_path, monkeypatch):
+    """The runtime freezes at load, outside inference mode, and the mirror must too: an
+    nn.TransformerDecoder frozen under inference mode rounds differently, and verify's
+    TorchScript-vs-C++ check is exact."""
+    layer = lambda: nn.TransformerDecoderLayer(64, 4, dim_feedforward=128, batch_first=True)  # noqa: E731
+    model = seeded(lambda: nn.TransformerDecoder(layer(), num_layers=2))
+    generator = torch.Generator().manual_seed(0)
+    example = (torch.randn(2, 16, 64, generator=generator), torch.randn(2, 24, 64, generator=generator))
+    path = tmp_path / "decoder.pt"
+    export_with_order(model, example, path, ["frozen", "as_loaded"], monkeypatch)
+    report = tb.verify(model, path, threads=THREADS, fresh=2, cli=False, raise_on_failure=False)
+    assert report.passed, report.table()
+    runtime = tb.Runtime(path, threads=THREADS)
+    with torch.inference_mode():
+        runtime(*example)
+    assert runtime.variant_at(*example) == "frozen"
