@@ -104,7 +104,16 @@ def run_one(name: str, threads: int, batches: list[int], runs: int, warmup: int,
     )
     p50 = {f"{path}@{b}": report.p50(path, b) for path in PATHS + ["pt2"] for b in batches if report.p50(path, b)}
     cpp = report.info("cpp")
-    return {"p50_ms": p50, "skipped": report.skipped, "cpp_note": cpp.note if cpp else None}
+    runs = {}
+    if (work / "model.pt").exists():
+        # What the C++ runtime ran at each batch: the variant order export measured.
+        runtime = tb.Runtime(work / "model.pt", threads=threads)
+        with torch.inference_mode():
+            for b in batches:
+                example = runtime.example_inputs(dynamic_size=b, seed=0)
+                runtime.forward(*example)
+                runs[str(b)] = runtime.variant_at(*example)
+    return {"p50_ms": p50, "skipped": report.skipped, "cpp_note": cpp.note if cpp else None, "cpp_runs": runs}
 
 
 PATHS = ["eager", "cpp", "onnxruntime"]
@@ -153,6 +162,8 @@ def render(rows: list[dict], meta: dict) -> str:
                 vs_eager.append(r_e)
                 pt2_ort.append(r_a)
                 note = row.get("error") or "; ".join(f"{k}: {v}" for k, v in row.get("skipped", {}).items())
+                if row.get("cpp_runs", {}).get(str(batch)):
+                    note = f"C++ runs {row['cpp_runs'][str(batch)]}" + (f"; {note}" if note else "")
                 lines.append(
                     f"| {MODELS[row['model']][2]} | {fmt(e)} | {fmt(c)} | {fmt(o)} | {fmt(r_o, 2)} | {fmt(r_e, 2)} "
                     f"| {fmt(a)} | {fmt(r_a, 2)} | {note[:160]} |"
