@@ -152,17 +152,21 @@ class RuntimeMirror:
         names = order[: order.index("as_loaded")] if "as_loaded" in order else order
         return list(dict.fromkeys(v for v in names if v in available))
 
-    def _freeze(self):
-        # The runtime freezes at load, outside inference mode; frozen under inference mode, some
-        # models (nn.TransformerDecoder) round differently (1e-6), which verify's exact check sees.
-        with expected_deprecations(), torch.inference_mode(False):
+    def _freeze(self, inference: bool = True):
+        # The runtime freezes once at load, outside inference mode ("frozen" runs that module), and
+        # makes oneDNN Graph's and optimize_for_inference's modules from a clone of it within a
+        # call, in inference mode. On attention models a module frozen or cloned in inference mode
+        # rounds differently from one made outside it (1e-7 to 2e-6: nn.TransformerDecoder,
+        # nn.MultiheadAttention), and verify's TorchScript-vs-C++ check is exact: each variant's
+        # copy is frozen here in the mode the runtime makes it in.
+        with expected_deprecations(), torch.inference_mode(inference):
             module = self._load()
             # An artifact exported frozen has no `training` attribute and is used as it is, as in C++.
             return torch.jit.freeze(module) if module._c.hasattr("training") else module
 
     def _frozen(self):
         if self._frozen_module is None:
-            self._frozen_module = self._freeze()
+            self._frozen_module = self._freeze(inference=False)
         return self._frozen_module
 
     def _make(self, variant: str, inputs) -> tuple[Any, list[torch.Tensor]]:
