@@ -706,8 +706,10 @@ def write_report(rows: list[dict], meta: dict, out: Path) -> None:
         "are skipped. Regenerate with the command above; `--one NAME` reruns one model in-process.",
         "",
         "Columns: *export / load s*: seconds in `tb.export` and in `tb.Runtime(path)` (which warms up at load); "
-        '*optimization*: `rt.optimization` ("from batch N": batches below N run the module as loaded, so at '
-        "batch 1-3 the fused path is not exercised for those models); *b2, b1, b3*: max rel at each batch "
+        '*optimization*: `rt.optimization` ("from batch N (as loaded below ...)": batches below N run the '
+        "module as loaded, so at batch 1-3 the fused path is not exercised for those models; \"; from batch N: "
+        'X": batches from N on try variant X first, measured faster there at export); *b2, b1, b3*: max rel '
+        "at each batch "
         "(error: the call raised); *optimize=False*: the rerun, when there was one.",
         "",
         "## Totals",
