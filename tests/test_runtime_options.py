@@ -145,8 +145,9 @@ def test_a_module_with_mutable_state_survives_optimization(tmp_path):
     path = tmp_path / "counter.pt"
     tb.export(model, (torch.randn(2, 4),), path, method="script")
     runtime = tb.Runtime(path, threads=THREADS)
-    # Either optimized, or run as loaded with the reason; the outputs are right in both cases.
-    assert runtime.optimization.startswith(("freeze+onednn_graph", "none ("))
+    # Either optimized (whichever variant export measured fastest here), or run as loaded with the
+    # reason; the outputs are right in both cases.
+    assert runtime.optimization.startswith(("freeze", "none ("))
     x = torch.randn(5, 4)
     with torch.inference_mode():
         torch.testing.assert_close(runtime(x), model.eval()(x))
