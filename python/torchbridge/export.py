@@ -233,18 +233,16 @@ def export(
                             if "channels_last" in order:
                                 order.remove("channels_last")
                         notes.append(f"torchbridge-run crashed ({crash}) with the channels_last variant: not tried")
-            order = runtime.get("variants")
             if (
                 not quantized
                 and runtime.get("optimize", True)
                 and not selecting
-                and order is None  # timed above, at batch 1 and a large batch
+                and "variants" not in runtime  # else timed above, at batch 1 and a large batch
                 and dynamic_dims
                 and 0 in dynamic_dims[0]
             ):
-                runtime["optimize_from_batch"] = _optimize_from_batch(
-                    module, golden, dynamic_dims, fuse=runtime.get("fuse", True), order=order
-                )
+                fuse = runtime.get("fuse", True)
+                runtime["optimize_from_batch"] = _optimize_from_batch(module, golden, dynamic_dims, fuse)
             write(temporary, runtime)
             torch.jit.load(str(temporary))
 
@@ -469,9 +467,7 @@ def _crossing(small: list[float], large: list[float], batches: list[int]) -> int
     return max(2, min(b1, math.ceil(point)))
 
 
-def _optimize_from_batch(
-    module, golden: Sequence[torch.Tensor], dynamic_dims, fuse: bool = True, order: list[str] | None = None
-) -> int:
+def _optimize_from_batch(module, golden: Sequence[torch.Tensor], dynamic_dims, fuse: bool = True) -> int:
     """The smallest batch size at which what the C++ runtime runs at load (RuntimeMirror: freeze,
     oneDNN Graph fusion per shape) is faster than the module as exported, timed here in the same
     LibTorch: the runtime runs the optimized module from that batch size up and the other below it.
@@ -489,7 +485,7 @@ def _optimize_from_batch(
         return torch.jit.load(buffer).eval()
 
     module = load()
-    optimized = RuntimeMirror(load, fuse=fuse, order=order)
+    optimized = RuntimeMirror(load, fuse=fuse)
 
     def median_ms(fn, inputs, runs=7) -> float:
         times = []

@@ -126,6 +126,13 @@ class RuntimeMirror:
         self.order = list(order) if order else None
         self.large_from = int(large["from"]) if large and self.order else 0
         self.large_order = list(large["variants"]) if self.large_from else []
+        # Resolved once: __call__ consults them on every call (bench times this mirror as the bare
+        # LibTorch forward).
+        if self.order is None:
+            self._small = (["onednn_graph"] if fuse else []) + ["optimize_for_inference", "frozen"]
+        else:
+            self._small = self._known(self.order)
+        self._large = self._known(self.large_order) if self.large_from >= 2 and self._small else self._small
         self.loaded = load()  # the reference, and what runs as loaded; a bad file fails here
         self.by_shape: dict[tuple[int, ...], tuple[str, Any]] = {}  # shape key -> (variant, module)
         self.fused_shapes = 0
@@ -138,14 +145,10 @@ class RuntimeMirror:
     def variants(self) -> list[str]:
         """The variants tried at small batches (all batches without `large`), in order; [] where
         the order puts the module as loaded first (the runtime then runs it at every batch)."""
-        if self.order is None:
-            return (["onednn_graph"] if self.fuse else []) + ["optimize_for_inference", "frozen"]
-        return self._known(self.order)
+        return self._small
 
     def variants_for(self, batch: int) -> list[str]:
-        if self.large_from >= 2 and batch >= self.large_from and self.variants:
-            return self._known(self.large_order)
-        return self.variants
+        return self._large if self.large_from >= 2 and batch >= self.large_from else self._small
 
     def _known(self, order: list[str]) -> list[str]:
         available = [v for v in (*CPU_VARIANTS, "frozen") if self.fuse or v != "onednn_graph"]
