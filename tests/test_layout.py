@@ -136,7 +136,7 @@ def test_runtime_options_have_one_source_of_defaults():
     defaults = RuntimeOptions()
     assert set(OPTION_NAMES) == {
         "device", "threads", "warmup_runs", "warmup_batches", "optimize", "fuse", "cuda_graphs", "precision",
-        "max_input_bytes",
+        "reuse_memory", "max_input_bytes",
     }  # fmt: skip
     built = runtime_options(threads=None, fuse=False, warmup_batches=(4, 8))
     assert (built.threads, built.fuse, built.warmup_batches) == (defaults.threads, False, [4, 8])

@@ -98,6 +98,32 @@ def test_optimize_off_runs_the_module_as_loaded(cnn):
         assert torch.equal(runtime(x), loaded(x))
 
 
+def test_the_memory_pool_serves_repeated_calls_and_changes_no_output(cnn):
+    """reuse_memory (the default on the CPU) keeps forward's large blocks for the next call: a
+    repeated call takes nothing new from the system, and every output equals a runtime without it."""
+    _, path = cnn
+    pooled = tb.Runtime(path, threads=THREADS)
+    plain = tb.Runtime(path, threads=THREADS, reuse_memory=False)
+    assert pooled.options.reuse_memory and not plain.options.reuse_memory
+    x = digits(64)
+    expected = plain(x)
+    assert torch.equal(pooled(x), expected)
+    before = pooled.memory_pool_stats()
+    for _ in range(3):
+        assert torch.equal(pooled(x), expected)
+    after = pooled.memory_pool_stats()
+    assert after["misses"] == before["misses"]
+    assert after["hits"] >= before["hits"] + 3
+    # The outputs above are gone; what stays in use is the runtime's own (weights oneDNN reordered
+    # at the first call at a shape, say).
+    assert after["in_use"] == before["in_use"]
+    assert 0 < after["cached"] <= 2 * after["peak"]
+    assert plain.memory_pool_stats() == {"in_use": 0, "cached": 0, "peak": 0, "hits": 0, "misses": 0}
+    kept = pooled(x)
+    del pooled  # the pool closes; the output it holds stays valid
+    assert torch.equal(kept, expected)
+
+
 def test_cli_reports_the_optimization_and_can_turn_it_off(cnn):
     _, path = cnn
     default = json.loads(run_cli(path, "--json", "--threads", str(THREADS)).stdout)
@@ -106,6 +132,8 @@ def test_cli_reports_the_optimization_and_can_turn_it_off(cnn):
     assert unfused["optimization"].startswith("freeze+optimize_for_inference")
     plain = json.loads(run_cli(path, "--json", "--no-optimize", "--threads", str(THREADS)).stdout)
     assert plain["optimization"] == "none (optimize off)"
+    unpooled = run_cli(path, "--json", "--no-reuse-memory", "--threads", str(THREADS))
+    assert unpooled.returncode == 0, unpooled.stderr
     bad = run_cli(path, "--precision", "int4")
     assert bad.returncode == 2
     assert "precision must be fp32, bf16 or fp16" in bad.stderr

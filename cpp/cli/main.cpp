@@ -70,6 +70,8 @@ void print_help(std::ostream& out) {
       << "  --no-optimize        run the TorchScript module as loaded (default: freeze + oneDNN Graph fusion)\n"
       << "  --no-fuse            freeze + optimize_for_inference instead of oneDNN Graph: less memory at large\n"
       << "                       batches, no compilation per input shape, about 10 % slower\n"
+      << "  --no-reuse-memory    hand the memory of large tensors back to the system after each forward\n"
+         "                       (default: kept for the next one, about the most a forward used)\n"
       << "  --no-cuda-graphs     on a CUDA device, launch every kernel instead of replaying a CUDA graph\n"
       << "                       captured per input shape\n"
       << "  --precision P        fp32, bf16 or fp16: the dtype float TorchScript models run in (default "
@@ -136,6 +138,8 @@ bool parse_args(int argc, char** argv, Params& params) {
       params.runtime.optimize = false;
     } else if (arg == "--no-fuse") {
       params.runtime.fuse = false;
+    } else if (arg == "--no-reuse-memory") {
+      params.runtime.reuse_memory = false;
     } else if (arg == "--no-cuda-graphs") {
       params.runtime.cuda_graphs = false;
     } else if (arg == "--precision") {

@@ -132,6 +132,7 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("fuse", &RuntimeOptions::fuse)
       .def_readwrite("cuda_graphs", &RuntimeOptions::cuda_graphs)
       .def_readwrite("precision", &RuntimeOptions::precision)
+      .def_readwrite("reuse_memory", &RuntimeOptions::reuse_memory)
       .def_readwrite("max_input_bytes", &RuntimeOptions::max_input_bytes)
       .def("__copy__", [](const RuntimeOptions& self) { return RuntimeOptions(self); })
       .def("__repr__", [](const RuntimeOptions& o) {
@@ -142,7 +143,7 @@ PYBIND11_MODULE(_C, m) {
                ", warmup_runs=" + std::to_string(o.warmup_runs) + ", warmup_batches=[" + batches +
                "], optimize=" + (o.optimize ? "True" : "False") + ", fuse=" + (o.fuse ? "True" : "False") +
                ", cuda_graphs=" + (o.cuda_graphs ? "True" : "False") + ", precision='" + o.precision +
-               "', max_input_bytes=" + std::to_string(o.max_input_bytes) + ")";
+               "', reuse_memory=" + (o.reuse_memory ? "True" : "False") + ", max_input_bytes=" + std::to_string(o.max_input_bytes) + ")";
       });
 
   py::class_<torchbridge::Runtime>(m, "Runtime")
@@ -203,6 +204,17 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("format", &torchbridge::Runtime::format)
       .def_property_readonly("optimization", &torchbridge::Runtime::optimization)
       .def_property_readonly("optimized", &torchbridge::Runtime::optimized)
+      .def("memory_pool_stats",
+           [](const torchbridge::Runtime& self) {
+             const torchbridge::MemoryPoolStats stats = self.memory_pool_stats();
+             py::dict out;
+             out["in_use"] = stats.in_use;
+             out["cached"] = stats.cached;
+             out["peak"] = stats.peak;
+             out["hits"] = stats.hits;
+             out["misses"] = stats.misses;
+             return out;
+           })
       .def_property_readonly("optimized_from_batch", &torchbridge::Runtime::optimized_from_batch)
       .def_property_readonly("precision", [](const torchbridge::Runtime& self) { return self.options().precision; })
       .def_property_readonly("device", [](const torchbridge::Runtime& self) { return self.device().str(); })

@@ -34,6 +34,7 @@
 #include "json.hpp"
 #include "libraries.hpp"
 #include "manifest.hpp"
+#include "memory_pool.hpp"
 
 #ifndef TORCHBRIDGE_VERSION
 #define TORCHBRIDGE_VERSION "0.0.0"
@@ -288,6 +289,8 @@ Comparison compare(const at::Tensor& actual_in, const at::Tensor& expected_in, d
 }
 
 struct Runtime::Impl {
+  // First, so destroyed last: blocks the backend's tensors hold go back to it, then to the system.
+  std::unique_ptr<MemoryPool> pool;
   std::string path;
   std::string format;  // "torchscript" or "aoti", from the archive's records
   RuntimeOptions options;
@@ -330,6 +333,7 @@ Runtime::Runtime(const std::string& path, const RuntimeOptions& options) : impl_
   if (options.threads < 0)
     throw Error(ErrorCode::kInvalidArgument, "threads must be >= 0 (0 keeps the default), got " + std::to_string(options.threads));
   impl_->precision = precision_from_name(options.precision);
+  if (impl_->device.is_cpu() && options.reuse_memory) impl_->pool = MemoryPool::create();
 
   {
     std::ifstream file(path, std::ios::binary);
@@ -543,6 +547,8 @@ Runtime::Runtime(Runtime&&) noexcept = default;
 Runtime& Runtime::operator=(Runtime&&) noexcept = default;
 
 const std::string& Runtime::path() const { return impl_->path; }
+
+MemoryPoolStats Runtime::memory_pool_stats() const { return impl_->pool ? impl_->pool->stats() : MemoryPoolStats{}; }
 const std::string& Runtime::format() const { return impl_->format; }
 const RuntimeOptions& Runtime::options() const { return impl_->options; }
 const Manifest& Runtime::manifest() const { return impl_->manifest; }
@@ -649,6 +655,7 @@ std::vector<at::Tensor> Runtime::prepare_inputs(const std::vector<at::Tensor>& i
 std::vector<at::Tensor> Runtime::forward(const std::vector<at::Tensor>& inputs) const {
   validate(inputs);
   c10::InferenceMode guard;
+  MemoryPoolScope pool_scope(impl_->pool.get());
   const at::ScalarType precision = impl_->precision;
   const std::vector<at::Tensor> moved = prepare_inputs(inputs);
   try {

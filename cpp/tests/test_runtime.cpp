@@ -196,6 +196,99 @@ TEST(threads_meeting_new_shapes_at_once_each_get_the_right_outputs) {
     REQUIRE_CLOSE(outputs[t], expected[t], runtime.manifest().rtol, runtime.manifest().atol);
 }
 
+// The memory pool (RuntimeOptions::reuse_memory). TinyMLP's hidden layer at a batch of 4096 is
+// 128 KiB and its output at 8192 is 96 KiB: both large enough to be pooled.
+torchbridge::RuntimeOptions without_pool() {
+  torchbridge::RuntimeOptions options;
+  options.reuse_memory = false;
+  return options;
+}
+
+TEST(the_memory_pool_serves_a_repeated_call_from_its_cache) {
+  const Runtime runtime(kTinyMlp);
+  const Runtime plain(kTinyMlp, without_pool());
+  const at::Tensor x = at::randn({8192, 4});
+  const at::Tensor expected = plain.forward({x})[0];
+  REQUIRE(at::equal(runtime.forward({x})[0], expected));  // the first call at this shape
+  const torchbridge::MemoryPoolStats before = runtime.memory_pool_stats();
+  for (int call = 0; call < 3; ++call) REQUIRE(at::equal(runtime.forward({x})[0], expected));
+  const torchbridge::MemoryPoolStats after = runtime.memory_pool_stats();
+  REQUIRE_EQ(after.misses, before.misses);
+  REQUIRE(after.hits >= before.hits + 3 * 2);  // the hidden activation and the output, each call
+  REQUIRE_EQ(after.in_use, before.in_use);     // every output above is gone
+  REQUIRE(after.cached > 0);
+  REQUIRE(after.cached <= 2 * after.peak);
+  const torchbridge::MemoryPoolStats none = plain.memory_pool_stats();
+  REQUIRE_EQ(none.hits + none.misses + none.peak, int64_t{0});
+}
+
+TEST(the_memory_pool_takes_only_what_forward_allocates) {
+  const Runtime runtime(kTinyMlp);
+  runtime.forward({at::randn({8192, 4})});
+  const torchbridge::MemoryPoolStats before = runtime.memory_pool_stats();
+  const at::Tensor outside = at::ones({1 << 20});  // 4 MiB, allocated outside forward
+  const torchbridge::MemoryPoolStats after = runtime.memory_pool_stats();
+  REQUIRE_EQ(after.hits, before.hits);
+  REQUIRE_EQ(after.misses, before.misses);
+  REQUIRE_EQ(outside.sum().item<float>(), float(1 << 20));
+}
+
+TEST(outputs_outlive_the_runtime_and_its_memory_pool) {
+  const Runtime plain(kTinyMlp, without_pool());
+  const at::Tensor x = at::randn({8192, 4});
+  const at::Tensor expected = plain.forward({x})[0];
+  at::Tensor kept;
+  {
+    const Runtime runtime(kTinyMlp);
+    for (int call = 0; call < 3; ++call) kept = runtime.forward({x})[0];
+    REQUIRE(runtime.memory_pool_stats().in_use > 0);  // kept is pooled
+  }
+  // The pool is closed; the output's block goes back to the system when the tensor goes.
+  REQUIRE(at::equal(kept, expected));
+  kept = at::Tensor();
+}
+
+TEST(the_memory_pool_stops_growing_once_it_has_seen_each_batch_size) {
+  const Runtime runtime(kTinyMlp);
+  const Runtime plain(kTinyMlp, without_pool());
+  const std::vector<int64_t> batches = {8192, 100, 16384, 4096, 3000};
+  torchbridge::MemoryPoolStats first;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (const int64_t batch : batches) {
+      const at::Tensor x = at::randn({batch, 4});
+      REQUIRE(at::equal(runtime.forward({x})[0], plain.forward({x})[0]));
+    }
+    const torchbridge::MemoryPoolStats stats = runtime.memory_pool_stats();
+    if (pass == 1) REQUIRE_EQ(stats.in_use, first.in_use);
+    REQUIRE(stats.cached <= 2 * stats.peak);  // segments split and merged, not one per size
+    if (pass == 0) first = stats;
+  }
+  const torchbridge::MemoryPoolStats second = runtime.memory_pool_stats();
+  REQUIRE_EQ(second.misses, first.misses);
+  REQUIRE_EQ(second.cached, first.cached);
+}
+
+TEST(threads_share_one_memory_pool) {
+  const Runtime runtime(kTinyMlp);
+  const Runtime plain(kTinyMlp, without_pool());
+  constexpr int kThreads = 4;
+  std::vector<at::Tensor> inputs, expected;
+  for (int i = 0; i < kThreads; ++i) {
+    inputs.push_back(at::randn({4096 * (i + 1), 4}));
+    expected.push_back(plain.forward({inputs.back()})[0]);
+    runtime.forward({inputs.back()});  // the first call at each shape, before the threads
+  }
+  const int64_t in_use = runtime.memory_pool_stats().in_use;
+  std::atomic<int> mismatches{0};
+  const int exceptions = run_at_once(kThreads, [&](int t) {
+    for (int call = 0; call < 30; ++call)
+      if (!at::equal(runtime.forward({inputs[t]})[0], expected[t])) ++mismatches;
+  });
+  REQUIRE_EQ(exceptions, 0);
+  REQUIRE_EQ(mismatches.load(), 0);
+  REQUIRE_EQ(runtime.memory_pool_stats().in_use, in_use);
+}
+
 TEST(forward_submodule_runs_one_layer) {
   // Submodules run as loaded, so composing them equals the unoptimized forward bit for bit.
   torchbridge::RuntimeOptions options;

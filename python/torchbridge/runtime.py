@@ -22,7 +22,7 @@ from torchbridge.artifact import TensorSpec, output_names, rebuild_outputs
 from torchbridge.errors import TorchbridgeError
 
 #: The runtime's options (device, threads, warmup_runs, warmup_batches, optimize, fuse, cuda_graphs,
-#: precision, max_input_bytes), bound from the C++ struct: RuntimeOptions() holds the library's defaults.
+#: precision, reuse_memory, max_input_bytes), bound from the C++ struct: RuntimeOptions() holds the library's defaults.
 RuntimeOptions = _C.RuntimeOptions
 OPTION_NAMES = tuple(name for name in dir(RuntimeOptions) if not name.startswith("_"))
 
@@ -155,6 +155,12 @@ class Runtime:
     def optimization(self) -> str:
         """What load did for speed: 'freeze+onednn_graph', or 'none (<why>)'."""
         return self._native.optimization
+
+    def memory_pool_stats(self) -> dict[str, int]:
+        """The CPU memory pool (options.reuse_memory): bytes `in_use` by live tensors, `cached` for
+        the next call, the `peak` in use at once, allocations served from the cache (`hits`) or the
+        system (`misses`). All zero without a pool (a CUDA device, or reuse_memory=False)."""
+        return self._native.memory_pool_stats()
 
     @property
     def optimized(self) -> bool:

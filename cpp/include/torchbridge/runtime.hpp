@@ -139,6 +139,13 @@ struct RuntimeOptions {
   /// converted at load/call and outputs converted back. Faster where the CPU has bf16/fp16 units
   /// (AMX, AVX512-BF16) or on a GPU; results differ from fp32 by about 1e-2 relative. TorchScript only.
   std::string precision = "fp32";
+  /// On the CPU: keep the memory of forward's large tensors (64 KiB and more) for the next call,
+  /// instead of handing it back to the system and taking it again page by page (a page fault per
+  /// 4 KiB of every large activation, at every call). The pool holds about the most the runtime's
+  /// calls have had in use at once, and gives it back when the Runtime is destroyed. It works by
+  /// wrapping the process's CPU allocator (c10::SetCPUAllocator) at the first such load; other code,
+  /// and threads outside forward, allocate as before.
+  bool reuse_memory = true;
   /// The largest single input forward() accepts, in bytes (1 GiB by default; 0: no limit). Larger
   /// ones, and inputs with an empty dynamic dimension, are refused with Error(kInput).
   int64_t max_input_bytes = int64_t{1} << 30;
@@ -159,6 +166,15 @@ Comparison compare(const at::Tensor& actual, const at::Tensor& expected, double 
 struct SelftestReport {
   bool passed = false;
   std::vector<Comparison> outputs;
+};
+
+/// A CPU runtime's memory pool (RuntimeOptions::reuse_memory); all zero without one.
+struct MemoryPoolStats {
+  int64_t in_use = 0;  // bytes of pooled blocks held by live tensors (outputs included)
+  int64_t cached = 0;  // bytes of free blocks kept for the next allocation
+  int64_t peak = 0;    // the most bytes in use at once; in_use + cached stays near it
+  int64_t hits = 0;    // allocations served from a cached block
+  int64_t misses = 0;  // allocations that took a new block from the system
 };
 
 class Runtime {
@@ -219,6 +235,8 @@ class Runtime {
   /// The golden example stored in the artifact (empty for a plain TorchScript file).
   const std::vector<at::Tensor>& golden_inputs() const;
   const std::vector<at::Tensor>& golden_outputs() const;
+
+  MemoryPoolStats memory_pool_stats() const;
 
   /// Runs the golden inputs and compares with the golden outputs at the manifest's tolerance.
   SelftestReport selftest() const;
