@@ -3,6 +3,17 @@
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 
+#if defined(__SANITIZE_ADDRESS__)
+#define TORCHBRIDGE_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TORCHBRIDGE_ASAN 1
+#endif
+#endif
+#ifdef TORCHBRIDGE_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
+
 #include <algorithm>
 #include <iterator>
 #include <set>
@@ -48,6 +59,26 @@ namespace {
 
 constexpr size_t kPage = 4096;
 
+// Under AddressSanitizer a free block is poisoned, so a tensor used after it was freed is still
+// reported although its memory stays in the pool.
+void poison(void* data, size_t size) {
+#ifdef TORCHBRIDGE_ASAN
+  ASAN_POISON_MEMORY_REGION(data, size);
+#else
+  (void)data;
+  (void)size;
+#endif
+}
+
+void unpoison(void* data, size_t size) {
+#ifdef TORCHBRIDGE_ASAN
+  ASAN_UNPOISON_MEMORY_REGION(data, size);
+#else
+  (void)data;
+  (void)size;
+#endif
+}
+
 // Every pooled block in use, by address, whichever pool it belongs to. The deleter gets only the
 // address (a pooled DataPtr's context is its data, as c10's raw_allocate and copy-on-write storage
 // expect).
@@ -71,6 +102,7 @@ bool whole_segment(const Block* block) { return block->free && block->prev == nu
 // Takes an empty segment (its one free block) out of the pool; the caller frees the memory.
 void* drop_segment(PoolState& pool, Block* block) {
   void* base = block->segment->base;
+  unpoison(base, block->segment->size);
   pool.free.erase({block->size, block});
   pool.reserved -= block->segment->size;
   delete block->segment;
@@ -82,6 +114,7 @@ void* drop_segment(PoolState& pool, Block* block) {
 Block* give_back(PoolState& pool, Block* block) {
   block->free = true;
   pool.in_use -= block->size;
+  poison(block->data, block->size);
   if (block->next != nullptr && block->next->free) {
     Block* next = block->next;
     pool.free.erase({next->size, next});
@@ -142,6 +175,7 @@ void* acquire(const std::shared_ptr<PoolState>& state, size_t nbytes) {
         pool.free.insert({rest->size, rest});
       }
       block->free = false;
+      unpoison(block->data, block->size);
       pool.in_use += block->size;
       pool.peak = std::max(pool.peak, pool.in_use);
       ++pool.hits;
