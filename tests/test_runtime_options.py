@@ -124,6 +124,21 @@ def test_the_memory_pool_serves_repeated_calls_and_changes_no_output(cnn):
     assert torch.equal(kept, expected)
 
 
+def test_a_python_memory_pool_serves_this_threads_large_allocations_inside_with_only():
+    """_C.MemoryPool, which export times the variants in: the pool Runtime.forward uses, opened
+    around any code on this thread."""
+    pool = _C.MemoryPool()
+    with pool:
+        first = torch.empty(1 << 20)  # 4 MiB: a new block
+        del first
+        second = torch.ones(1 << 20)  # the same block again
+    assert pool.stats() == {"in_use": 4 << 20, "cached": 0, "peak": 4 << 20, "hits": 1, "misses": 1}
+    outside = torch.ones(1 << 20)  # after the with: LibTorch's own allocator
+    assert pool.stats()["hits"] + pool.stats()["misses"] == 2
+    del second
+    assert pool.stats()["in_use"] == 0 and float(outside.sum()) == 1 << 20
+
+
 def test_cli_reports_the_optimization_and_can_turn_it_off(cnn):
     _, path = cnn
     default = json.loads(run_cli(path, "--json", "--threads", str(THREADS)).stdout)

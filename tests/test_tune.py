@@ -66,6 +66,24 @@ def test_export_times_every_variant_and_the_runtime_tries_them_in_that_order(tmp
                 assert runtime.variant_at(x) == expected[0], (batch, runtime_fields, runtime.optimization)
 
 
+def test_export_times_the_variants_in_a_memory_pool(tmp_path, monkeypatch):
+    """The runtime runs forward in a memory pool (reuse_memory): export times the variants in one
+    too, or a large batch's ranking would follow how each variant allocates (page faults)."""
+    from torchbridge import _C
+
+    pools, real = [], _C.MemoryPool
+
+    def recording():
+        pools.append(real())
+        return pools[-1]
+
+    monkeypatch.setattr(_C, "MemoryPool", recording)
+    monkeypatch.setattr(sys.modules["torchbridge.export"], "TUNE_CALL_S", 1e9)  # batch 32 even on a busy machine
+    artifact = tb.export(seeded(tb.models.digits_cnn), (digits(4),), tmp_path / "cnn.pt")
+    assert artifact.manifest["runtime"]["measured"]["batches"] == [1, 32]
+    assert pools and any(pool.stats()["hits"] > 0 for pool in pools)  # the large batch's activations reused
+
+
 def test_channels_last_runs_4d_inputs_in_that_layout_and_matches_its_mirror(tmp_path, monkeypatch):
     model = seeded(tb.models.digits_cnn)
     path = tmp_path / "cnn.pt"

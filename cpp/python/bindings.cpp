@@ -8,6 +8,7 @@
 #include <torch/version.h>
 
 #include "internal.hpp"
+#include "memory_pool.hpp"
 #include "torchbridge/runtime.hpp"
 
 namespace py = pybind11;
@@ -112,6 +113,31 @@ PYBIND11_MODULE(_C, m) {
       .def("__exit__", [](FusionScope& self, const py::args&) {
         self.scope.reset();
         return false;
+      });
+  // `with _C.MemoryPool():` this thread's large CPU allocations inside come from a pool of its own,
+  // as they do inside Runtime::forward (RuntimeOptions::reuse_memory): export times the variants
+  // with one, so it ranks them as the runtime will run them.
+  struct PythonMemoryPool {
+    std::unique_ptr<torchbridge::MemoryPool> pool = torchbridge::MemoryPool::create();
+    std::optional<torchbridge::MemoryPoolScope> scope;
+  };
+  py::class_<PythonMemoryPool>(m, "MemoryPool")
+      .def(py::init<>())
+      .def("__enter__",
+           [](PythonMemoryPool& self) -> PythonMemoryPool& {
+             if (self.scope) throw std::runtime_error("MemoryPool is already entered");
+             self.scope.emplace(self.pool.get());
+             return self;
+           },
+           py::return_value_policy::reference)
+      .def("__exit__", [](PythonMemoryPool& self, const py::args&) {
+        self.scope.reset();
+        return false;
+      })
+      .def("stats", [](const PythonMemoryPool& self) {
+        const torchbridge::MemoryPoolStats stats = self.pool ? self.pool->stats() : torchbridge::MemoryPoolStats{};
+        return py::dict(py::arg("in_use") = stats.in_use, py::arg("cached") = stats.cached,
+                        py::arg("peak") = stats.peak, py::arg("hits") = stats.hits, py::arg("misses") = stats.misses);
       });
   m.attr("FUSED_SHAPES") = torchbridge::kFusedShapes;
   // Export skips timing the variants of a model the runtime will run as loaded anyway.

@@ -29,6 +29,16 @@ class OneDnnFusionScope:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> bool: ...
 
+class MemoryPool:
+    """Inside `with`, this thread's large CPU allocations come from this pool, as in Runtime.forward."""
+
+    def __init__(self) -> None: ...
+    def __enter__(self) -> MemoryPool: ...
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> bool: ...
+    def stats(self) -> dict[str, int]: ...
+
 class RuntimeOptions:
     """torchbridge::RuntimeOptions; RuntimeOptions() holds the library's defaults."""
 
