@@ -62,6 +62,11 @@ py::list to_capsules(std::vector<at::Tensor> tensors) {
   return out;
 }
 
+py::dict stats_dict(const torchbridge::MemoryPoolStats& stats) {
+  return py::dict(py::arg("in_use") = stats.in_use, py::arg("cached") = stats.cached, py::arg("peak") = stats.peak,
+                  py::arg("hits") = stats.hits, py::arg("misses") = stats.misses);
+}
+
 py::dict comparison_dict(const torchbridge::Comparison& c) {
   py::dict out;
   out["passed"] = c.passed;
@@ -135,9 +140,7 @@ PYBIND11_MODULE(_C, m) {
         return false;
       })
       .def("stats", [](const PythonMemoryPool& self) {
-        const torchbridge::MemoryPoolStats stats = self.pool ? self.pool->stats() : torchbridge::MemoryPoolStats{};
-        return py::dict(py::arg("in_use") = stats.in_use, py::arg("cached") = stats.cached,
-                        py::arg("peak") = stats.peak, py::arg("hits") = stats.hits, py::arg("misses") = stats.misses);
+        return stats_dict(self.pool ? self.pool->stats() : torchbridge::MemoryPoolStats{});
       });
   m.attr("FUSED_SHAPES") = torchbridge::kFusedShapes;
   // Export skips timing the variants of a model the runtime will run as loaded anyway.
@@ -230,17 +233,7 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("format", &torchbridge::Runtime::format)
       .def_property_readonly("optimization", &torchbridge::Runtime::optimization)
       .def_property_readonly("optimized", &torchbridge::Runtime::optimized)
-      .def("memory_pool_stats",
-           [](const torchbridge::Runtime& self) {
-             const torchbridge::MemoryPoolStats stats = self.memory_pool_stats();
-             py::dict out;
-             out["in_use"] = stats.in_use;
-             out["cached"] = stats.cached;
-             out["peak"] = stats.peak;
-             out["hits"] = stats.hits;
-             out["misses"] = stats.misses;
-             return out;
-           })
+      .def("memory_pool_stats", [](const torchbridge::Runtime& self) { return stats_dict(self.memory_pool_stats()); })
       .def_property_readonly("optimized_from_batch", &torchbridge::Runtime::optimized_from_batch)
       .def_property_readonly("precision", [](const torchbridge::Runtime& self) { return self.options().precision; })
       .def_property_readonly("device", [](const torchbridge::Runtime& self) { return self.device().str(); })

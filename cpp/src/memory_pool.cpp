@@ -214,7 +214,7 @@ void* acquire(const std::shared_ptr<PoolState>& state, size_t nbytes) {
 class PoolingAllocator final : public c10::Allocator {
  public:
   c10::DataPtr allocate(size_t nbytes) override {
-    if (current == nullptr || *current == nullptr || nbytes < kMinPooledBytes) return global().system->allocate(nbytes);
+    if (current == nullptr || nbytes < kMinPooledBytes) return global().system->allocate(nbytes);
     void* data = acquire(*current, nbytes);
     return {data, data, &release, c10::Device(c10::DeviceType::CPU)};
   }
