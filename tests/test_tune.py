@@ -36,7 +36,8 @@ def test_export_times_every_variant_and_the_runtime_tries_them_in_that_order(tmp
     runtime_fields = artifact.manifest["runtime"]
     order, measured = runtime_fields["variants"], runtime_fields["measured"]
     assert sorted(order) == sorted(["as_loaded", *CPU_VARIANTS])
-    assert measured["batches"] == [1, 32] and measured["threads"] >= 1
+    # batch 32, or less where one call would take over TUNE_CALL_S there (a loaded machine)
+    assert measured["batches"][0] == 1 and 2 <= measured["batches"][1] <= 32 and measured["threads"] >= 1
     rejected = measured.get("rejected", {})  # a variant that raised or differed on this CPU: last, untimed
     for variant, times in measured["p50_ms"].items():
         assert len(times) == 2 and (variant in rejected or all(t > 0 for t in times)), measured

@@ -24,7 +24,7 @@ from torchbridge.aoti import export_aoti
 from torchbridge.artifact import Artifact, seal, write_in_place
 from torchbridge.compare import compare_or_raise, first_line, fresh_inputs, max_errors, run_module
 from torchbridge.errors import ExportError, TorchbridgeError
-from torchbridge.mirror import RuntimeMirror
+from torchbridge.mirror import RuntimeMirror, tried
 from torchbridge.prepare import build_manifest, extra_entries, prepare, tensor_specs
 
 METHODS = ("auto", "script", "trace")
@@ -330,11 +330,6 @@ MEASURE_BATCHES = (1, 4, 16, 64)
 #: second is smaller where one call of the model at that size would take over TUNE_CALL_S seconds.
 TUNE_BATCHES = (1, 32)
 TUNE_CALL_S = 0.5
-
-
-def tried(order: list[str]) -> list[str]:
-    """The variants of a measured order the runtime tries: those before "as_loaded"."""
-    return order[: order.index("as_loaded")] if "as_loaded" in order else list(order)
 
 
 def _measure_variants(

@@ -91,6 +91,12 @@ def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
 CPU_VARIANTS = ("onednn_graph", "optimize_for_inference", "channels_last")
 
 
+def tried(order: list[str]) -> list[str]:
+    """The variants of a measured order the runtime tries: those before "as_loaded" (the C++
+    runtime cuts the manifest's order the same way, in torchscript_backend.cpp)."""
+    return order[: order.index("as_loaded")] if "as_loaded" in order else list(order)
+
+
 class RuntimeMirror:
     """What the C++ runtime runs for a float TorchScript model on the CPU in fp32 (runtime.cpp,
     TorchScriptBackend), done by torch in this process. Batches below `from_batch` run the module as
@@ -152,8 +158,7 @@ class RuntimeMirror:
 
     def _known(self, order: list[str]) -> list[str]:
         available = [v for v in (*CPU_VARIANTS, "frozen") if self.fuse or v != "onednn_graph"]
-        names = order[: order.index("as_loaded")] if "as_loaded" in order else order
-        return list(dict.fromkeys(v for v in names if v in available))
+        return list(dict.fromkeys(v for v in tried(order) if v in available))
 
     def _freeze(self, inference: bool = True):
         # The runtime freezes once at load, outside inference mode ("frozen" runs that module), and
