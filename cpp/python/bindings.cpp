@@ -9,6 +9,7 @@
 
 #include "internal.hpp"
 #include "memory_pool.hpp"
+#include "rowwise_linear.hpp"
 #include "torchbridge/runtime.hpp"
 
 namespace py = pybind11;
@@ -145,6 +146,10 @@ PYBIND11_MODULE(_C, m) {
   m.attr("FUSED_SHAPES") = torchbridge::kFusedShapes;
   // Export skips timing the variants of a model the runtime will run as loaded anyway.
   m.def("selecting_ops", [](const std::string& path) { return torchbridge::selecting_ops_in(path); });
+  // The runtime's "rowwise_linear" variant: its kernel runs on this CPU, for inputs of up to this
+  // many rows (torchbridge::rowwise_linear is at::linear otherwise).
+  m.def("rowwise_linear_available", &torchbridge::rowwise_linear_kernel_available);
+  m.attr("ROWWISE_LINEAR_MAX_ROWS") = torchbridge::kRowwiseLinearMaxRows;
   m.attr("CUDA_GRAPH_SHAPES") = torchbridge::kCudaGraphShapes;
   m.attr("CHECKED_SHAPES") = torchbridge::kCheckedShapes;
 

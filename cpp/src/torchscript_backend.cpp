@@ -25,6 +25,7 @@
 #include "backend.hpp"
 #include "internal.hpp"
 #include "libraries.hpp"
+#include "rowwise_linear.hpp"
 #include "torchbridge/runtime.hpp"
 
 namespace torchbridge {
@@ -169,7 +170,9 @@ constexpr char kAsLoaded[] = "as_loaded";
 // With optimize, a float model has variants, fastest first: "onednn_graph" (a frozen copy fused by
 // oneDNN Graph for one input shape; CPU), "optimize_for_inference" (freeze +
 // torch::jit::optimize_for_inference; CPU fp32 and CUDA, with a CUDA graph there), "frozen" (freeze
-// alone; CPU). None is trusted blindly: on the first call at an input shape each is run there in
+// alone; CPU); where export's measured order names them, also "channels_last" (frozen with
+// channels-last weights and inputs) and "rowwise_linear" (frozen, linear layers on inputs of a few
+// rows through torchbridge::rowwise_linear). None is trusted blindly: on the first call at an input shape each is run there in
 // turn and kept for that shape only if it runs and matches the module as loaded on the same inputs;
 // otherwise the next is tried, down to the module as loaded, and the rejected one is not tried at
 // later shapes. A pass that breaks a model costs speed, never a failed call or a wrong answer.
@@ -221,7 +224,10 @@ class TorchScriptBackend final : public TorchScriptModel {
         // Export timed the variants on its CPU and wrote them fastest first; which one is fastest
         // depends on the model (channels-last pays on depthwise convolutions, oneDNN Graph on
         // convolution chains, neither on small matrix products).
-        if (precision_ == at::kFloat) available.push_back("channels_last");
+        if (precision_ == at::kFloat) {
+          available.push_back("channels_last");
+          available.push_back("rowwise_linear");
+        }
         const auto known = [&](const std::vector<std::string>& names) {
           std::vector<std::string> out;
           for (const std::string& name : names) {
@@ -249,6 +255,7 @@ class TorchScriptBackend final : public TorchScriptModel {
       const std::string& first = variants_.front();
       optimization_ = first == "onednn_graph"             ? "freeze+onednn_graph"
                       : first == "optimize_for_inference" ? "freeze+optimize_for_inference"
+                      : first == "rowwise_linear"         ? "freeze+rowwise_linear"
                       : first == "channels_last" || precision_ != at::kFloat ? "freeze+channels_last"
                                                                               : "freeze";
       if (measured_) {
@@ -335,6 +342,7 @@ class TorchScriptBackend final : public TorchScriptModel {
     const std::lock_guard<std::mutex> lock(optimized_mutex_);
     optimized_.reset();
     channels_last_.reset();
+    rowwise_linear_.reset();
   }
 
  private:
@@ -473,7 +481,10 @@ class TorchScriptBackend final : public TorchScriptModel {
       outputs = call(choice.module, inputs);
       return {std::move(choice), std::move(outputs)};
     }
-    choice.module = variant == "frozen" ? frozen_ : variant == "channels_last" ? channels_last() : optimized();
+    choice.module = variant == "frozen"           ? frozen_
+                    : variant == "channels_last"  ? channels_last()
+                    : variant == "rowwise_linear" ? rowwise_linear()
+                                                  : optimized();
     choice.channels_last = variant == "channels_last";
     call_variant(choice, inputs);
     outputs = call_variant(choice, inputs);
@@ -526,6 +537,19 @@ class TorchScriptBackend final : public TorchScriptModel {
     return *optimized_;
   }
 
+  // A frozen copy whose linear layers run torchbridge::rowwise_linear (faster than at::linear on an
+  // input of a few rows where the CPU's BLAS does not reach the memory bandwidth); made on first
+  // need, shared by every shape that runs it.
+  torch::jit::Module rowwise_linear() const {
+    const std::lock_guard<std::mutex> lock(optimized_mutex_);
+    if (!rowwise_linear_) {
+      torch::jit::Module copy = frozen_.clone();
+      rewrite_rowwise_linear(*copy.get_method("forward").graph());
+      rowwise_linear_ = copy;
+    }
+    return *rowwise_linear_;
+  }
+
   // On a CUDA device: a CUDA graph of `module` at these shapes, captured from a clone of it. A model
   // the graph cannot capture (it synchronizes with the host, e.g. branches on a tensor's value) runs
   // without one at that shape, said once on stderr.
@@ -576,6 +600,7 @@ class TorchScriptBackend final : public TorchScriptModel {
   mutable torch::jit::Module frozen_;
   mutable std::optional<torch::jit::Module> optimized_;
   mutable std::optional<torch::jit::Module> channels_last_;
+  mutable std::optional<torch::jit::Module> rowwise_linear_;
   bool measured_ = false;  // variants_ in the order export measured
   mutable std::mutex optimized_mutex_;
   int64_t from_batch_ = 1;  // batches below it run as loaded (measured faster there at export)

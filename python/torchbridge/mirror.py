@@ -88,7 +88,52 @@ def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
 #: fastest first. "frozen" (the runtime's last resort in its built-in order) is not timed: for a
 #: model without 4-d weights "channels_last" is freeze alone, and for one with them the other two
 #: are the frozen module plus passes made for convolutions; each timed variant costs export runs.
-CPU_VARIANTS = ("onednn_graph", "optimize_for_inference", "channels_last")
+#: "rowwise_linear" (freeze, then linear layers through torchbridge::rowwise_linear, the runtime's
+#: kernel for inputs of a few rows) is timed only for a model with linear layers, on a CPU that
+#: runs the kernel (elsewhere it is freeze alone).
+CPU_VARIANTS = ("onednn_graph", "optimize_for_inference", "channels_last", "rowwise_linear")
+
+
+def _float_constant(value, dim: int) -> bool:
+    node = value.node()
+    if node.kind() != "prim::Constant" or not node.hasAttribute("value") or node.kindOf("value") != "t":
+        return False
+    tensor = node.t("value")
+    return (
+        tensor.device.type == "cpu"
+        and tensor.dtype == torch.float32
+        and tensor.dim() == dim
+        and tensor.layout == torch.strided
+        and tensor.is_contiguous()
+    )
+
+
+def rewrite_rowwise_linear(graph) -> int:
+    """The runtime's pass for "rowwise_linear" (rewrite_rowwise_linear in rowwise_linear.cpp), on a
+    frozen graph: each aten::linear whose weight (and bias, if any) is a float constant becomes
+    torchbridge::rowwise_linear. Returns how many."""
+    found = []
+    for node in graph.nodes():
+        if node.kind() != "aten::linear" or len(list(node.inputs())) != 3:
+            continue
+        weight, bias = node.inputsAt(1), node.inputsAt(2)
+        no_bias = bias.node().kind() == "prim::Constant" and bias.type().kind() == "NoneType"
+        if _float_constant(weight, 2) and (no_bias or _float_constant(bias, 1)):
+            found.append(node)
+    for node in found:
+        replacement = graph.create("torchbridge::rowwise_linear", list(node.inputs()), 1)
+        replacement.insertBefore(node)
+        replacement.output().setType(node.output().type())
+        node.output().replaceAllUsesWith(replacement.output())
+        node.destroy()
+    return len(found)
+
+
+def has_linear(module) -> bool:
+    """Whether a TorchScript module calls aten::linear anywhere in forward (submodules inlined)."""
+    graph = module.forward.graph.copy()
+    torch._C._jit_pass_inline(graph)
+    return bool(graph.findAllNodes("aten::linear"))
 
 
 def tried(order: list[str]) -> list[str]:
@@ -146,6 +191,7 @@ class RuntimeMirror:
         self._frozen_module = None
         self._optimized_module = None
         self._channels_last_module = None
+        self._rowwise_linear_module = None
 
     @property
     def variants(self) -> list[str]:
@@ -199,7 +245,13 @@ class RuntimeMirror:
             module = self._channels_last_module
             module(*inputs)
             return module, run_module(module, inputs)
-        if variant == "optimize_for_inference":
+        if variant == "rowwise_linear":
+            if self._rowwise_linear_module is None:
+                frozen = self._freeze()  # the runtime clones its frozen module within a call
+                rewrite_rowwise_linear(frozen.graph)
+                self._rowwise_linear_module = frozen
+            module = self._rowwise_linear_module
+        elif variant == "optimize_for_inference":
             if self._optimized_module is None:
                 frozen = self._freeze()
                 with torch.inference_mode():  # as in the runtime, within a call
