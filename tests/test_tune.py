@@ -178,16 +178,17 @@ def test_runtime_fuse_off_drops_onednn_graph_from_the_measured_order(tmp_path, m
     assert runtime.variant_at(x) == ("onednn_graph" if fuse else "frozen")
 
 
-def test_a_channels_last_crash_found_at_export_takes_it_out_of_the_order(tmp_path, monkeypatch):
-    """Export's first runtime check runs the built-in order; when the measured order tries
-    channels-last, the artifact is run once more in torchbridge-run, and a crash there takes that
-    variant out of the order (the user's process never runs it)."""
+@pytest.mark.parametrize("variant", ["channels_last", "rowwise_linear"])
+def test_a_crash_found_at_export_takes_the_variant_out_of_the_order(tmp_path, monkeypatch, variant):
+    """Export's first runtime check runs the built-in order; when the measured order tries a variant
+    outside it (channels-last, rowwise_linear), the artifact is run once more in torchbridge-run,
+    and a crash there takes that variant out of the order (the user's process never runs it)."""
     model = seeded(tb.models.digits_cnn)
     path = tmp_path / "cnn.pt"
-    monkeypatch.setenv("TORCHBRIDGE_PLANT_FAILURE", "channels_last=crash")
-    art = export_with_order(model, (digits(4),), path, ["channels_last", "frozen", "as_loaded"], monkeypatch)
+    monkeypatch.setenv("TORCHBRIDGE_PLANT_FAILURE", f"{variant}=crash")
+    art = export_with_order(model, (digits(4),), path, [variant, "frozen", "as_loaded"], monkeypatch)
     assert art.manifest["runtime"]["variants"] == ["frozen", "as_loaded"]
-    assert any("crashed (SIGSEGV) with the channels_last variant" in note for note in art.manifest["notes"])
+    assert any(f"crashed (SIGSEGV) with the {variant} variant" in note for note in art.manifest["notes"])
     runtime = tb.Runtime(path, threads=THREADS)  # would die at the planted crash
     x = digits(8)
     with torch.inference_mode():

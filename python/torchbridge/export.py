@@ -224,15 +224,16 @@ def export(
             if not quantized and runtime.get("optimize", True) and tune and not selecting:
                 runtime.update(_measure_variants(module, golden, dynamic_dims, runtime.get("fuse", True), rtol))
                 orders = [runtime.get("variants", []), runtime.get("large_batches", {}).get("variants", [])]
-                if check_runtime and any("channels_last" in tried(order) for order in orders):
-                    # The check above ran the built-in order; channels-last is run here first.
+                unchecked = [v for v in UNCHECKED_VARIANTS if any(v in tried(order) for order in orders)]
+                if check_runtime and unchecked:
+                    # The check above ran the built-in order; these variants are run here first.
                     write(temporary, runtime)
                     crash = _crashes_in_runtime(temporary)
                     if crash:
                         for order in orders:
-                            if "channels_last" in order:
-                                order.remove("channels_last")
-                        notes.append(f"torchbridge-run crashed ({crash}) with the channels_last variant: not tried")
+                            order[:] = [v for v in order if v not in unchecked]
+                        names = " and ".join(unchecked) + (" variants" if len(unchecked) > 1 else " variant")
+                        notes.append(f"torchbridge-run crashed ({crash}) with the {names}: not tried")
             if (
                 not quantized
                 and runtime.get("optimize", True)
@@ -329,6 +330,9 @@ MEASURE_BATCHES = (1, 4, 16, 64)
 #: Batch sizes export times the runtime's variants at (a model with a dynamic batch dimension); the
 #: second is smaller where one call of the model at that size would take over TUNE_CALL_S seconds.
 TUNE_BATCHES = (1, 32)
+#: Variants the runtime's built-in order does not run, so export's first run of the artifact in
+#: torchbridge-run does not try them: where the measured order tries one, export runs it again.
+UNCHECKED_VARIANTS = ("channels_last", "rowwise_linear")
 TUNE_CALL_S = 0.5
 
 
