@@ -36,7 +36,7 @@ def test_export_times_every_variant_and_the_runtime_tries_them_in_that_order(tmp
     artifact = tb.export(model, (digits(4),), tmp_path / "cnn.pt")
     runtime_fields = artifact.manifest["runtime"]
     order, measured = runtime_fields["variants"], runtime_fields["measured"]
-    timed = [v for v in CPU_VARIANTS if v != "rowwise_linear" or _C.rowwise_linear_available()]
+    timed = [v for v in CPU_VARIANTS if v != "rowwise" or _C.rowwise_available()]
     assert sorted(order) == sorted(["as_loaded", *timed])
     # batch 32, or less where one call would take over TUNE_CALL_S there (a loaded machine)
     assert measured["batches"][0] == 1 and 2 <= measured["batches"][1] <= 32 and measured["threads"] >= 1
@@ -178,10 +178,10 @@ def test_runtime_fuse_off_drops_onednn_graph_from_the_measured_order(tmp_path, m
     assert runtime.variant_at(x) == ("onednn_graph" if fuse else "frozen")
 
 
-@pytest.mark.parametrize("variant", ["channels_last", "rowwise_linear"])
+@pytest.mark.parametrize("variant", ["channels_last", "rowwise"])
 def test_a_crash_found_at_export_takes_the_variant_out_of_the_order(tmp_path, monkeypatch, variant):
     """Export's first runtime check runs the built-in order; when the measured order tries a variant
-    outside it (channels-last, rowwise_linear), the artifact is run once more in torchbridge-run,
+    outside it (channels-last, rowwise), the artifact is run once more in torchbridge-run,
     and a crash there takes that variant out of the order (the user's process never runs it)."""
     model = seeded(tb.models.digits_cnn)
     path = tmp_path / "cnn.pt"

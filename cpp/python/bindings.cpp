@@ -9,7 +9,7 @@
 
 #include "internal.hpp"
 #include "memory_pool.hpp"
-#include "rowwise_linear.hpp"
+#include "rowwise.hpp"
 #include "torchbridge/runtime.hpp"
 
 namespace py = pybind11;
@@ -146,10 +146,10 @@ PYBIND11_MODULE(_C, m) {
   m.attr("FUSED_SHAPES") = torchbridge::kFusedShapes;
   // Export skips timing the variants of a model the runtime will run as loaded anyway.
   m.def("selecting_ops", [](const std::string& path) { return torchbridge::selecting_ops_in(path); });
-  // The runtime's "rowwise_linear" variant: its kernel runs on this CPU, for inputs of up to this
-  // many rows (torchbridge::rowwise_linear is at::linear otherwise).
-  m.def("rowwise_linear_available", &torchbridge::rowwise_linear_kernel_available);
-  m.attr("ROWWISE_LINEAR_MAX_ROWS") = torchbridge::kRowwiseLinearMaxRows;
+  // The runtime's "rowwise" variant: its kernels run on this CPU, for inputs of up to this many
+  // rows (torchbridge::rowwise_linear and rowwise_lstm are aten's operators otherwise).
+  m.def("rowwise_available", &torchbridge::rowwise_kernels_available);
+  m.attr("ROWWISE_MAX_ROWS") = torchbridge::kRowwiseMaxRows;
   m.attr("CUDA_GRAPH_SHAPES") = torchbridge::kCudaGraphShapes;
   m.attr("CHECKED_SHAPES") = torchbridge::kCheckedShapes;
 

@@ -25,7 +25,7 @@
 #include "backend.hpp"
 #include "internal.hpp"
 #include "libraries.hpp"
-#include "rowwise_linear.hpp"
+#include "rowwise.hpp"
 #include "torchbridge/runtime.hpp"
 
 namespace torchbridge {
@@ -171,8 +171,8 @@ constexpr char kAsLoaded[] = "as_loaded";
 // oneDNN Graph for one input shape; CPU), "optimize_for_inference" (freeze +
 // torch::jit::optimize_for_inference; CPU fp32 and CUDA, with a CUDA graph there), "frozen" (freeze
 // alone; CPU); where export's measured order names them, also "channels_last" (frozen with
-// channels-last weights and inputs) and "rowwise_linear" (frozen, linear layers on inputs of a few
-// rows through torchbridge::rowwise_linear). None is trusted blindly: on the first call at an input shape each is run there in
+// channels-last weights and inputs) and "rowwise" (frozen, linear layers and LSTMs on a few rows
+// through torchbridge's own kernels, rowwise.hpp). None is trusted blindly: on the first call at an input shape each is run there in
 // turn and kept for that shape only if it runs and matches the module as loaded on the same inputs;
 // otherwise the next is tried, down to the module as loaded, and the rejected one is not tried at
 // later shapes. A pass that breaks a model costs speed, never a failed call or a wrong answer.
@@ -226,7 +226,7 @@ class TorchScriptBackend final : public TorchScriptModel {
         // convolution chains, neither on small matrix products).
         if (precision_ == at::kFloat) {
           available.push_back("channels_last");
-          available.push_back("rowwise_linear");
+          available.push_back("rowwise");
         }
         const auto known = [&](const std::vector<std::string>& names) {
           std::vector<std::string> out;
@@ -255,7 +255,7 @@ class TorchScriptBackend final : public TorchScriptModel {
       const std::string& first = variants_.front();
       optimization_ = first == "onednn_graph"             ? "freeze+onednn_graph"
                       : first == "optimize_for_inference" ? "freeze+optimize_for_inference"
-                      : first == "rowwise_linear"         ? "freeze+rowwise_linear"
+                      : first == "rowwise"                ? "freeze+rowwise"
                       : first == "channels_last" || precision_ != at::kFloat ? "freeze+channels_last"
                                                                               : "freeze";
       if (measured_) {
@@ -342,7 +342,7 @@ class TorchScriptBackend final : public TorchScriptModel {
     const std::lock_guard<std::mutex> lock(optimized_mutex_);
     optimized_.reset();
     channels_last_.reset();
-    rowwise_linear_.reset();
+    rowwise_.reset();
   }
 
  private:
@@ -483,7 +483,7 @@ class TorchScriptBackend final : public TorchScriptModel {
     }
     choice.module = variant == "frozen"           ? frozen_
                     : variant == "channels_last"  ? channels_last()
-                    : variant == "rowwise_linear" ? rowwise_linear()
+                    : variant == "rowwise"        ? rowwise()
                                                   : optimized();
     choice.channels_last = variant == "channels_last";
     call_variant(choice, inputs);
@@ -537,17 +537,17 @@ class TorchScriptBackend final : public TorchScriptModel {
     return *optimized_;
   }
 
-  // A frozen copy whose linear layers run torchbridge::rowwise_linear (faster than at::linear on an
-  // input of a few rows where the CPU's BLAS does not reach the memory bandwidth); made on first
-  // need, shared by every shape that runs it.
-  torch::jit::Module rowwise_linear() const {
+  // A frozen copy whose linear layers and LSTMs run torchbridge's own kernels on inputs of a few
+  // rows (rowwise.hpp: faster than aten's where the CPU's BLAS does not reach the memory
+  // bandwidth); made on first need, shared by every shape that runs it.
+  torch::jit::Module rowwise() const {
     const std::lock_guard<std::mutex> lock(optimized_mutex_);
-    if (!rowwise_linear_) {
+    if (!rowwise_) {
       torch::jit::Module copy = frozen_.clone();
-      rewrite_rowwise_linear(*copy.get_method("forward").graph());
-      rowwise_linear_ = copy;
+      rewrite_rowwise(*copy.get_method("forward").graph());
+      rowwise_ = copy;
     }
-    return *rowwise_linear_;
+    return *rowwise_;
   }
 
   // On a CUDA device: a CUDA graph of `module` at these shapes, captured from a clone of it. A model
@@ -600,7 +600,7 @@ class TorchScriptBackend final : public TorchScriptModel {
   mutable torch::jit::Module frozen_;
   mutable std::optional<torch::jit::Module> optimized_;
   mutable std::optional<torch::jit::Module> channels_last_;
-  mutable std::optional<torch::jit::Module> rowwise_linear_;
+  mutable std::optional<torch::jit::Module> rowwise_;
   bool measured_ = false;  // variants_ in the order export measured
   mutable std::mutex optimized_mutex_;
   int64_t from_batch_ = 1;  // batches below it run as loaded (measured faster there at export)

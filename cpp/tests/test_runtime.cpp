@@ -10,7 +10,7 @@
 
 #include "check.hpp"
 #include "internal.hpp"
-#include "rowwise_linear.hpp"
+#include "rowwise.hpp"
 
 using torchbridge::ErrorCode;
 using torchbridge::Runtime;
@@ -504,7 +504,7 @@ TEST(rowwise_linear_matches_linear_and_passes_on_what_its_kernel_does_not_take) 
   // K and N not multiples of the kernel's 16 and 4, so its tails run (and AddressSanitizer sees them)
   const at::Tensor weight = at::randn({37, 1029});
   const at::Tensor bias = at::randn({37});
-  for (const int64_t rows : {int64_t{1}, int64_t{3}, torchbridge::kRowwiseLinearMaxRows}) {
+  for (const int64_t rows : {int64_t{1}, int64_t{3}, torchbridge::kRowwiseMaxRows}) {
     const at::Tensor x = at::randn({rows, 1029});
     const at::Tensor expected = at::linear(x.to(at::kDouble), weight.to(at::kDouble), bias.to(at::kDouble));
     // float32 sums of 1029 products against float64: within 1e-5 of the largest output
@@ -514,7 +514,7 @@ TEST(rowwise_linear_matches_linear_and_passes_on_what_its_kernel_does_not_take) 
     REQUIRE(off(op.call(x, weight, bias), expected) <= 1e-5);
     REQUIRE(off(op.call(x, weight, std::nullopt), at::linear(x.to(at::kDouble), weight.to(at::kDouble))) <= 1e-5);
   }
-  const at::Tensor many = at::randn({torchbridge::kRowwiseLinearMaxRows + 1, 1029});
+  const at::Tensor many = at::randn({torchbridge::kRowwiseMaxRows + 1, 1029});
   REQUIRE(at::equal(op.call(many, weight, bias), at::linear(many, weight, bias)));
   const at::Tensor strided = at::randn({1029, 2}).t();
   REQUIRE(at::equal(op.call(strided, weight, bias), at::linear(strided, weight, bias)));

@@ -14,9 +14,9 @@ torch_version: str
 FUSED_SHAPES: int
 
 def selecting_ops(path: str) -> str: ...
-def rowwise_linear_available() -> bool: ...
+def rowwise_available() -> bool: ...
 
-ROWWISE_LINEAR_MAX_ROWS: int
+ROWWISE_MAX_ROWS: int
 CUDA_GRAPH_SHAPES: int
 CHECKED_SHAPES: int
 

@@ -332,7 +332,7 @@ MEASURE_BATCHES = (1, 4, 16, 64)
 TUNE_BATCHES = (1, 32)
 #: Variants the runtime's built-in order does not run, so export's first run of the artifact in
 #: torchbridge-run does not try them: where the measured order tries one, export runs it again.
-UNCHECKED_VARIANTS = ("channels_last", "rowwise_linear")
+UNCHECKED_VARIANTS = ("channels_last", "rowwise")
 TUNE_CALL_S = 0.5
 
 
@@ -370,7 +370,7 @@ def _selects_by_value(path: Path) -> str:
 
 def _measured_order(module, golden, dynamic_dims, fuse: bool, rtol: float) -> dict[str, Any]:
     from torchbridge import _C
-    from torchbridge.mirror import CPU_VARIANTS, has_linear
+    from torchbridge.mirror import CPU_VARIANTS, has_rowwise_ops
     from torchbridge.timing import time_interleaved
 
     buffer = io.BytesIO()
@@ -381,8 +381,8 @@ def _measured_order(module, golden, dynamic_dims, fuse: bool, rtol: float) -> di
         return torch.jit.load(buffer).eval()
 
     candidates = [v for v in CPU_VARIANTS if fuse or v != "onednn_graph"]
-    if "rowwise_linear" in candidates and not (_C.rowwise_linear_available() and has_linear(module)):
-        candidates.remove("rowwise_linear")  # it would be freeze alone
+    if "rowwise" in candidates and not (_C.rowwise_available() and has_rowwise_ops(module)):
+        candidates.remove("rowwise")  # it would be freeze alone
     batch_dynamic = bool(dynamic_dims) and 0 in dynamic_dims[0]
     batches = list(TUNE_BATCHES) if batch_dynamic else [int(golden[0].shape[0]) if golden[0].dim() else 1]
     table: dict[str, list[float | None]] = {v: [] for v in ["as_loaded", *candidates]}

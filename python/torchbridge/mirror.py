@@ -88,10 +88,10 @@ def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
 #: fastest first. "frozen" (the runtime's last resort in its built-in order) is not timed: for a
 #: model without 4-d weights "channels_last" is freeze alone, and for one with them the other two
 #: are the frozen module plus passes made for convolutions; each timed variant costs export runs.
-#: "rowwise_linear" (freeze, then linear layers through torchbridge::rowwise_linear, the runtime's
-#: kernel for inputs of a few rows) is timed only for a model with linear layers, on a CPU that
-#: runs the kernel (elsewhere it is freeze alone).
-CPU_VARIANTS = ("onednn_graph", "optimize_for_inference", "channels_last", "rowwise_linear")
+#: "rowwise" (freeze, then linear layers and LSTMs through torchbridge::rowwise_linear and
+#: rowwise_lstm, the runtime's kernels for inputs of a few rows) is timed only for a model with such
+#: layers, on a CPU that runs the kernels (elsewhere it is freeze alone).
+CPU_VARIANTS = ("onednn_graph", "optimize_for_inference", "channels_last", "rowwise")
 
 
 def _float_constant(value, dim: int) -> bool:
@@ -108,32 +108,43 @@ def _float_constant(value, dim: int) -> bool:
     )
 
 
-def rewrite_rowwise_linear(graph) -> int:
-    """The runtime's pass for "rowwise_linear" (rewrite_rowwise_linear in rowwise_linear.cpp), on a
-    frozen graph: each aten::linear whose weight (and bias, if any) is a float constant becomes
-    torchbridge::rowwise_linear. Returns how many."""
+def rewrite_rowwise(graph) -> int:
+    """The runtime's pass for "rowwise" (rewrite_rowwise in rowwise.cpp), on a frozen graph: each
+    aten::linear whose weight (and bias, if any) is a float constant becomes
+    torchbridge::rowwise_linear, each aten::lstm with constant parameters torchbridge::rowwise_lstm.
+    Returns how many."""
     found = []
     for node in graph.nodes():
-        if node.kind() != "aten::linear" or len(list(node.inputs())) != 3:
-            continue
-        weight, bias = node.inputsAt(1), node.inputsAt(2)
-        no_bias = bias.node().kind() == "prim::Constant" and bias.type().kind() == "NoneType"
-        if _float_constant(weight, 2) and (no_bias or _float_constant(bias, 1)):
-            found.append(node)
-    for node in found:
-        replacement = graph.create("torchbridge::rowwise_linear", list(node.inputs()), 1)
+        inputs = list(node.inputs())
+        if node.kind() == "aten::linear" and len(inputs) == 3:
+            weight, bias = inputs[1], inputs[2]
+            no_bias = bias.node().kind() == "prim::Constant" and bias.type().kind() == "NoneType"
+            if _float_constant(weight, 2) and (no_bias or _float_constant(bias, 1)):
+                found.append((node, "torchbridge::rowwise_linear"))
+        elif (
+            node.kind() == "aten::lstm"
+            and len(inputs) == 9
+            and node.outputsSize() == 3
+            and inputs[1].type().kind() == "ListType"  # lstm.input, not lstm.data
+            and inputs[2].node().kind() == "prim::Constant"
+        ):
+            found.append((node, "torchbridge::rowwise_lstm"))
+    for node, kind in found:
+        replacement = graph.create(kind, list(node.inputs()), node.outputsSize())
         replacement.insertBefore(node)
-        replacement.output().setType(node.output().type())
-        node.output().replaceAllUsesWith(replacement.output())
+        for old, new in zip(node.outputs(), replacement.outputs()):
+            new.setType(old.type())
+            old.replaceAllUsesWith(new)
         node.destroy()
     return len(found)
 
 
-def has_linear(module) -> bool:
-    """Whether a TorchScript module calls aten::linear anywhere in forward (submodules inlined)."""
+def has_rowwise_ops(module) -> bool:
+    """Whether a TorchScript module calls aten::linear or aten::lstm anywhere in forward (submodules
+    inlined): what the "rowwise" variant rewrites."""
     graph = module.forward.graph.copy()
     torch._C._jit_pass_inline(graph)
-    return bool(graph.findAllNodes("aten::linear"))
+    return bool(graph.findAllNodes("aten::linear") or graph.findAllNodes("aten::lstm"))
 
 
 def tried(order: list[str]) -> list[str]:
@@ -191,7 +202,7 @@ class RuntimeMirror:
         self._frozen_module = None
         self._optimized_module = None
         self._channels_last_module = None
-        self._rowwise_linear_module = None
+        self._rowwise_module = None
 
     @property
     def variants(self) -> list[str]:
@@ -245,12 +256,12 @@ class RuntimeMirror:
             module = self._channels_last_module
             module(*inputs)
             return module, run_module(module, inputs)
-        if variant == "rowwise_linear":
-            if self._rowwise_linear_module is None:
+        if variant == "rowwise":
+            if self._rowwise_module is None:
                 frozen = self._freeze()  # the runtime clones its frozen module within a call
-                rewrite_rowwise_linear(frozen.graph)
-                self._rowwise_linear_module = frozen
-            module = self._rowwise_linear_module
+                rewrite_rowwise(frozen.graph)
+                self._rowwise_module = frozen
+            module = self._rowwise_module
         elif variant == "optimize_for_inference":
             if self._optimized_module is None:
                 frozen = self._freeze()

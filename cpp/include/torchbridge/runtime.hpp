@@ -120,8 +120,8 @@ struct RuntimeOptions {
   /// at inputs no check has seen. A .pt2 was optimized when it was compiled. On the CPU in fp32 an
   /// artifact whose manifest has runtime.variants (export timed them) tries its variants in that
   /// order, which may include "channels_last" (frozen, channels-last weights and 4-d inputs) and
-  /// "rowwise_linear" (frozen, linear layers on inputs of up to 16 rows through torchbridge's own
-  /// kernel) and stops at "as_loaded"; with runtime.large_batches, batches from its "from" on follow its order.
+  /// "rowwise" (frozen, linear layers and LSTMs on up to 16 rows through torchbridge's own kernels)
+  /// and stops at "as_loaded"; with runtime.large_batches, batches from its "from" on follow its order.
   bool optimize = true;
   /// With optimize, on the CPU: false runs torch::jit::optimize_for_inference at every shape
   /// instead of oneDNN Graph (fp32; bf16 runs frozen, channels-last): 10-20 % slower on ResNet-18
