@@ -285,7 +285,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rowwise_lstm(const at::Tensor& in
     for (int64_t d = 0; d < directions; ++d) {
       const int64_t index = layer * directions + d;
       const at::Tensor* p = &params[index * per_layer];
-      const at::Tensor projection = has_biases ? at::linear(layer_input, p[0], p[2]) : at::linear(layer_input, p[0]);
+      const at::Tensor projection =
+          (has_biases ? at::linear(layer_input, p[0], p[2]) : at::linear(layer_input, p[0])).contiguous();
       const float* projection_data = projection.const_data_ptr<float>();
       const float* w_hh = p[1].const_data_ptr<float>();
       const float* b_hh = has_biases ? p[3].const_data_ptr<float>() : nullptr;

@@ -520,4 +520,38 @@ TEST(rowwise_linear_matches_linear_and_passes_on_what_its_kernel_does_not_take) 
   REQUIRE(at::equal(op.call(strided, weight, bias), at::linear(strided, weight, bias)));
 }
 
+TEST(rowwise_lstm_matches_lstm_and_passes_on_what_its_kernel_does_not_take) {
+  const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("torchbridge::rowwise_lstm", "")
+          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, at::TensorList, at::TensorList, bool,
+                                                                int64_t, double, bool, bool, bool)>();
+  at::manual_seed(0);
+  // Two layers, both directions, hidden 9 (the cell update's tail past 8 lanes), time-major.
+  const int64_t hidden = 9, batch = 3, steps = 4, input_size = 5;
+  std::vector<at::Tensor> params;
+  for (int64_t layer = 0; layer < 2; ++layer)
+    for (int64_t direction = 0; direction < 2; ++direction) {
+      params.push_back(at::randn({4 * hidden, layer == 0 ? input_size : 2 * hidden}) * 0.3);
+      params.push_back(at::randn({4 * hidden, hidden}) * 0.3);
+      params.push_back(at::randn({4 * hidden}) * 0.1);
+      params.push_back(at::randn({4 * hidden}) * 0.1);
+    }
+  for (const int64_t rows : {batch, torchbridge::kRowwiseMaxRows + 1}) {
+    const at::Tensor x = at::randn({steps, rows, input_size});
+    const std::vector<at::Tensor> h0 = {at::randn({4, rows, hidden}), at::randn({4, rows, hidden})};
+    const auto actual = op.call(x, h0, params, true, 2, 0.0, false, true, false);
+    const auto expected = at::lstm(x, h0, params, true, 2, 0.0, false, true, false);
+    for (const auto& [a, e] : {std::pair{std::get<0>(actual), std::get<0>(expected)},
+                               std::pair{std::get<1>(actual), std::get<1>(expected)},
+                               std::pair{std::get<2>(actual), std::get<2>(expected)}}) {
+      REQUIRE(a.sizes() == e.sizes());
+      if (rows > torchbridge::kRowwiseMaxRows)
+        REQUIRE(at::equal(a, e));  // at::lstm itself
+      else
+        REQUIRE((a - e).abs().max().item<double>() <= 1e-5 * e.abs().max().item<double>());
+    }
+  }
+}
+
 int main(int argc, char** argv) { return tbtest::run_all(argc, argv); }
