@@ -1,5 +1,6 @@
 """The runtime's "rowwise" variant: torchbridge::rowwise_linear and torchbridge::rowwise_lstm (the
-runtime's kernels for linear layers and LSTMs on a few rows) against aten's operators, the variant
+runtime's kernels for linear layers and LSTMs on a few rows) and torchbridge::layer_norm, gelu and
+attention (its kernels for small inputs) against aten's operators, the variant
 run from a measured order in C++ and in its Python mirror, and export timing it only where it can
 differ from freeze alone."""
 
@@ -212,3 +213,148 @@ def flatten(value):
     if isinstance(value, torch.Tensor):
         return [value]
     return [t for item in value for t in flatten(item)]
+
+
+# ---------------------------------------------------------------- layer norm, GELU and attention
+
+
+def attention_case(generator, batch=1, heads=2, queries=32, keys=32, head=32, mask=None):
+    """Query, key and value as a transformer makes them (heads split from one projection: not
+    contiguous), and the keyword arguments for `mask`."""
+    q = torch.randn(batch, queries, heads, head, generator=generator).transpose(1, 2)
+    k = torch.randn(batch, keys, heads, head, generator=generator).transpose(1, 2)
+    v = torch.randn(batch, keys, heads, head + 3, generator=generator).transpose(1, 2)  # a value tail
+    kwargs = {}
+    if mask == "bool":  # a padding mask, broadcast over heads and queries
+        kwargs["attn_mask"] = (torch.rand(batch, 1, 1, keys, generator=generator) > 0.3).index_fill(
+            3, torch.tensor([0]), True
+        )
+    elif mask == "bool-2d":
+        kwargs["attn_mask"] = (torch.rand(queries, keys, generator=generator) > 0.3).index_fill(
+            1, torch.tensor([0]), True
+        )
+    elif mask == "float":
+        kwargs["attn_mask"] = torch.randn(batch, heads, queries, keys, generator=generator)
+    elif mask == "causal":
+        kwargs["is_causal"] = True
+    elif mask == "scale":
+        kwargs["scale"] = 0.3
+    return (q, k, v), kwargs
+
+
+@needs_kernel
+@pytest.mark.parametrize("mask", [None, "bool", "bool-2d", "float", "causal", "scale"])
+@pytest.mark.parametrize("shape", [(1, 2, 32, 32, 32), (2, 3, 5, 7, 9), (1, 4, 17, 64, 64)], ids=str)
+def test_the_attention_kernel_matches_aten(mask, shape):
+    generator = torch.Generator().manual_seed(2)
+    batch, heads, queries, keys, head = shape
+    if mask == "causal" and queries != keys:
+        queries = keys
+    args, kwargs = attention_case(generator, batch, heads, queries, keys, head, mask)
+    expected = torch.nn.functional.scaled_dot_product_attention(*args, **kwargs)
+    actual = torch.ops.torchbridge.attention(*args, **kwargs)
+    assert actual.shape == expected.shape and actual.stride() == expected.stride()
+    assert max_errors(actual, expected)[1] <= 1e-5
+
+
+@needs_kernel
+def test_the_attention_kernel_leaves_unseen_queries_and_nan_to_aten():
+    generator = torch.Generator().manual_seed(3)
+    (q, k, v), _ = attention_case(generator, queries=4, keys=4, head=8)
+    everything_masked = torch.ones(4, 4, dtype=torch.bool)
+    everything_masked[2] = False  # query 2 sees no key: ATen's answer for it is zeros
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=everything_masked)
+    assert torch.equal(torch.ops.torchbridge.attention(q, k, v, attn_mask=everything_masked), expected)
+    q = q.clone()
+    q[0, 1, 3, 5] = float("nan")
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    actual = torch.ops.torchbridge.attention(q, k, v)
+    assert torch.equal(actual.isnan(), expected.isnan()) and actual.isnan().any()
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [(1, 32, 64), (3, 7, 13), (2, 5), (64, 1000)], ids=str)
+def test_the_layer_norm_and_gelu_kernels_match_aten(shape):
+    generator = torch.Generator().manual_seed(4)
+    x = 3 * torch.randn(shape, generator=generator)
+    width = shape[-1]
+    weight, bias = torch.randn(width, generator=generator), torch.randn(width, generator=generator)
+    for w, b in ((weight, bias), (None, None), (weight, None)):
+        expected = torch.nn.functional.layer_norm(x, (width,), w, b, 1e-5)
+        assert max_errors(torch.ops.torchbridge.layer_norm(x, [width], w, b, 1e-5), expected)[1] <= 1e-5
+    assert max_errors(torch.ops.torchbridge.gelu(x), torch.nn.functional.gelu(x))[1] <= 1e-5
+    special = torch.tensor([float("-inf"), float("inf"), float("nan"), -10.0, 10.0, 0.0, -0.0, 1e-30] * 2)
+    assert torch.equal(torch.ops.torchbridge.gelu(special).isnan(), torch.nn.functional.gelu(special).isnan())
+    finite = special.isfinite()
+    assert torch.equal(torch.ops.torchbridge.gelu(special)[finite], torch.nn.functional.gelu(special)[finite])
+
+
+def test_what_the_small_kernels_do_not_take_is_aten_exactly():
+    generator = torch.Generator().manual_seed(5)
+    big = torch.randn(_C.SMALL_GELU_ELEMENTS + 1, generator=generator)
+    strided = torch.randn(64, 6, generator=generator).t()
+    for x, approximate in ((big, "none"), (strided, "none"), (big[:64], "tanh"), (big[:64].double(), "none")):
+        assert torch.equal(
+            torch.ops.torchbridge.gelu(x, approximate=approximate), torch.nn.functional.gelu(x, approximate=approximate)
+        )
+    x = torch.randn(4, 6, 8, generator=generator)
+    for args in (([6, 8], None, None), ([8], torch.randn(16)[::2], None)):  # two dimensions; a strided weight
+        assert torch.equal(torch.ops.torchbridge.layer_norm(x, *args), torch.ops.aten.layer_norm(x, *args))
+    assert torch.equal(
+        torch.ops.torchbridge.layer_norm(x.double(), [8]), torch.nn.functional.layer_norm(x.double(), [8])
+    )
+    for keys, head, extra in (
+        (_C.SMALL_ATTENTION_KEYS + 1, 16, {}),
+        (8, _C.SMALL_ATTENTION_HEAD + 1, {}),
+        (8, 16, {"enable_gqa": True}),
+    ):
+        (q, k, v), _ = attention_case(generator, keys=keys, queries=keys, head=head)
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, **extra)
+        assert torch.equal(torch.ops.torchbridge.attention(q, k, v, **extra), expected)
+
+
+class SmallEncoder(nn.Module):
+    """One pre-norm transformer block of the kind the Hugging Face encoders are: layer norm,
+    attention through scaled_dot_product_attention with a padding mask, GELU."""
+
+    def __init__(self, width=32, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.up, self.down = nn.Linear(width, 2 * width), nn.Linear(2 * width, width)
+
+    def forward(self, x, mask):
+        b, t, w = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, w // self.heads).unbind(2)
+        keep = (mask > 0)[:, None, None, :]
+        a = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=keep
+        )
+        x = x + self.out(a.transpose(1, 2).reshape(b, t, w))
+        return x + self.down(torch.nn.functional.gelu(self.up(self.norm2(x))))
+
+
+def test_the_runtime_runs_a_small_transformer_through_the_variant_and_matches_its_mirror(tmp_path, monkeypatch):
+    model = seeded(SmallEncoder).eval()
+    path = tmp_path / "encoder.pt"
+    generator = torch.Generator().manual_seed(6)
+
+    def inputs(batch, length=12):
+        mask = torch.ones(batch, length, dtype=torch.long)
+        mask[0, length // 2 :] = 0  # the first sequence padded
+        return torch.randn(batch, length, 32, generator=generator), mask
+
+    export_with_order(model, inputs(2), path, ["rowwise", "as_loaded"], monkeypatch)
+    runtime = tb.Runtime(path, threads=THREADS)
+    _, mirror = load_in_python(path, runtime.optimized_from_batch)
+    graph = torch.jit.freeze(torch.jit.load(path).eval()).graph
+    assert rewrite_rowwise(graph) == 2 + 1 + 1 + 4  # layer norms, attention, GELU, linear layers
+    with torch.inference_mode():
+        for batch, length in ((1, 12), (3, 12), (_C.ROWWISE_MAX_ROWS + 1, 12)):
+            x = inputs(batch, length)
+            y = runtime(*x)
+            assert runtime.variant_at(*x) == "rowwise"
+            assert torch.equal(y, mirror(*x)), f"batch {batch}"
+            assert max_errors(y, model(*x))[1] <= 1e-5
+    assert tb.verify(model, path, threads=THREADS, fresh=1).passed

@@ -150,6 +150,10 @@ PYBIND11_MODULE(_C, m) {
   // rows (torchbridge::rowwise_linear and rowwise_lstm are aten's operators otherwise).
   m.def("rowwise_available", &torchbridge::rowwise_kernels_available);
   m.attr("ROWWISE_MAX_ROWS") = torchbridge::kRowwiseMaxRows;
+  // Its small-input kernels' limits (torchbridge::gelu and attention are aten's operators past them).
+  m.attr("SMALL_GELU_ELEMENTS") = torchbridge::kSmallGeluElements;
+  m.attr("SMALL_ATTENTION_KEYS") = torchbridge::kSmallAttentionKeys;
+  m.attr("SMALL_ATTENTION_HEAD") = torchbridge::kSmallAttentionHead;
   m.attr("CUDA_GRAPH_SHAPES") = torchbridge::kCudaGraphShapes;
   m.attr("CHECKED_SHAPES") = torchbridge::kCheckedShapes;
 

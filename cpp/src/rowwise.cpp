@@ -1,6 +1,7 @@
 // torchbridge::rowwise_linear and torchbridge::rowwise_lstm: aten::linear and aten::lstm for inputs
-// of a few rows (batch 1 of an MLP, a classifier head, an LSTM), and the graph pass behind the
-// runtime's "rowwise" variant.
+// of a few rows (batch 1 of an MLP, a classifier head, an LSTM); torchbridge::layer_norm, gelu and
+// attention: aten's operators for the small inputs of a small transformer; and the graph pass
+// behind the runtime's "rowwise" variant, which puts them all in a frozen graph.
 //
 // With one row, a linear layer is a matrix-vector product: its time is the time to stream the weight
 // from memory once. MKL's and oneDNN's kernels do not reach the memory bandwidth on every CPU (on AMD
@@ -11,6 +12,10 @@
 // is a GEMM large enough for at::linear. Larger inputs, other dtypes and CPUs without AVX2+FMA (or
 // ATen capped below AVX2) go to the aten operator. Export times the variant against the others; the
 // runtime checks it at every shape like them.
+//
+// On small inputs ATen's layer norm, GELU and scaled dot-product attention cost several times their
+// arithmetic in fixed work per call (a GELU over 4096 values takes as long as one over 40000); these
+// kernels do the arithmetic with little else, and give larger or other inputs to ATen.
 #include "rowwise.hpp"
 
 #include <ATen/ATen.h>
@@ -24,7 +29,10 @@
 #define TORCHBRIDGE_ROWWISE_X86 1
 #endif
 
+#include <atomic>
+#include <cmath>
 #include <cstdlib>
+#include <vector>
 #include <string>
 
 namespace torchbridge {
@@ -186,6 +194,166 @@ __attribute__((target("avx2,fma"))) void lstm_cell_avx2(const float* gates, floa
   }
 }
 
+// y = (x - mean) / sqrt(var + eps) * weight + bias over each row of `width` (var: the population
+// variance, two passes over the row as ATen's kernel does it); weight and bias may be null.
+__attribute__((target("avx2,fma"))) void layer_norm_avx2(const float* x, const float* weight, const float* bias,
+                                                         float* y, int64_t rows, int64_t width, float eps) {
+  const int64_t vec = width - width % 8;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * width;
+    float* yr = y + r * width;
+    __m256 sum8 = _mm256_setzero_ps();
+    for (int64_t i = 0; i < vec; i += 8) sum8 = _mm256_add_ps(sum8, _mm256_loadu_ps(xr + i));
+    float sum = horizontal_sum(sum8);
+    for (int64_t i = vec; i < width; ++i) sum += xr[i];
+    const float mean = sum / static_cast<float>(width);
+    const __m256 mean8 = _mm256_set1_ps(mean);
+    __m256 squares8 = _mm256_setzero_ps();
+    for (int64_t i = 0; i < vec; i += 8) {
+      const __m256 centred = _mm256_sub_ps(_mm256_loadu_ps(xr + i), mean8);
+      squares8 = _mm256_fmadd_ps(centred, centred, squares8);
+    }
+    float squares = horizontal_sum(squares8);
+    for (int64_t i = vec; i < width; ++i) squares += (xr[i] - mean) * (xr[i] - mean);
+    const float rstd = 1.0f / std::sqrt(squares / static_cast<float>(width) + eps);
+    const __m256 rstd8 = _mm256_set1_ps(rstd);
+    for (int64_t i = 0; i < vec; i += 8) {
+      __m256 value = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + i), mean8), rstd8);
+      if (weight) value = _mm256_mul_ps(value, _mm256_loadu_ps(weight + i));
+      if (bias) value = _mm256_add_ps(value, _mm256_loadu_ps(bias + i));
+      _mm256_storeu_ps(yr + i, value);
+    }
+    for (int64_t i = vec; i < width; ++i) {
+      float value = (xr[i] - mean) * rstd;
+      if (weight) value *= weight[i];
+      if (bias) value += bias[i];
+      yr[i] = value;
+    }
+  }
+}
+
+// erf(x) by Abramowitz and Stegun 7.1.26, the formula ATen's vectorized erf uses (|error| < 1.5e-7).
+__attribute__((target("avx2,fma"))) inline __m256 erf_avx2(__m256 x) {
+  const __m256 sign = _mm256_and_ps(x, _mm256_set1_ps(-0.0f));
+  const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(0.3275911f), a, one));
+  __m256 p = _mm256_set1_ps(1.061405429f);
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.453152027f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.421413741f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.284496736f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.254829592f));
+  const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(a, a)));
+  return _mm256_or_ps(_mm256_fnmadd_ps(_mm256_mul_ps(p, t), e, one), sign);
+}
+
+// GELU(x) = x / 2 * (1 + erf(x / sqrt(2))); infinities give NaN, as ATen's kernel gives them.
+__attribute__((target("avx2,fma"))) void gelu_avx2(const float* x, float* y, int64_t n) {
+  const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+  const __m256 inv_sqrt2 = _mm256_set1_ps(0.70710678118654752f), inf = _mm256_set1_ps(INFINITY);
+  const __m256 nan = _mm256_set1_ps(NAN), abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256 g = _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, erf_avx2(_mm256_mul_ps(v, inv_sqrt2))));
+    const __m256 infinite = _mm256_cmp_ps(_mm256_and_ps(v, abs_mask), inf, _CMP_EQ_OQ);
+    _mm256_storeu_ps(y + i, _mm256_blendv_ps(g, nan, infinite));
+  }
+  for (; i < n; ++i)
+    y[i] = std::isinf(x[i]) ? NAN : 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
+}
+
+// Scaled dot-product attention of one (batch, head): out_i = softmax(q_i . k_j * scale + mask_ij) . v
+// for `queries` query rows against `keys` keys. The key block is transposed into `kt` (head x
+// keys padded to a multiple of 32) so that 32 scores come from one pass over the query row; `scores`
+// holds the padded keys. Returns false where some query sees no key (every score -inf or NaN): the caller
+// leaves the whole call to ATen, whose result that is.
+__attribute__((target("avx2,fma"))) bool attention_head_avx2(
+    const float* q, int64_t q_stride, const float* k, int64_t k_stride, const float* v, int64_t v_stride,
+    int64_t queries, int64_t keys, int64_t head, int64_t v_head, float scale, const float* float_mask,
+    const bool* bool_mask, int64_t mask_row_stride, int64_t mask_stride, bool causal, float* kt, float* scores,
+    float* out, int64_t out_stride) {
+  const int64_t padded = (keys + 31) / 32 * 32;
+  for (int64_t e = 0; e < head; ++e) {
+    float* row = kt + e * padded;
+    for (int64_t j = 0; j < keys; ++j) row[j] = k[j * k_stride + e];
+    for (int64_t j = keys; j < padded; ++j) row[j] = 0.0f;
+  }
+  const __m256 scale8 = _mm256_set1_ps(scale), minus_inf = _mm256_set1_ps(-INFINITY);
+  const int64_t v_vec = v_head - v_head % 8;
+  for (int64_t i = 0; i < queries; ++i) {
+    const float* qi = q + i * q_stride;
+    // 32 keys at a time: four independent sums, so the FMAs do not wait on each other.
+    int64_t j = 0;
+    for (; j < padded; j += 32) {
+      __m256 d0 = _mm256_setzero_ps(), d1 = d0, d2 = d0, d3 = d0;
+      for (int64_t e = 0; e < head; ++e) {
+        const __m256 qe = _mm256_set1_ps(qi[e]);
+        const float* ke = kt + e * padded + j;
+        d0 = _mm256_fmadd_ps(qe, _mm256_loadu_ps(ke), d0);
+        d1 = _mm256_fmadd_ps(qe, _mm256_loadu_ps(ke + 8), d1);
+        d2 = _mm256_fmadd_ps(qe, _mm256_loadu_ps(ke + 16), d2);
+        d3 = _mm256_fmadd_ps(qe, _mm256_loadu_ps(ke + 24), d3);
+      }
+      _mm256_storeu_ps(scores + j, _mm256_mul_ps(d0, scale8));
+      _mm256_storeu_ps(scores + j + 8, _mm256_mul_ps(d1, scale8));
+      _mm256_storeu_ps(scores + j + 16, _mm256_mul_ps(d2, scale8));
+      _mm256_storeu_ps(scores + j + 24, _mm256_mul_ps(d3, scale8));
+    }
+    const int64_t seen = causal ? std::min(keys, i + 1) : keys;  // keys j > i are masked out when causal
+    float max_score = -INFINITY;
+    for (j = 0; j < padded; ++j) {
+      float score = scores[j];
+      if (j >= seen) score = -INFINITY;
+      else if (bool_mask && !bool_mask[i * mask_row_stride + j * mask_stride]) score = -INFINITY;
+      else if (float_mask) score += float_mask[i * mask_row_stride + j * mask_stride];
+      scores[j] = score;
+      if (score > max_score) max_score = score;  // NaN compares false
+    }
+    if (max_score == -INFINITY) return false;
+    const __m256 max8 = _mm256_set1_ps(max_score);
+    __m256 total8 = _mm256_setzero_ps();
+    for (j = 0; j < padded; j += 8) {
+      const __m256 score = _mm256_loadu_ps(scores + j);
+      // exp_avx2 clamps, so a masked key (-inf) would come out as a tiny positive weight: zero it.
+      const __m256 weight =
+          _mm256_andnot_ps(_mm256_cmp_ps(score, minus_inf, _CMP_EQ_OQ), exp_avx2(_mm256_sub_ps(score, max8)));
+      _mm256_storeu_ps(scores + j, weight);
+      total8 = _mm256_add_ps(total8, weight);
+    }
+    const __m256 inverse = _mm256_set1_ps(1.0f / horizontal_sum(total8));
+    float* oi = out + i * out_stride;
+    int64_t e = 0;
+    for (; e + 32 <= v_vec; e += 32) {  // 32 values at a time, as above
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t jj = 0; jj < keys; ++jj) {
+        const __m256 p = _mm256_set1_ps(scores[jj]);
+        const float* vj = v + jj * v_stride + e;
+        a0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vj), a0);
+        a1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vj + 8), a1);
+        a2 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vj + 16), a2);
+        a3 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vj + 24), a3);
+      }
+      _mm256_storeu_ps(oi + e, _mm256_mul_ps(a0, inverse));
+      _mm256_storeu_ps(oi + e + 8, _mm256_mul_ps(a1, inverse));
+      _mm256_storeu_ps(oi + e + 16, _mm256_mul_ps(a2, inverse));
+      _mm256_storeu_ps(oi + e + 24, _mm256_mul_ps(a3, inverse));
+    }
+    for (; e < v_vec; e += 8) {
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t jj = 0; jj < keys; ++jj)
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(scores[jj]), _mm256_loadu_ps(v + jj * v_stride + e), acc);
+      _mm256_storeu_ps(oi + e, _mm256_mul_ps(acc, inverse));
+    }
+    for (e = v_vec; e < v_head; ++e) {
+      float acc = 0.0f;
+      for (int64_t jj = 0; jj < keys; ++jj) acc += scores[jj] * v[jj * v_stride + e];
+      oi[e] = acc * _mm256_cvtss_f32(inverse);
+    }
+  }
+  return true;
+}
+
 bool cpu_has_kernel() {
   // ATen's own choice, so ATEN_CPU_CAPABILITY=default caps this kernel as it caps ATen's.
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
@@ -313,6 +481,127 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rowwise_lstm(const at::Tensor& in
 #endif
 }
 
+bool plain_float(const at::Tensor& t) {
+  return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.layout() == at::kStrided && !t.is_mkldnn() &&
+         !t.requires_grad();
+}
+
+// aten::layer_norm over the last dimension of a contiguous float input (any number of rows, split
+// among ATen's threads); anything else is at::layer_norm.
+at::Tensor small_layer_norm(const at::Tensor& input, at::IntArrayRef normalized_shape,
+                            const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps,
+                            bool cudnn_enable) {
+  const auto fits = [&](const std::optional<at::Tensor>& t) {
+    return !t || !t->defined() ||
+           (plain_float(*t) && t->is_contiguous() && t->dim() == 1 && t->size(0) == input.size(-1));
+  };
+  if (!cpu_has_kernel() || !plain_float(input) || !input.is_contiguous() || input.dim() < 1 ||
+      normalized_shape.size() != 1 || normalized_shape[0] != input.size(-1) || input.size(-1) < 1 || !fits(weight) ||
+      !fits(bias))
+    return at::layer_norm(input, normalized_shape, weight, bias, eps, cudnn_enable);
+#ifdef TORCHBRIDGE_ROWWISE_X86
+  at::Tensor out = at::empty_like(input);
+  const int64_t width = input.size(-1), rows = input.numel() / width;
+  const float* x = input.const_data_ptr<float>();
+  const float* w = weight && weight->defined() ? weight->const_data_ptr<float>() : nullptr;
+  const float* b = bias && bias->defined() ? bias->const_data_ptr<float>() : nullptr;
+  float* y = out.mutable_data_ptr<float>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, (int64_t{1} << 15) / width), [&](int64_t begin, int64_t end) {
+    layer_norm_avx2(x + begin * width, w, b, y + begin * width, end - begin, width, static_cast<float>(eps));
+  });
+  return out;
+#else
+  return at::layer_norm(input, normalized_shape, weight, bias, eps, cudnn_enable);
+#endif
+}
+
+// aten::gelu (approximate="none") on a contiguous float input of up to kSmallGeluElements values;
+// larger inputs, the tanh approximation and anything else are at::gelu.
+at::Tensor small_gelu(const at::Tensor& input, c10::string_view approximate) {
+  if (!cpu_has_kernel() || approximate != "none" || !plain_float(input) || !input.is_contiguous() ||
+      input.numel() > kSmallGeluElements)
+    return at::gelu(input, approximate);
+#ifdef TORCHBRIDGE_ROWWISE_X86
+  at::Tensor out = at::empty_like(input);
+  gelu_avx2(input.const_data_ptr<float>(), out.mutable_data_ptr<float>(), input.numel());
+  return out;
+#else
+  return at::gelu(input, approximate);
+#endif
+}
+
+// aten::scaled_dot_product_attention for 4-d float query, key and value of the same batch and
+// heads, at most kSmallAttentionKeys keys and kSmallAttentionHead values per head, no dropout, a bool
+// or float mask or causal masking. Anything else, and a call where some query sees no key at all,
+// is ATen's.
+at::Tensor small_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                           const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
+                           std::optional<double> scale, bool enable_gqa) {
+  const auto aten = [&] {
+    return at::scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa);
+  };
+  const bool has_mask = attn_mask && attn_mask->defined();
+  if (!cpu_has_kernel() || dropout_p != 0.0 || enable_gqa || (is_causal && has_mask)) return aten();
+  for (const at::Tensor* t : {&query, &key, &value})
+    if (!plain_float(*t) || t->dim() != 4 || t->stride(3) != 1 || t->size(3) < 1) return aten();
+  const int64_t batch = query.size(0), heads = query.size(1), queries = query.size(2), keys = key.size(2);
+  const int64_t head = query.size(3), v_head = value.size(3);
+  if (key.size(0) != batch || value.size(0) != batch || key.size(1) != heads || value.size(1) != heads ||
+      value.size(2) != keys || key.size(3) != head || keys < 1 || queries < 1 || keys > kSmallAttentionKeys ||
+      head > kSmallAttentionHead || v_head > kSmallAttentionHead)
+    return aten();
+  at::Tensor mask;
+  if (has_mask) {
+    const at::ScalarType type = attn_mask->scalar_type();
+    if (!attn_mask->device().is_cpu() || (type != at::kFloat && type != at::kBool) || attn_mask->dim() > 4 ||
+        attn_mask->requires_grad())
+      return aten();
+    try {
+      mask = attn_mask->expand({batch, heads, queries, keys});
+    } catch (const c10::Error&) {
+      return aten();
+    }
+    if (mask.stride(3) != 1 && mask.size(3) > 1) mask = mask.contiguous();
+  }
+#ifdef TORCHBRIDGE_ROWWISE_X86
+  // The layout ATen gives this output, so that later views work alike: its flash kernel's (batch,
+  // queries, heads, v_head) in memory where the head sizes agree, else its math path's contiguous one.
+  at::Tensor out = v_head == head ? at::empty({batch, queries, heads, v_head}, query.options()).transpose(1, 2)
+                                  : at::empty({batch, heads, queries, v_head}, query.options());
+  const float softmax_scale = scale ? static_cast<float>(*scale) : 1.0f / std::sqrt(static_cast<float>(head));
+  const float* q = query.const_data_ptr<float>();
+  const float* k = key.const_data_ptr<float>();
+  const float* v = value.const_data_ptr<float>();
+  float* o = out.mutable_data_ptr<float>();
+  const float* float_mask = has_mask && mask.scalar_type() == at::kFloat ? mask.const_data_ptr<float>() : nullptr;
+  const bool* bool_mask = has_mask && mask.scalar_type() == at::kBool ? mask.const_data_ptr<bool>() : nullptr;
+  const int64_t mask_stride = has_mask ? mask.stride(3) : 0;
+  const int64_t mask_row_stride = has_mask ? mask.stride(2) : 0;
+  const int64_t padded = (keys + 31) / 32 * 32;  // as attention_head_avx2 pads them
+  std::atomic<bool> unseen{false};
+  at::parallel_for(0, batch * heads, std::max<int64_t>(1, (int64_t{1} << 15) / (queries * keys * (head + v_head))),
+                   [&](int64_t begin, int64_t end) {
+    std::vector<float> buffer(static_cast<size_t>(padded * (head + 1)));
+    for (int64_t r = begin; r < end && !unseen; ++r) {
+      const int64_t b = r / heads, h = r % heads;
+      const int64_t mask_offset = has_mask ? b * mask.stride(0) + h * mask.stride(1) : 0;
+      if (!attention_head_avx2(q + b * query.stride(0) + h * query.stride(1), query.stride(2),
+                               k + b * key.stride(0) + h * key.stride(1), key.stride(2),
+                               v + b * value.stride(0) + h * value.stride(1), value.stride(2), queries, keys, head,
+                               v_head, softmax_scale, float_mask ? float_mask + mask_offset : nullptr,
+                               bool_mask ? bool_mask + mask_offset : nullptr, mask_row_stride, mask_stride, is_causal,
+                               buffer.data(), buffer.data() + padded * head,
+                               o + b * out.stride(0) + h * out.stride(1), out.stride(2)))
+        unseen = true;
+    }
+  });
+  if (unseen) return aten();
+  return out;
+#else
+  return aten();
+#endif
+}
+
 }  // namespace
 
 bool rowwise_kernels_available() { return cpu_has_kernel(); }
@@ -322,6 +611,13 @@ int rewrite_rowwise(torch::jit::Graph& graph) {
   static const c10::Symbol rowwise = c10::Symbol::fromQualString("torchbridge::rowwise_linear");
   static const c10::Symbol lstm = c10::Symbol::fromQualString("aten::lstm");
   static const c10::Symbol rowwise_lstm_op = c10::Symbol::fromQualString("torchbridge::rowwise_lstm");
+  // Operators replaced whatever their operands: same schema, the kernel where it applies.
+  static const std::vector<std::tuple<c10::Symbol, size_t, c10::Symbol>> same_schema = {
+      {c10::Symbol::fromQualString("aten::layer_norm"), 6, c10::Symbol::fromQualString("torchbridge::layer_norm")},
+      {c10::Symbol::fromQualString("aten::gelu"), 2, c10::Symbol::fromQualString("torchbridge::gelu")},
+      {c10::Symbol::fromQualString("aten::scaled_dot_product_attention"), 8,
+       c10::Symbol::fromQualString("torchbridge::attention")},
+  };
   const auto constant_float = [](torch::jit::Value* value, int64_t dim) {
     if (value->node()->kind() != c10::prim::Constant) return false;
     const std::optional<c10::IValue> constant = torch::jit::toIValue(value);
@@ -341,6 +637,10 @@ int rewrite_rowwise(torch::jit::Graph& graph) {
                node->input(1)->type()->kind() == c10::TypeKind::ListType &&  // lstm.input, not lstm.data
                node->input(2)->node()->kind() == c10::prim::Constant) {
       found.emplace_back(node, rowwise_lstm_op);
+    } else {
+      for (const auto& [kind, inputs, replacement] : same_schema)
+        if (node->kind() == kind && node->inputs().size() == inputs && node->outputs().size() == 1)
+          found.emplace_back(node, replacement);
     }
   }
   for (const auto& [node, kind] : found) {
@@ -362,9 +662,19 @@ TORCH_LIBRARY(torchbridge, m) {
   m.def(
       "rowwise_lstm(Tensor input, Tensor[] hx, Tensor[] params, bool has_biases, int num_layers, float dropout, "
       "bool train, bool bidirectional, bool batch_first) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "layer_norm(Tensor input, int[] normalized_shape, Tensor? weight=None, Tensor? bias=None, float eps=1e-05, "
+      "bool cudnn_enable=True) -> Tensor");
+  m.def("gelu(Tensor self, *, str approximate='none') -> Tensor");
+  m.def(
+      "attention(Tensor query, Tensor key, Tensor value, Tensor? attn_mask=None, float dropout_p=0.0, "
+      "bool is_causal=False, *, float? scale=None, bool enable_gqa=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(torchbridge, CPU, m) {
   m.impl("rowwise_linear", torchbridge::rowwise_linear);
   m.impl("rowwise_lstm", torchbridge::rowwise_lstm);
+  m.impl("layer_norm", torchbridge::small_layer_norm);
+  m.impl("gelu", torchbridge::small_gelu);
+  m.impl("attention", torchbridge::small_attention);
 }

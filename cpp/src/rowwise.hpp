@@ -1,7 +1,9 @@
 // The runtime's "rowwise" variant: torchbridge's own kernels for layers run on a few rows (a batch
 // of up to kRowwiseMaxRows rows or sequences), and the pass that puts them in a frozen graph (see
 // rowwise.cpp). torchbridge::rowwise_linear stands for aten::linear, torchbridge::rowwise_lstm for
-// aten::lstm; each is the aten operator exactly for what its kernel does not take.
+// aten::lstm, torchbridge::layer_norm, gelu and attention for aten's operators of those names (for
+// attention scaled_dot_product_attention); each is the aten operator exactly for what its kernel
+// does not take.
 #pragma once
 
 #include <torch/csrc/jit/ir/ir.h>
@@ -14,13 +16,21 @@ namespace torchbridge {
 /// go to the aten operator.
 constexpr int64_t kRowwiseMaxRows = 16;
 
+/// The same variant replaces aten::layer_norm, aten::gelu and aten::scaled_dot_product_attention by
+/// kernels for small inputs, where ATen's fixed cost per call is most of the call (a small
+/// transformer at batch 1): layer norm over the last dimension of any size; GELU up to this many
+/// values; attention up to this many keys and this head size.
+constexpr int64_t kSmallGeluElements = int64_t{1} << 15;
+constexpr int64_t kSmallAttentionKeys = 64;
+constexpr int64_t kSmallAttentionHead = 128;
+
 /// Whether this CPU runs the kernels (AVX2 and FMA, ATen not capped below AVX2); without them the
 /// operators are aten's.
 bool rowwise_kernels_available();
 
-/// Replaces each aten::linear of `graph` whose weight (and bias, if any) is a float constant, and
-/// each aten::lstm whose parameters are constants (a frozen graph's), by torchbridge's operator;
-/// returns how many.
+/// Replaces each aten::linear of `graph` whose weight (and bias, if any) is a float constant, each
+/// aten::lstm whose parameters are constants (a frozen graph's), and each aten::layer_norm, gelu and
+/// scaled_dot_product_attention by torchbridge's operator; returns how many.
 int rewrite_rowwise(torch::jit::Graph& graph);
 
 }  // namespace torchbridge

@@ -171,8 +171,8 @@ constexpr char kAsLoaded[] = "as_loaded";
 // oneDNN Graph for one input shape; CPU), "optimize_for_inference" (freeze +
 // torch::jit::optimize_for_inference; CPU fp32 and CUDA, with a CUDA graph there), "frozen" (freeze
 // alone; CPU); where export's measured order names them, also "channels_last" (frozen with
-// channels-last weights and inputs) and "rowwise" (frozen, linear layers and LSTMs on a few rows
-// through torchbridge's own kernels, rowwise.hpp). None is trusted blindly: on the first call at an input shape each is run there in
+// channels-last weights and inputs) and "rowwise" (frozen, linear layers and LSTMs on a few rows,
+// and small layer norms, GELUs and attention, through torchbridge's own kernels, rowwise.hpp). None is trusted blindly: on the first call at an input shape each is run there in
 // turn and kept for that shape only if it runs and matches the module as loaded on the same inputs;
 // otherwise the next is tried, down to the module as loaded, and the rejected one is not tried at
 // later shapes. A pass that breaks a model costs speed, never a failed call or a wrong answer.
@@ -539,7 +539,8 @@ class TorchScriptBackend final : public TorchScriptModel {
 
   // A frozen copy whose linear layers and LSTMs run torchbridge's own kernels on inputs of a few
   // rows (rowwise.hpp: faster than aten's where the CPU's BLAS does not reach the memory
-  // bandwidth); made on first need, shared by every shape that runs it.
+  // bandwidth), and its layer norms, GELUs and attention on small inputs; made on first need,
+  // shared by every shape that runs it.
   torch::jit::Module rowwise() const {
     const std::lock_guard<std::mutex> lock(optimized_mutex_);
     if (!rowwise_) {

@@ -554,4 +554,39 @@ TEST(rowwise_lstm_matches_lstm_and_passes_on_what_its_kernel_does_not_take) {
   }
 }
 
+TEST(small_layer_norm_gelu_and_attention_match_aten) {
+  auto& dispatcher = c10::Dispatcher::singleton();
+  const auto layer_norm =
+      dispatcher.findSchemaOrThrow("torchbridge::layer_norm", "")
+          .typed<at::Tensor(const at::Tensor&, at::IntArrayRef, const std::optional<at::Tensor>&,
+                            const std::optional<at::Tensor>&, double, bool)>();
+  const auto gelu =
+      dispatcher.findSchemaOrThrow("torchbridge::gelu", "").typed<at::Tensor(const at::Tensor&, c10::string_view)>();
+  const auto attention =
+      dispatcher.findSchemaOrThrow("torchbridge::attention", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                            double, bool, std::optional<double>, bool)>();
+  const auto off = [](const at::Tensor& actual, const at::Tensor& expected) {
+    return (actual - expected).abs().max().item<double>() / expected.abs().max().item<double>();
+  };
+  at::manual_seed(0);
+  // Widths and lengths off the kernels' 8 lanes and 32-key blocks, so their tails run under ASan.
+  const at::Tensor x = at::randn({3, 7, 13}) * 3;
+  const at::Tensor weight = at::randn({13}), bias = at::randn({13});
+  REQUIRE(off(layer_norm.call(x, {13}, weight, bias, 1e-5, true), at::layer_norm(x, {13}, weight, bias)) <= 1e-5);
+  REQUIRE(off(gelu.call(x, "none"), at::gelu(x)) <= 1e-5);
+  const at::Tensor big = at::randn({torchbridge::kSmallGeluElements + 1});
+  REQUIRE(at::equal(gelu.call(big, "none"), at::gelu(big)));
+  for (const int64_t keys : {int64_t{5}, int64_t{33}}) {
+    const at::Tensor q = at::randn({2, keys, 3, 9}).transpose(1, 2), k = at::randn({2, keys, 3, 9}).transpose(1, 2);
+    const at::Tensor v = at::randn({2, keys, 3, 11}).transpose(1, 2);
+    const at::Tensor mask = at::rand({2, 1, 1, keys}) > 0.3;
+    mask.select(3, 0).fill_(true);  // every query sees a key
+    const at::Tensor expected = at::scaled_dot_product_attention(q, k, v, mask);
+    REQUIRE(off(attention.call(q, k, v, mask, 0.0, false, std::nullopt, false), expected) <= 1e-5);
+    REQUIRE(off(attention.call(q, k, v, std::nullopt, 0.0, true, std::nullopt, false),
+                at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, true)) <= 1e-5);
+  }
+}
+
 int main(int argc, char** argv) { return tbtest::run_all(argc, argv); }

@@ -17,6 +17,9 @@ def selecting_ops(path: str) -> str: ...
 def rowwise_available() -> bool: ...
 
 ROWWISE_MAX_ROWS: int
+SMALL_GELU_ELEMENTS: int
+SMALL_ATTENTION_KEYS: int
+SMALL_ATTENTION_HEAD: int
 CUDA_GRAPH_SHAPES: int
 CHECKED_SHAPES: int
 

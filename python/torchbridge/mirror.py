@@ -89,8 +89,9 @@ def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
 #: model without 4-d weights "channels_last" is freeze alone, and for one with them the other two
 #: are the frozen module plus passes made for convolutions; each timed variant costs export runs.
 #: "rowwise" (freeze, then linear layers and LSTMs through torchbridge::rowwise_linear and
-#: rowwise_lstm, the runtime's kernels for inputs of a few rows) is timed only for a model with such
-#: layers, on a CPU that runs the kernels (elsewhere it is freeze alone).
+#: rowwise_lstm, the runtime's kernels for inputs of a few rows, and layer norm, GELU and attention
+#: through its kernels for small inputs) is timed only for a model with such layers, on a CPU that
+#: runs the kernels (elsewhere it is freeze alone).
 CPU_VARIANTS = ("onednn_graph", "optimize_for_inference", "channels_last", "rowwise")
 
 
@@ -108,11 +109,20 @@ def _float_constant(value, dim: int) -> bool:
     )
 
 
+#: Operators the "rowwise" variant replaces whatever their operands: aten name -> (inputs, the
+#: torchbridge operator of the same schema, whose kernel takes small inputs and is ATen's otherwise).
+SAME_SCHEMA = {
+    "aten::layer_norm": (6, "torchbridge::layer_norm"),
+    "aten::gelu": (2, "torchbridge::gelu"),
+    "aten::scaled_dot_product_attention": (8, "torchbridge::attention"),
+}
+
+
 def rewrite_rowwise(graph) -> int:
     """The runtime's pass for "rowwise" (rewrite_rowwise in rowwise.cpp), on a frozen graph: each
     aten::linear whose weight (and bias, if any) is a float constant becomes
-    torchbridge::rowwise_linear, each aten::lstm with constant parameters torchbridge::rowwise_lstm.
-    Returns how many."""
+    torchbridge::rowwise_linear, each aten::lstm with constant parameters torchbridge::rowwise_lstm,
+    and the operators of SAME_SCHEMA their torchbridge counterparts. Returns how many."""
     found = []
     for node in graph.nodes():
         inputs = list(node.inputs())
@@ -129,6 +139,8 @@ def rewrite_rowwise(graph) -> int:
             and inputs[2].node().kind() == "prim::Constant"
         ):
             found.append((node, "torchbridge::rowwise_lstm"))
+        elif node.kind() in SAME_SCHEMA and len(inputs) == SAME_SCHEMA[node.kind()][0] and node.outputsSize() == 1:
+            found.append((node, SAME_SCHEMA[node.kind()][1]))
     for node, kind in found:
         replacement = graph.create(kind, list(node.inputs()), node.outputsSize())
         replacement.insertBefore(node)
@@ -140,11 +152,11 @@ def rewrite_rowwise(graph) -> int:
 
 
 def has_rowwise_ops(module) -> bool:
-    """Whether a TorchScript module calls aten::linear or aten::lstm anywhere in forward (submodules
-    inlined): what the "rowwise" variant rewrites."""
+    """Whether a TorchScript module calls aten::linear, aten::lstm or an operator of SAME_SCHEMA
+    anywhere in forward (submodules inlined): what the "rowwise" variant rewrites."""
     graph = module.forward.graph.copy()
     torch._C._jit_pass_inline(graph)
-    return bool(graph.findAllNodes("aten::linear") or graph.findAllNodes("aten::lstm"))
+    return any(graph.findAllNodes(kind) for kind in ("aten::linear", "aten::lstm", *SAME_SCHEMA))
 
 
 def tried(order: list[str]) -> list[str]:
