@@ -263,6 +263,26 @@ __attribute__((target("avx2,fma"))) void gelu_avx2(const float* x, float* y, int
     y[i] = std::isinf(x[i]) ? NAN : 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
 }
 
+// out[0:32] = factor * sum over n < count of weights[n] * rows[n * row_stride + 0:32]: four
+// independent sums, so the FMAs do not wait on each other.
+__attribute__((target("avx2,fma"))) inline void sum_of_rows32(const float* weights, const float* rows,
+                                                             int64_t row_stride, int64_t count, __m256 factor,
+                                                             float* out) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (int64_t n = 0; n < count; ++n) {
+    const __m256 w = _mm256_set1_ps(weights[n]);
+    const float* row = rows + n * row_stride;
+    a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(row), a0);
+    a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(row + 8), a1);
+    a2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(row + 16), a2);
+    a3 = _mm256_fmadd_ps(w, _mm256_loadu_ps(row + 24), a3);
+  }
+  _mm256_storeu_ps(out, _mm256_mul_ps(a0, factor));
+  _mm256_storeu_ps(out + 8, _mm256_mul_ps(a1, factor));
+  _mm256_storeu_ps(out + 16, _mm256_mul_ps(a2, factor));
+  _mm256_storeu_ps(out + 24, _mm256_mul_ps(a3, factor));
+}
+
 // Scaled dot-product attention of one (batch, head): out_i = softmax(q_i . k_j * scale + mask_ij) . v
 // for `queries` query rows against `keys` keys. The key block is transposed into `kt` (head x
 // keys padded to a multiple of 32) so that 32 scores come from one pass over the query row; `scores`
@@ -283,23 +303,8 @@ __attribute__((target("avx2,fma"))) bool attention_head_avx2(
   const int64_t v_vec = v_head - v_head % 8;
   for (int64_t i = 0; i < queries; ++i) {
     const float* qi = q + i * q_stride;
-    // 32 keys at a time: four independent sums, so the FMAs do not wait on each other.
     int64_t j = 0;
-    for (; j < padded; j += 32) {
-      __m256 d0 = _mm256_setzero_ps(), d1 = d0, d2 = d0, d3 = d0;
-      for (int64_t e = 0; e < head; ++e) {
-        const __m256 qe = _mm256_set1_ps(qi[e]);
-        const float* ke = kt + e * padded + j;
-        d0 = _mm256_fmadd_ps(qe, _mm256_loadu_ps(ke), d0);
-        d1 = _mm256_fmadd_ps(qe, _mm256_loadu_ps(ke + 8), d1);
-        d2 = _mm256_fmadd_ps(qe, _mm256_loadu_ps(ke + 16), d2);
-        d3 = _mm256_fmadd_ps(qe, _mm256_loadu_ps(ke + 24), d3);
-      }
-      _mm256_storeu_ps(scores + j, _mm256_mul_ps(d0, scale8));
-      _mm256_storeu_ps(scores + j + 8, _mm256_mul_ps(d1, scale8));
-      _mm256_storeu_ps(scores + j + 16, _mm256_mul_ps(d2, scale8));
-      _mm256_storeu_ps(scores + j + 24, _mm256_mul_ps(d3, scale8));
-    }
+    for (; j < padded; j += 32) sum_of_rows32(qi, kt + j, padded, head, scale8, scores + j);
     const int64_t seen = causal ? std::min(keys, i + 1) : keys;  // keys j > i are masked out when causal
     float max_score = -INFINITY;
     for (j = 0; j < padded; ++j) {
@@ -324,21 +329,7 @@ __attribute__((target("avx2,fma"))) bool attention_head_avx2(
     const __m256 inverse = _mm256_set1_ps(1.0f / horizontal_sum(total8));
     float* oi = out + i * out_stride;
     int64_t e = 0;
-    for (; e + 32 <= v_vec; e += 32) {  // 32 values at a time, as above
-      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-      for (int64_t jj = 0; jj < keys; ++jj) {
-        const __m256 p = _mm256_set1_ps(scores[jj]);
-        const float* vj = v + jj * v_stride + e;
-        a0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vj), a0);
-        a1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vj + 8), a1);
-        a2 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vj + 16), a2);
-        a3 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vj + 24), a3);
-      }
-      _mm256_storeu_ps(oi + e, _mm256_mul_ps(a0, inverse));
-      _mm256_storeu_ps(oi + e + 8, _mm256_mul_ps(a1, inverse));
-      _mm256_storeu_ps(oi + e + 16, _mm256_mul_ps(a2, inverse));
-      _mm256_storeu_ps(oi + e + 24, _mm256_mul_ps(a3, inverse));
-    }
+    for (; e + 32 <= v_vec; e += 32) sum_of_rows32(scores, v + e, v_stride, keys, inverse, oi + e);
     for (; e < v_vec; e += 8) {
       __m256 acc = _mm256_setzero_ps();
       for (int64_t jj = 0; jj < keys; ++jj)
