@@ -85,6 +85,25 @@ def test_export_times_the_variants_in_a_memory_pool(tmp_path, monkeypatch):
     assert pools and any(pool.stats()["hits"] > 0 for pool in pools)  # the large batch's activations reused
 
 
+def test_export_times_each_variant_in_turns_of_several_calls(tmp_path, monkeypatch):
+    """One call per turn times a model whose weights fill the caches cold every time (the other
+    variants' weights evicted them), while the runtime serves it warm: each turn's first call is
+    not recorded."""
+    import torchbridge.timing as timing
+
+    blocks, real = [], timing.time_interleaved
+
+    def recording(paths, runs, warmup, block=1):
+        blocks.append(block)
+        samples = real(paths, runs, warmup, block)
+        assert all(len(values) == runs for values in samples.values())
+        return samples
+
+    monkeypatch.setattr(timing, "time_interleaved", recording)
+    tb.export(seeded(tb.models.digits_mlp), (digits(4).reshape(4, -1),), tmp_path / "mlp.pt")
+    assert blocks and all(block == timing.RANKING_TURN > 1 for block in blocks)
+
+
 def test_channels_last_runs_4d_inputs_in_that_layout_and_matches_its_mirror(tmp_path, monkeypatch):
     model = seeded(tb.models.digits_cnn)
     path = tmp_path / "cnn.pt"

@@ -371,7 +371,7 @@ def _selects_by_value(path: Path) -> str:
 def _measured_order(module, golden, dynamic_dims, fuse: bool, rtol: float) -> dict[str, Any]:
     from torchbridge import _C
     from torchbridge.mirror import CPU_VARIANTS, has_rowwise_ops
-    from torchbridge.timing import time_interleaved
+    from torchbridge.timing import RANKING_TURN, time_interleaved
 
     buffer = io.BytesIO()
     torch.jit.save(module, buffer)
@@ -420,10 +420,11 @@ def _measured_order(module, golden, dynamic_dims, fuse: bool, rtol: float) -> di
             # Interleaved rounds, so that a busy moment slows every variant alike.
             start = time.perf_counter()
             mirror.loaded(*inputs)
-            # About 0.1 s of each variant (noise on small models), at least 3 rounds.
+            # About 0.1 s of each variant (noise on small models), at least 3 rounds; in turns of
+            # RANKING_TURN calls, so that each is timed with its weights in the caches.
             rounds = max(3, min(200, int(0.1 / max(time.perf_counter() - start, 1e-6))))
             calls = {name: functools.partial(run, *inputs) for name, run in runs.items()}
-            times = time_interleaved(calls, runs=rounds, warmup=0)
+            times = time_interleaved(calls, runs=rounds, warmup=0, block=RANKING_TURN)
             for name in table:
                 table[name].append(round(statistics.median(times[name]), 4) if name in times else None)
             del mirror, runs

@@ -48,6 +48,14 @@ def summarize(path: str, batch: int, samples_ms: list[float]) -> Latency:
     )
 
 
+#: Calls per turn when ranking variants or artifacts of one model (export's timing, format="auto"):
+#: the first call of a turn is not recorded. It brings that variant's weights back into the caches
+#: the others evicted, as they stay when one of them serves: with one call per turn, a model whose
+#: weights fill the caches is timed cold every time, which evens out variants that differ in how
+#: fast they read warm weights, and the ranking follows noise.
+RANKING_TURN = 3
+
+
 def time_interleaved(
     paths: dict[str, Callable[[], object]], runs: int, warmup: int, block: int = 1
 ) -> dict[str, list[float]]:
