@@ -14,8 +14,8 @@
 // runtime checks it at every shape like them.
 //
 // On small inputs ATen's layer norm, GELU and scaled dot-product attention cost several times their
-// arithmetic in fixed work per call (a GELU over 4096 values takes as long as one over 40000); these
-// kernels do the arithmetic with little else, and give larger or other inputs to ATen.
+// arithmetic in fixed work per call; these kernels do the arithmetic with little else, and give
+// larger or other inputs to ATen.
 #include "rowwise.hpp"
 
 #include <ATen/ATen.h>
