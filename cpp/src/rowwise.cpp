@@ -355,12 +355,15 @@ bool cpu_has_kernel() {
 bool cpu_has_kernel() { return false; }
 #endif
 
+// A strided float CPU tensor the kernels can read (no gradient, not oneDNN's layout).
+bool plain_float(const at::Tensor& t) {
+  return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.layout() == at::kStrided && !t.is_mkldnn() &&
+         !t.requires_grad();
+}
+
 bool takes(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   if (!cpu_has_kernel()) return false;
-  const auto fits = [](const at::Tensor& t) {
-    return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.layout() == at::kStrided &&
-           !t.is_mkldnn() && !t.requires_grad();
-  };
+  const auto fits = [](const at::Tensor& t) { return plain_float(t) && t.is_contiguous(); };
   if (!fits(input) || !fits(weight) || weight.dim() != 2 || input.dim() < 1) return false;
   if (input.size(-1) != weight.size(1) || weight.size(1) == 0) return false;
   if (bias && bias->defined() && (!fits(*bias) || bias->dim() != 1 || bias->size(0) != weight.size(0))) return false;
@@ -390,10 +393,7 @@ bool lstm_takes(const at::Tensor& input, at::TensorList hx, at::TensorList param
   if (!cpu_has_kernel() || train || input.dim() != 3 || hx.size() != 2 || num_layers < 1) return false;
   const int64_t directions = bidirectional ? 2 : 1, per_layer = has_biases ? 4 : 2;
   if (static_cast<int64_t>(params.size()) != num_layers * directions * per_layer) return false;  // proj_size: 5 or 3
-  const auto fits = [](const at::Tensor& t) {
-    return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.layout() == at::kStrided &&
-           !t.is_mkldnn() && !t.requires_grad();
-  };
+  const auto fits = [](const at::Tensor& t) { return plain_float(t) && t.is_contiguous(); };
   if (!fits(input) || !fits(hx[0]) || !fits(hx[1])) return false;
   const int64_t batch = input.size(batch_first ? 0 : 1), hidden = hx[0].size(-1);
   if (batch < 1 || batch > kRowwiseMaxRows || input.size(batch_first ? 1 : 0) < 1 || hidden < 1) return false;
@@ -470,11 +470,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rowwise_lstm(const at::Tensor& in
 #else
   return at::lstm(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first);
 #endif
-}
-
-bool plain_float(const at::Tensor& t) {
-  return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.layout() == at::kStrided && !t.is_mkldnn() &&
-         !t.requires_grad();
 }
 
 // aten::layer_norm over the last dimension of a contiguous float input (any number of rows, split
