@@ -247,20 +247,26 @@ __attribute__((target("avx2,fma"))) inline __m256 erf_avx2(__m256 x) {
   return _mm256_or_ps(_mm256_fnmadd_ps(_mm256_mul_ps(p, t), e, one), sign);
 }
 
-// GELU(x) = x / 2 * (1 + erf(x / sqrt(2))); infinities give NaN, as ATen's kernel gives them.
-__attribute__((target("avx2,fma"))) void gelu_avx2(const float* x, float* y, int64_t n) {
+// GELU(x) = x / 2 * (1 + erf(x / sqrt(2))) for finite x. Returns false where some x is infinite:
+// what ATen gives there differs with its CPU capability (+inf or NaN for +inf), so the caller
+// leaves the whole call to ATen.
+__attribute__((target("avx2,fma"))) bool gelu_avx2(const float* x, float* y, int64_t n) {
   const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
   const __m256 inv_sqrt2 = _mm256_set1_ps(0.70710678118654752f), inf = _mm256_set1_ps(INFINITY);
-  const __m256 nan = _mm256_set1_ps(NAN), abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 infinite = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256 v = _mm256_loadu_ps(x + i);
-    const __m256 g = _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, erf_avx2(_mm256_mul_ps(v, inv_sqrt2))));
-    const __m256 infinite = _mm256_cmp_ps(_mm256_and_ps(v, abs_mask), inf, _CMP_EQ_OQ);
-    _mm256_storeu_ps(y + i, _mm256_blendv_ps(g, nan, infinite));
+    _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, erf_avx2(_mm256_mul_ps(v, inv_sqrt2)))));
+    infinite = _mm256_or_ps(infinite, _mm256_cmp_ps(_mm256_and_ps(v, abs_mask), inf, _CMP_EQ_OQ));
   }
-  for (; i < n; ++i)
-    y[i] = std::isinf(x[i]) ? NAN : 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
+  bool finite = _mm256_movemask_ps(infinite) == 0;
+  for (; i < n; ++i) {
+    finite = finite && !std::isinf(x[i]);
+    y[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
+  }
+  return finite;
 }
 
 // out[0:32] = factor * sum over n < count of weights[n] * rows[n * row_stride + 0:32]: four
@@ -502,14 +508,15 @@ at::Tensor small_layer_norm(const at::Tensor& input, at::IntArrayRef normalized_
 }
 
 // aten::gelu (approximate="none") on a contiguous float input of up to kSmallGeluElements values;
-// larger inputs, the tanh approximation and anything else are at::gelu.
+// larger inputs, inputs with an infinity, the tanh approximation and anything else are at::gelu.
 at::Tensor small_gelu(const at::Tensor& input, c10::string_view approximate) {
   if (!cpu_has_kernel() || approximate != "none" || !plain_float(input) || !input.is_contiguous() ||
       input.numel() > kSmallGeluElements)
     return at::gelu(input, approximate);
 #ifdef TORCHBRIDGE_ROWWISE_X86
   at::Tensor out = at::empty_like(input);
-  gelu_avx2(input.const_data_ptr<float>(), out.mutable_data_ptr<float>(), input.numel());
+  if (!gelu_avx2(input.const_data_ptr<float>(), out.mutable_data_ptr<float>(), input.numel()))
+    return at::gelu(input, approximate);
   return out;
 #else
   return at::gelu(input, approximate);
