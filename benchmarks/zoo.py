@@ -407,6 +407,7 @@ def worker(args) -> int:
     rec.stage("import")
     tb = import_torchbridge()
     rec.row["torchbridge_build"] = build_stamp(tb)
+    rec.row["cpu"] = cpu_label(cpu_info())
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="torchbridge-zoo-"))
     (work_dir / "artifacts").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -604,6 +605,11 @@ def cpu_info() -> dict:
     return info
 
 
+def cpu_label(info: dict) -> str:
+    """The CPU of one row, short: its name and torch's CPU capability there."""
+    return f"{info['model']}, torch CPU capability {info['torch_capability']}"
+
+
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -677,6 +683,17 @@ def cause_key(row: dict) -> str:
     return f"{stage}: {message[:150]}"
 
 
+def rows_by_cpu(rows: list[dict], meta: dict) -> list[str]:
+    """A line naming the rows that ran on another CPU than the header's (each row records its own)."""
+    others: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("cpu") and r["cpu"] != cpu_label(meta["cpu"]):
+            others.setdefault(r["cpu"], []).append(r["name"])
+    return [
+        f"Rows from another CPU, {cpu} ({len(names)}): {', '.join(names)}.  " for cpu, names in sorted(others.items())
+    ]
+
+
 def write_report(rows: list[dict], meta: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str) + "\n")
@@ -690,6 +707,7 @@ def write_report(rows: list[dict], meta: dict, out: Path) -> None:
         + ("" if meta.get("finished") else f" (in progress: {len(rows)} of {meta['planned']} models)")
         + "  ",
         f"CPU: {cpu['model']}, {cpu['cores']} cores; {flags}; torch CPU capability {cpu['torch_capability']}  ",
+        *rows_by_cpu(rows, meta),
         f"torch {v['torch']}, torchvision {v['torchvision']}, timm {v['timm']}, transformers {v['transformers']}, "
         f"onnxruntime {v['onnxruntime']}; torchbridge {v['torchbridge']} (git {v['git']}; native module built "
         f"{', '.join(meta['builds']) or '?'})  ",
