@@ -30,18 +30,19 @@ def reference(x, w, b):
 
 @needs_kernel
 @pytest.mark.parametrize("bias", [True, False])
-def test_the_kernel_matches_linear_up_to_its_row_limit(bias):
+@pytest.mark.parametrize("k_in", [1029, 300])  # rows longer and shorter than the prefetch's limit (512)
+def test_the_kernel_matches_linear_up_to_its_row_limit(bias, k_in):
     generator = torch.Generator().manual_seed(0)
     # K and N not multiples of the kernel's 16 and 4: its tails
-    w = torch.randn(37, 1029, generator=generator)
+    w = torch.randn(37, k_in, generator=generator)
     b = torch.randn(37, generator=generator) if bias else None
     for rows in (1, 2, 5, _C.ROWWISE_MAX_ROWS):
-        x = torch.randn(rows, 1029, generator=generator)
+        x = torch.randn(rows, k_in, generator=generator)
         y = torch.ops.torchbridge.rowwise_linear(x, w, b)
         assert y.shape == (rows, 37) and y.dtype == torch.float32
-        # float32 sums of 1029 products, against float64: within 1e-5 of the largest output
+        # float32 sums of up to 1029 products, against float64: within 1e-5 of the largest output
         assert max_errors(y.double(), reference(x, w, b))[1] <= 1e-5, rows
-    x = torch.randn(2, 3, 1029, generator=generator)  # leading dimensions are rows
+    x = torch.randn(2, 3, k_in, generator=generator)  # leading dimensions are rows
     assert torch.ops.torchbridge.rowwise_linear(x, w, b).shape == (2, 3, 37)
 
 
