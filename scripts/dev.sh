@@ -5,8 +5,8 @@
 #   scripts/dev.sh pipeline [args]   the main job: train -> export -> verify in C++ -> bench -> report
 #   scripts/dev.sh test              C++ tests (ctest) and the pytest suite, torch 2.14.1
 #   scripts/dev.sh test-cpu          the same against torch 2.13.0+cpu, C++ built from CMAKE_PREFIX_PATH
-#   scripts/dev.sh test-avx2 [tests] parity, fallback, tune, quantization and .pt2 tests with ATen's and
-#                                    oneDNN's ISA capped at AVX2 (what an AMD EPYC Zen 3 has)
+#   scripts/dev.sh test-avx2 [tests] parity, fallback, tune, quantization, .pt2 and rowwise-kernel tests with
+#                                    ATen's and oneDNN's ISA capped at AVX2 (what an AMD EPYC Zen 3 has)
 #   scripts/dev.sh zoo [args]        the model zoo (benchmarks/zoo.py; --subset fast in CI) -> docs/zoo.md
 #   scripts/dev.sh setup             only create .venv and build
 #   scripts/dev.sh triton-setup      .venv-triton: a real tritonserver (nvidia-pytriton) for tests/test_triton.py
@@ -114,7 +114,8 @@ isa = next((line.split("isa:")[1] for line in verbose.splitlines() if "isa:" in 
 print(f"ATen CPU capability: {capability}; oneDNN ISA: {isa}")
 sys.exit(0 if capability == "AVX2" and "AVX2" in isa and "512" not in isa else "the AVX2 cap did not take effect")
 PY
-    [ $# -gt 0 ] || set -- tests/test_parity.py tests/test_fallback.py tests/test_tune.py tests/test_quantize.py tests/test_aoti.py
+    [ $# -gt 0 ] || set -- tests/test_parity.py tests/test_fallback.py tests/test_tune.py tests/test_quantize.py tests/test_aoti.py \
+      tests/test_rowwise.py  # torchbridge's own AVX2 kernels against the capped ATen
     .venv/bin/python -m pytest "$@"
     ;;
   zoo)
