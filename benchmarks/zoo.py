@@ -685,9 +685,10 @@ def cause_key(row: dict) -> str:
 
 def rows_by_cpu(rows: list[dict], meta: dict) -> list[str]:
     """A line naming the rows that ran on another CPU than the header's (each row records its own)."""
+    header = cpu_label(meta["cpu"])
     others: dict[str, list[str]] = {}
     for r in rows:
-        if r.get("cpu") and r["cpu"] != cpu_label(meta["cpu"]):
+        if r.get("cpu") and r["cpu"] != header:
             others.setdefault(r["cpu"], []).append(r["name"])
     return [
         f"Rows from another CPU, {cpu} ({len(names)}): {', '.join(names)}.  " for cpu, names in sorted(others.items())
