@@ -475,7 +475,7 @@ class TorchScriptBackend final : public TorchScriptModel {
     Choice choice{variant, {}, nullptr};
     std::vector<at::Tensor> outputs;
     if (variant == "onednn_graph") {
-      choice.module = frozen_.clone();
+      choice.module = copy_of(frozen_);
       const OneDnnFusionScope scope;  // the pass applies to what this thread optimizes meanwhile
       call(choice.module, inputs);
       outputs = call(choice.module, inputs);
@@ -527,11 +527,19 @@ class TorchScriptBackend final : public TorchScriptModel {
     found->second.push_back(shapes_string(inputs));
   }
 
+  // A copy of `module`. LibTorch makes it in the original's compilation unit, which it does not lock:
+  // copies made at once from several threads (threads meeting new shapes together) corrupt it.
+  // Every copy this backend makes is made here.
+  torch::jit::Module copy_of(const torch::jit::Module& module) const {
+    const std::lock_guard<std::mutex> lock(copy_mutex_);
+    return module.clone();
+  }
+
   // freeze + optimize_for_inference, shared by every shape that runs it; made on first need.
   torch::jit::Module optimized() const {
     const std::lock_guard<std::mutex> lock(optimized_mutex_);
     if (!optimized_) {
-      torch::jit::Module copy = frozen_.clone();  // optimize_for_inference rewrites its argument's graph
+      torch::jit::Module copy = copy_of(frozen_);  // optimize_for_inference rewrites its argument's graph
       optimized_ = torch::jit::optimize_for_inference(copy);
     }
     return *optimized_;
@@ -544,7 +552,7 @@ class TorchScriptBackend final : public TorchScriptModel {
   torch::jit::Module rowwise() const {
     const std::lock_guard<std::mutex> lock(optimized_mutex_);
     if (!rowwise_) {
-      torch::jit::Module copy = frozen_.clone();
+      torch::jit::Module copy = copy_of(frozen_);
       rewrite_rowwise(*copy.get_method("forward").graph());
       rowwise_ = copy;
     }
@@ -555,7 +563,7 @@ class TorchScriptBackend final : public TorchScriptModel {
   // the graph cannot capture (it synchronizes with the host, e.g. branches on a tensor's value) runs
   // without one at that shape, said once on stderr.
   std::shared_ptr<cuda::Graph> capture(const torch::jit::Module& template_module, const std::vector<at::Tensor>& inputs) const {
-    const torch::jit::Module module = template_module.clone();
+    const torch::jit::Module module = copy_of(template_module);
     const cuda::Forward forward = [module](const std::vector<at::Tensor>& in) { return call(module, in); };
     try {
       std::shared_ptr<cuda::Graph> graph(capture_(forward, inputs, /*warmup_runs=*/3));
@@ -604,6 +612,7 @@ class TorchScriptBackend final : public TorchScriptModel {
   mutable std::optional<torch::jit::Module> rowwise_;
   bool measured_ = false;  // variants_ in the order export measured
   mutable std::mutex optimized_mutex_;
+  mutable std::mutex copy_mutex_;  // taken after optimized_mutex_ where both are
   int64_t from_batch_ = 1;  // batches below it run as loaded (measured faster there at export)
   mutable PerShape<Choice> choices_{kCheckedShapes};
   mutable std::atomic<int> fused_shapes_{0};

@@ -197,6 +197,28 @@ TEST(threads_meeting_new_shapes_at_once_each_get_the_right_outputs) {
     REQUIRE_CLOSE(outputs[t], expected[t], runtime.manifest().rtol, runtime.manifest().atol);
 }
 
+TEST(many_threads_at_new_shapes_in_many_fresh_runtimes_do_not_race) {
+  // Each new shape makes its variants from the runtime's frozen module. Copies of one module share
+  // its compilation unit, which LibTorch does not lock: made from several threads at once they
+  // corrupted the heap. Fresh runtimes, each met by eight threads at new shapes, make it likely.
+  constexpr int kRounds = 40;
+  constexpr int kThreads = 8;
+  torchbridge::RuntimeOptions options;
+  options.optimize = false;
+  const Runtime plain(kTinyMlp, options);
+  for (int round = 0; round < kRounds; ++round) {
+    const Runtime runtime(kTinyMlp);
+    std::vector<at::Tensor> outputs(2 * kThreads), inputs;
+    for (int i = 0; i < 2 * kThreads; ++i) inputs.push_back(at::randn({30 + i, 4}));
+    const int exceptions = run_at_once(kThreads, [&](int t) {
+      for (int i : {t, t + kThreads}) outputs[i] = runtime.forward({inputs[i]})[0];
+    });
+    REQUIRE_EQ(exceptions, 0);
+    for (int i = 0; i < 2 * kThreads; ++i)
+      REQUIRE_CLOSE(outputs[i], plain.forward({inputs[i]})[0], runtime.manifest().rtol, runtime.manifest().atol);
+  }
+}
+
 // The memory pool (RuntimeOptions::reuse_memory). TinyMLP's hidden layer at a batch of 4096 is
 // 128 KiB and its output at 8192 is 96 KiB: both large enough to be pooled.
 torchbridge::RuntimeOptions without_pool() {
