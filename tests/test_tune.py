@@ -4,6 +4,8 @@ checked against the module as loaded there, and the Python mirror follows bit fo
 
 from __future__ import annotations
 
+import functools
+import statistics
 import subprocess
 import sys
 
@@ -255,6 +257,26 @@ def test_the_orders_split_where_the_two_fastest_cross():
     assert _crossing([1.0, 32.0], [1.5, 29.4], [1, 32]) == 6
     assert _crossing([1.0, 2.0], [1.0, 1.0], [1, 32]) == 2  # a tie at batch 1
     assert _crossing([1.0, 10.0], [1.2, 9.0], [1, 4]) <= 4  # a heavy model timed at batch 4
+
+
+def test_variants_timed_close_to_the_fastest_are_timed_again_among_themselves():
+    """A busy moment in the first few turns can put a slower variant first: the variants within
+    RANKING_CLOSE of the fastest get more turns, the others keep their first times."""
+    import time
+
+    from torchbridge.export import RANKING_CLOSE, _settle_close
+
+    calls = {name: functools.partial(time.sleep, ms / 1000.0) for name, ms in (("fast", 2), ("slow", 3), ("far", 9))}
+    # The first turns, disturbed: "slow" looked fastest, "fast" within RANKING_CLOSE of it.
+    first = {"fast": [2.2, 2.1, 2.2], "slow": [2.0, 2.0, 2.0], "far": [9.1, 9.0, 9.2]}
+    assert 2.2 <= 2.0 * (1 + RANKING_CLOSE)
+    settled = _settle_close(calls, first)
+    assert settled["far"] == first["far"]
+    for name in ("fast", "slow"):
+        assert settled[name][:3] == first[name] and len(settled[name]) > 3 * len(first[name])
+    assert statistics.median(settled["fast"]) < statistics.median(settled["slow"]), settled
+    alone = {"fast": [2.0], "far": [9.0]}
+    assert _settle_close(calls, alone) == alone  # nothing close: nothing timed again
 
 
 def test_the_frozen_variant_matches_its_mirror_exactly(tmp_path, monkeypatch):
