@@ -152,6 +152,36 @@ def test_pt2_matches_eager_in_cpp_at_two_batch_sizes(package):
     assert selftest.returncode == 0 and "selftest passed" in selftest.stdout, selftest.stderr
 
 
+def test_threads_share_one_pt2_runtime(cnn_pt2):
+    """Four threads call one .pt2 Runtime at once, each at its own batch size: every output is the
+    one a single thread gets (the same compiled kernels)."""
+    import threading
+
+    _, artifact = cnn_pt2
+    runtime = tb.Runtime(artifact.path, threads=THREADS)
+    batches = (1, 3, 8, 16)
+    inputs = {b: torch.rand(b, 1, 8, 8, generator=torch.Generator().manual_seed(b)) for b in batches}
+    expected = {b: runtime(x) for b, x in inputs.items()}
+    failures: list[str] = []
+    start = threading.Barrier(len(batches))
+
+    def work(batch: int) -> None:
+        start.wait()
+        for call in range(25):
+            try:
+                if not torch.equal(runtime(inputs[batch]), expected[batch]):
+                    failures.append(f"batch {batch}, call {call}: differs")
+            except Exception as error:  # noqa: BLE001 - every failure is a finding here
+                failures.append(f"batch {batch}, call {call}: {error}")
+
+    threads = [threading.Thread(target=work, args=(b,)) for b in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:3]
+
+
 def test_manifest_and_golden_inside_the_package(cnn_pt2):
     _, artifact = cnn_pt2
     manifest = tb.load_manifest(artifact.path)
