@@ -62,6 +62,24 @@ def test_every_path_is_timed_and_measured_alone(mlp_bench):
     assert "busy_cores_start" in machine and "busy_cores_end" in machine
 
 
+def test_the_artifact_is_ranked_at_the_thread_count_it_is_timed_at(tmp_path):
+    """Export times the runtime's variants at the process's thread count: bench exports at its own
+    `threads`, not at the count the process had, so the C++ path runs the order measured for it."""
+    import torch
+
+    before = torch.get_num_threads()
+    threads = 1 if before != 1 else 2
+    try:
+        tb.bench(
+            seeded(tb.models.digits_mlp), (digits(2),), batch_sizes=(1,), threads=threads, runs=2, warmup=1,
+            paths=["cpp"], out_dir=tmp_path, progress=False,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+    manifest = tb.artifact.load_manifest(tmp_path / "model.pt")
+    assert manifest["runtime"]["measured"]["threads"] == threads, manifest["runtime"]["measured"]
+
+
 def test_ratios_and_derived_checks(mlp_bench):
     report, out = mlp_bench
     data = json.loads((out / "bench.json").read_text())

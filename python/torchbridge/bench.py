@@ -226,12 +226,14 @@ def bench(
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="torchbridge-bench-")))
         work = Path(out_dir) if out_dir is not None else scratch
         work.mkdir(parents=True, exist_ok=True)
+        # Before export: export times the runtime's variants at this process's thread count, and the
+        # order it records is for the thread count the C++ path is then timed at.
+        torch.set_num_threads(threads)
         if artifact is None:
             artifact = work / "model.pt"
             _progress(progress, f"exporting {type(model).__name__} to {artifact}")
             export(model, example, artifact)
         artifact = Path(artifact)
-        torch.set_num_threads(threads)
         runtime = Runtime(artifact, threads=threads)
         manifest = runtime.manifest or {}
         dynamic = [[d for d, n in enumerate(spec["shape"]) if n is None] for spec in manifest.get("inputs", [])]
