@@ -1,5 +1,6 @@
 """The runtime's "rowwise" variant: torchbridge::rowwise_linear and torchbridge::rowwise_lstm (the
-runtime's kernels for linear layers and LSTMs on a few rows) and torchbridge::layer_norm, gelu and
+runtime's kernels for linear layers and LSTMs on a few rows), torchbridge::packed_linear (its GEMM on
+a weight packed at load, for more rows) and torchbridge::layer_norm, gelu and
 attention (its kernels for small inputs) against aten's operators, the variant
 run from a measured order in C++ and in its Python mirror, and export timing it only where it can
 differ from freeze alone."""
@@ -78,6 +79,67 @@ def test_the_kernel_gives_the_same_bits_at_any_thread_count():
     assert torch.equal(one, two)
 
 
+def packed_linear(x, w, b):
+    return torch.ops.torchbridge.packed_linear(x, w, torch.ops.torchbridge.pack_linear_weight(w), b)
+
+
+@needs_kernel
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_packed_kernel_matches_linear_past_the_rowwise_rows(bias):
+    generator = torch.Generator().manual_seed(3)
+    # 37 outputs: a last panel of 5; 1029 inputs: slices of 256 along K and a tail of 5
+    w = torch.randn(37, 1029, generator=generator)
+    b = torch.randn(37, generator=generator) if bias else None
+    for rows in (_C.ROWWISE_MAX_ROWS + 1, 23, 32, 97, _C.PACKED_MAX_ROWS):  # tiles of 6 rows, blocks of 96
+        x = torch.randn(rows, 1029, generator=generator)
+        y = packed_linear(x, w, b)
+        assert y.shape == (rows, 37) and y.dtype == torch.float32
+        assert max_errors(y.double(), reference(x, w, b))[1] <= 1e-5, rows
+    x = torch.randn(4, 8, 1029, generator=generator)  # leading dimensions are rows, 32 of them
+    assert packed_linear(x, w, b).shape == (4, 8, 37)
+    assert max_errors(packed_linear(x, w, b).double(), reference(x, w, b))[1] <= 1e-5
+    strided = torch.randn(1029, 40, generator=generator).t()  # copied to rows first
+    assert max_errors(packed_linear(strided, w, b).double(), reference(strided, w, b))[1] <= 1e-5
+
+
+@needs_kernel
+def test_the_packed_kernel_gives_the_same_bits_at_any_thread_count():
+    generator = torch.Generator().manual_seed(4)
+    w, b = torch.randn(1000, 700, generator=generator), torch.randn(1000, generator=generator)
+    x = torch.randn(50, 700, generator=generator)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = packed_linear(x, w, b)
+        torch.set_num_threads(2)
+        two = packed_linear(x, w, b)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+
+
+def test_what_the_packed_kernel_does_not_take_is_aten_linear_exactly():
+    generator = torch.Generator().manual_seed(5)
+    w, b = torch.randn(24, 64, generator=generator), torch.randn(24, generator=generator)
+    packed = torch.ops.torchbridge.pack_linear_weight(w)
+    few = torch.randn(3, 64, generator=generator)
+    assert torch.equal(
+        torch.ops.torchbridge.packed_linear(few, w, packed, b), torch.ops.torchbridge.rowwise_linear(few, w, b)
+    )
+    many = torch.randn(_C.PACKED_MAX_ROWS + 1, 64, generator=generator)
+    assert torch.equal(torch.ops.torchbridge.packed_linear(many, w, packed, b), torch.nn.functional.linear(many, w, b))
+    rows = torch.randn(40, 64, generator=generator)
+    foreign = torch.ops.torchbridge.pack_linear_weight(torch.randn(40, 64, generator=generator))
+    assert torch.equal(torch.ops.torchbridge.packed_linear(rows, w, foreign, b), torch.nn.functional.linear(rows, w, b))
+    doubles = rows.double()
+    assert torch.equal(
+        torch.ops.torchbridge.packed_linear(doubles, w.double(), packed, b.double()),
+        torch.nn.functional.linear(doubles, w.double(), b.double()),
+    )
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        torch.ops.torchbridge.packed_linear(torch.randn(40, 63), w, packed, b)
+
+
 class Heads(nn.Module):
     """Linear layers with and without bias, one on a non-constant weight (not rewritten)."""
 
@@ -98,7 +160,7 @@ def test_the_pass_rewrites_linear_layers_with_constant_weights():
     assert has_rowwise_ops(module)
     assert rewrite_rowwise(module.graph) == 3
     kinds = [node.kind() for node in module.graph.nodes()]
-    assert kinds.count("torchbridge::rowwise_linear") == 3 and kinds.count("aten::linear") == 1
+    assert kinds.count("torchbridge::packed_linear") == 3 and kinds.count("aten::linear") == 1
     assert not has_rowwise_ops(torch.jit.script(nn.Conv2d(1, 2, 3)))
 
 
@@ -111,7 +173,7 @@ def test_the_runtime_runs_the_variant_from_a_measured_order_and_matches_its_mirr
     assert runtime.optimization.startswith("freeze+rowwise (variant order measured at export)")
     _, mirror = load_in_python(path, runtime.optimized_from_batch)
     with torch.inference_mode():
-        for batch in (1, 3, _C.ROWWISE_MAX_ROWS + 4):  # the last one past the kernel's rows
+        for batch in (1, 3, _C.ROWWISE_MAX_ROWS + 4, 40):  # the last two through the packed kernel
             x = digits(batch).reshape(batch, -1)
             y = runtime(x)
             assert runtime.variant_at(x) == "rowwise"

@@ -9,6 +9,7 @@
 
 #include "internal.hpp"
 #include "memory_pool.hpp"
+#include "packed_gemm.hpp"
 #include "rowwise.hpp"
 #include "torchbridge/runtime.hpp"
 
@@ -150,6 +151,9 @@ PYBIND11_MODULE(_C, m) {
   // rows (torchbridge::rowwise_linear and rowwise_lstm are aten's operators otherwise).
   m.def("rowwise_available", &torchbridge::rowwise_kernels_available);
   m.attr("ROWWISE_MAX_ROWS") = torchbridge::kRowwiseMaxRows;
+  // Past ROWWISE_MAX_ROWS, up to this many rows, linear layers run torchbridge's GEMM on a weight
+  // packed at load (torchbridge::packed_linear is aten::linear past it).
+  m.attr("PACKED_MAX_ROWS") = torchbridge::kPackedMaxRows;
   // Its small-input kernels' limits (torchbridge::gelu and attention are aten's operators past them).
   m.attr("SMALL_GELU_ELEMENTS") = torchbridge::kSmallGeluElements;
   m.attr("SMALL_ATTENTION_KEYS") = torchbridge::kSmallAttentionKeys;

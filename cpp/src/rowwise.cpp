@@ -13,10 +13,15 @@
 // ATen capped below AVX2) go to the aten operator. Export times the variant against the others; the
 // runtime checks it at every shape like them.
 //
+// Past kRowwiseMaxRows rows a linear layer is a small GEMM: torchbridge::packed_linear runs it on the
+// weight packed once by the pass (packed_gemm.cpp).
+//
 // On small inputs ATen's layer norm, GELU and scaled dot-product attention cost several times their
 // arithmetic in fixed work per call; these kernels do the arithmetic with little else, and give
 // larger or other inputs to ATen.
 #include "rowwise.hpp"
+
+#include "packed_gemm.hpp"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -410,6 +415,33 @@ at::Tensor rowwise_linear(const at::Tensor& input, const at::Tensor& weight, con
 #endif
 }
 
+// aten::linear(input, weight, bias), given also the weight in pack_linear_weight's form (the
+// "rowwise" variant's rewrite packs each constant weight once): up to kRowwiseMaxRows rows
+// rowwise_linear's kernel on the weight, then up to kPackedMaxRows torchbridge's GEMM on the packed
+// weight, and at::linear for anything else (other dtypes, more rows, shapes that do not fit, which
+// raise there as they would have, a CPU without the kernels).
+at::Tensor packed_linear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& packed,
+                         const std::optional<at::Tensor>& bias) {
+  if (takes(input, weight, bias)) return rowwise_linear(input, weight, bias);
+  const bool has_bias = bias && bias->defined();
+  const bool fits = cpu_has_kernel() && plain_float(input) && plain_float(weight) && weight.dim() == 2 &&
+                    weight.size(0) > 0 && weight.size(1) > 0 && input.dim() >= 1 && input.size(-1) == weight.size(1) &&
+                    plain_float(packed) && packed.is_contiguous() &&
+                    packed.sizes() == at::IntArrayRef{(weight.size(0) + kPackedPanel - 1) / kPackedPanel,
+                                                      weight.size(1), kPackedPanel} &&
+                    (!has_bias || (plain_float(*bias) && bias->is_contiguous() && bias->dim() == 1 &&
+                                   bias->size(0) == weight.size(0)));
+  const int64_t rows = fits ? input.numel() / weight.size(1) : 0;
+  if (!fits || rows < 1 || rows > kPackedMaxRows) return at::linear(input, weight, bias);
+  const at::Tensor x = input.contiguous();
+  std::vector<int64_t> sizes(input.sizes().begin(), input.sizes().end());
+  sizes.back() = weight.size(0);
+  at::Tensor out = at::empty(sizes, input.options());
+  packed_gemm(x.const_data_ptr<float>(), packed.const_data_ptr<float>(), has_bias ? bias->const_data_ptr<float>() : nullptr,
+              nullptr, 0, out.mutable_data_ptr<float>(), rows, weight.size(0), weight.size(1));
+  return out;
+}
+
 bool lstm_takes(const at::Tensor& input, at::TensorList hx, at::TensorList params, bool has_biases, int64_t num_layers,
                 bool train, bool bidirectional, bool batch_first) {
   if (!cpu_has_kernel() || train || input.dim() != 3 || hx.size() != 2 || num_layers < 1) return false;
@@ -652,7 +684,19 @@ int rewrite_rowwise(torch::jit::Graph& graph) {
           found.emplace_back(node, replacement);
     }
   }
+  static const c10::Symbol packed_linear_op = c10::Symbol::fromQualString("torchbridge::packed_linear");
   for (const auto& [node, kind] : found) {
+    if (kind == rowwise) {  // with the weight packed once, a constant of its own
+      torch::jit::WithInsertPoint guard(node);
+      torch::jit::Value* packed = graph.insertConstant(pack_linear_weight(torch::jit::toIValue(node->input(1))->toTensor()));
+      torch::jit::Node* replacement =
+          graph.create(packed_linear_op, {node->input(0), node->input(1), packed, node->input(2)}, 1);
+      replacement->insertBefore(node);
+      replacement->output()->setType(node->output()->type());
+      node->output()->replaceAllUsesWith(replacement->output());
+      node->destroy();
+      continue;
+    }
     torch::jit::Node* replacement = graph.create(kind, node->inputs(), node->outputs().size());
     replacement->insertBefore(node);
     for (size_t i = 0; i < node->outputs().size(); ++i) {
@@ -668,6 +712,8 @@ int rewrite_rowwise(torch::jit::Graph& graph) {
 
 TORCH_LIBRARY(torchbridge, m) {
   m.def("rowwise_linear(Tensor input, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("packed_linear(Tensor input, Tensor weight, Tensor packed, Tensor? bias) -> Tensor");
+  m.def("pack_linear_weight(Tensor weight) -> Tensor");
   m.def(
       "rowwise_lstm(Tensor input, Tensor[] hx, Tensor[] params, bool has_biases, int num_layers, float dropout, "
       "bool train, bool bidirectional, bool batch_first) -> (Tensor, Tensor, Tensor)");
@@ -682,6 +728,8 @@ TORCH_LIBRARY(torchbridge, m) {
 
 TORCH_LIBRARY_IMPL(torchbridge, CPU, m) {
   m.impl("rowwise_linear", torchbridge::rowwise_linear);
+  m.impl("packed_linear", torchbridge::packed_linear);
+  m.impl("pack_linear_weight", torchbridge::pack_linear_weight);
   m.impl("rowwise_lstm", torchbridge::rowwise_lstm);
   m.impl("layer_norm", torchbridge::small_layer_norm);
   m.impl("gelu", torchbridge::small_gelu);

@@ -28,7 +28,8 @@ constexpr int64_t kSmallAttentionHead = 128;
 /// operators are aten's.
 bool rowwise_kernels_available();
 
-/// Replaces each aten::linear of `graph` whose weight (and bias, if any) is a float constant, each
+/// Replaces each aten::linear of `graph` whose weight (and bias, if any) is a float constant (by
+/// torchbridge::packed_linear, given the weight and its packed form as a new constant), each
 /// aten::lstm whose parameters are constants (a frozen graph's), and each aten::layer_norm, gelu and
 /// scaled_dot_product_attention by torchbridge's operator; returns how many.
 int rewrite_rowwise(torch::jit::Graph& graph);

@@ -10,6 +10,7 @@
 
 #include "check.hpp"
 #include "internal.hpp"
+#include "packed_gemm.hpp"
 #include "rowwise.hpp"
 
 using torchbridge::ErrorCode;
@@ -540,6 +541,52 @@ TEST(rowwise_linear_matches_linear_and_passes_on_what_its_kernel_does_not_take) 
   REQUIRE(at::equal(op.call(many, weight, bias), at::linear(many, weight, bias)));
   const at::Tensor strided = at::randn({1029, 2}).t();
   REQUIRE(at::equal(op.call(strided, weight, bias), at::linear(strided, weight, bias)));
+}
+
+TEST(packed_linear_matches_linear_past_the_rowwise_rows_and_passes_on_what_it_does_not_take) {
+  auto& dispatcher = c10::Dispatcher::singleton();
+  const auto op = dispatcher.findSchemaOrThrow("torchbridge::packed_linear", "")
+                      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                        const std::optional<at::Tensor>&)>();
+  const auto pack =
+      dispatcher.findSchemaOrThrow("torchbridge::pack_linear_weight", "").typed<at::Tensor(const at::Tensor&)>();
+  at::manual_seed(0);
+  // N = 37: a last panel of 5 columns; K = 1029: four slices along K, the last of 5 values;
+  // rows off the 6-row tiles and past one 96-row block, so every tile size runs under ASan.
+  const at::Tensor weight = at::randn({37, 1029});
+  const at::Tensor bias = at::randn({37});
+  const at::Tensor packed = pack.call(weight);
+  REQUIRE(packed.sizes() == at::IntArrayRef({3, 1029, 16}));
+  const auto off = [](const at::Tensor& actual, const at::Tensor& reference) {
+    return (actual.to(at::kDouble) - reference).abs().max().item<double>() / reference.abs().max().item<double>();
+  };
+  for (const int64_t rows : {int64_t{1}, torchbridge::kRowwiseMaxRows + 1, int64_t{19}, int64_t{20}, int64_t{21},
+                             int64_t{22}, int64_t{23}, int64_t{97}, int64_t{200}, torchbridge::kPackedMaxRows}) {
+    const at::Tensor x = at::randn({rows, 1029});
+    const at::Tensor expected = at::linear(x.to(at::kDouble), weight.to(at::kDouble), bias.to(at::kDouble));
+    REQUIRE(off(op.call(x, weight, packed, bias), expected) <= 1e-5);
+    REQUIRE(off(op.call(x, weight, packed, std::nullopt), at::linear(x.to(at::kDouble), weight.to(at::kDouble))) <=
+            1e-5);
+  }
+  const at::Tensor few = at::randn({3, 1029});  // up to kRowwiseMaxRows rows: rowwise_linear's kernel
+  const auto rowwise = dispatcher.findSchemaOrThrow("torchbridge::rowwise_linear", "")
+                           .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&)>();
+  REQUIRE(at::equal(op.call(few, weight, packed, bias), rowwise.call(few, weight, bias)));
+  const at::Tensor many = at::randn({torchbridge::kPackedMaxRows + 1, 1029});
+  REQUIRE(at::equal(op.call(many, weight, packed, bias), at::linear(many, weight, bias)));
+  const at::Tensor doubles = at::randn({40, 1029}, at::kDouble);
+  REQUIRE(at::equal(op.call(doubles, weight.to(at::kDouble), packed, bias.to(at::kDouble)),
+                    at::linear(doubles, weight.to(at::kDouble), bias.to(at::kDouble))));
+  const at::Tensor rows40 = at::randn({40, 1029});
+  const at::Tensor foreign = pack.call(at::randn({49, 1029}));  // packed from a weight of another shape
+  REQUIRE(at::equal(op.call(rows40, weight, foreign, bias), at::linear(rows40, weight, bias)));
+  bool raised = false;  // shapes that do not fit raise as aten::linear does
+  try {
+    op.call(at::randn({40, 1028}), weight, packed, bias);
+  } catch (const c10::Error&) {
+    raised = true;
+  }
+  REQUIRE(raised);
 }
 
 TEST(rowwise_lstm_matches_lstm_and_passes_on_what_its_kernel_does_not_take) {

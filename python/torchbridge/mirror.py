@@ -88,7 +88,7 @@ def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
 #: fastest first. "frozen" (the runtime's last resort in its built-in order) is not timed: for a
 #: model without 4-d weights "channels_last" is freeze alone, and for one with them the other two
 #: are the frozen module plus passes made for convolutions; each timed variant costs export runs.
-#: "rowwise" (freeze, then linear layers and LSTMs through torchbridge::rowwise_linear and
+#: "rowwise" (freeze, then linear layers and LSTMs through torchbridge::packed_linear and
 #: rowwise_lstm, the runtime's kernels for inputs of a few rows, and layer norm, GELU and attention
 #: through its kernels for small inputs) is timed only for a model with such layers, on a CPU that
 #: runs the kernels (elsewhere it is freeze alone).
@@ -121,8 +121,11 @@ SAME_SCHEMA = {
 def rewrite_rowwise(graph) -> int:
     """The runtime's pass for "rowwise" (rewrite_rowwise in rowwise.cpp), on a frozen graph: each
     aten::linear whose weight (and bias, if any) is a float constant becomes
-    torchbridge::rowwise_linear, each aten::lstm with constant parameters torchbridge::rowwise_lstm,
-    and the operators of SAME_SCHEMA their torchbridge counterparts. Returns how many."""
+    torchbridge::packed_linear on that weight packed once (pack_linear_weight), each aten::lstm
+    with constant parameters torchbridge::rowwise_lstm, and the operators of SAME_SCHEMA their
+    torchbridge counterparts. Returns how many."""
+    from torchbridge import _C  # noqa: F401  (registers the torchbridge operators)
+
     found = []
     for node in graph.nodes():
         inputs = list(node.inputs())
@@ -130,7 +133,7 @@ def rewrite_rowwise(graph) -> int:
             weight, bias = inputs[1], inputs[2]
             no_bias = bias.node().kind() == "prim::Constant" and bias.type().kind() == "NoneType"
             if _float_constant(weight, 2) and (no_bias or _float_constant(bias, 1)):
-                found.append((node, "torchbridge::rowwise_linear"))
+                found.append((node, "torchbridge::packed_linear"))
         elif (
             node.kind() == "aten::lstm"
             and len(inputs) == 9
@@ -142,6 +145,16 @@ def rewrite_rowwise(graph) -> int:
         elif node.kind() in SAME_SCHEMA and len(inputs) == SAME_SCHEMA[node.kind()][0] and node.outputsSize() == 1:
             found.append((node, SAME_SCHEMA[node.kind()][1]))
     for node, kind in found:
+        if kind == "torchbridge::packed_linear":  # with the weight packed once, a constant of its own
+            inputs = list(node.inputs())
+            with graph.insert_point_guard(node):
+                packed = graph.insertConstant(torch.ops.torchbridge.pack_linear_weight(inputs[1].node().t("value")))
+            replacement = graph.create(kind, [inputs[0], inputs[1], packed, inputs[2]], 1)
+            replacement.insertBefore(node)
+            replacement.output().setType(node.output().type())
+            node.output().replaceAllUsesWith(replacement.output())
+            node.destroy()
+            continue
         replacement = graph.create(kind, list(node.inputs()), node.outputsSize())
         replacement.insertBefore(node)
         for old, new in zip(node.outputs(), replacement.outputs()):

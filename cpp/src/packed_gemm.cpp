@@ -1,0 +1,173 @@
+// See packed_gemm.hpp. The loops, outermost first: blocks of kBlockRows input rows (kept in the
+// cache while every panel passes), the thread's panels, slices of kDepth along K (a panel's slice
+// stays in L1 while the block's rows run over it), and tiles of six rows.
+#include "packed_gemm.hpp"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define TORCHBRIDGE_PACKED_X86 1
+#endif
+
+namespace torchbridge {
+
+namespace {
+
+constexpr int64_t kTileRows = 6;
+constexpr int64_t kDepth = 256;
+constexpr int64_t kBlockRows = 96;
+
+#ifdef TORCHBRIDGE_PACKED_X86
+// tile[r][0..16) = (accumulate ? tile[r] : 0) + sum over k < depth of a[r * lda + k] * b[k][0..16),
+// for R rows; twelve accumulators for six rows.
+template <int R>
+__attribute__((target("avx2,fma"))) void tile_avx2(const float* a, int64_t lda, const float* b, int64_t depth,
+                                                   float* tile, bool accumulate) {
+  __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+  c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
+  if (accumulate) {
+    c00 = _mm256_load_ps(tile);
+    c01 = _mm256_load_ps(tile + 8);
+    if constexpr (R > 1) c10 = _mm256_load_ps(tile + 16), c11 = _mm256_load_ps(tile + 24);
+    if constexpr (R > 2) c20 = _mm256_load_ps(tile + 32), c21 = _mm256_load_ps(tile + 40);
+    if constexpr (R > 3) c30 = _mm256_load_ps(tile + 48), c31 = _mm256_load_ps(tile + 56);
+    if constexpr (R > 4) c40 = _mm256_load_ps(tile + 64), c41 = _mm256_load_ps(tile + 72);
+    if constexpr (R > 5) c50 = _mm256_load_ps(tile + 80), c51 = _mm256_load_ps(tile + 88);
+  }
+  const float* a0 = a;
+  const float* a1 = a + lda;
+  const float* a2 = a + 2 * lda;
+  const float* a3 = a + 3 * lda;
+  const float* a4 = a + 4 * lda;
+  const float* a5 = a + 5 * lda;
+  for (int64_t k = 0; k < depth; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(b + k * kPackedPanel), b1 = _mm256_loadu_ps(b + k * kPackedPanel + 8);
+    __m256 v = _mm256_broadcast_ss(a0 + k);
+    c00 = _mm256_fmadd_ps(v, b0, c00);
+    c01 = _mm256_fmadd_ps(v, b1, c01);
+    if constexpr (R > 1) {
+      v = _mm256_broadcast_ss(a1 + k);
+      c10 = _mm256_fmadd_ps(v, b0, c10);
+      c11 = _mm256_fmadd_ps(v, b1, c11);
+    }
+    if constexpr (R > 2) {
+      v = _mm256_broadcast_ss(a2 + k);
+      c20 = _mm256_fmadd_ps(v, b0, c20);
+      c21 = _mm256_fmadd_ps(v, b1, c21);
+    }
+    if constexpr (R > 3) {
+      v = _mm256_broadcast_ss(a3 + k);
+      c30 = _mm256_fmadd_ps(v, b0, c30);
+      c31 = _mm256_fmadd_ps(v, b1, c31);
+    }
+    if constexpr (R > 4) {
+      v = _mm256_broadcast_ss(a4 + k);
+      c40 = _mm256_fmadd_ps(v, b0, c40);
+      c41 = _mm256_fmadd_ps(v, b1, c41);
+    }
+    if constexpr (R > 5) {
+      v = _mm256_broadcast_ss(a5 + k);
+      c50 = _mm256_fmadd_ps(v, b0, c50);
+      c51 = _mm256_fmadd_ps(v, b1, c51);
+    }
+  }
+  _mm256_store_ps(tile, c00);
+  _mm256_store_ps(tile + 8, c01);
+  if constexpr (R > 1) _mm256_store_ps(tile + 16, c10), _mm256_store_ps(tile + 24, c11);
+  if constexpr (R > 2) _mm256_store_ps(tile + 32, c20), _mm256_store_ps(tile + 40, c21);
+  if constexpr (R > 3) _mm256_store_ps(tile + 48, c30), _mm256_store_ps(tile + 56, c31);
+  if constexpr (R > 4) _mm256_store_ps(tile + 64, c40), _mm256_store_ps(tile + 72, c41);
+  if constexpr (R > 5) _mm256_store_ps(tile + 80, c50), _mm256_store_ps(tile + 88, c51);
+}
+
+// One row: a single pair of accumulators would wait on the FMA latency at every k and stream the
+// panel at a fraction of the memory's rate (a matrix-vector product is bound by that rate), so four
+// k phases sum apart and meet at the end.
+template <>
+__attribute__((target("avx2,fma"))) void tile_avx2<1>(const float* a, int64_t, const float* b, int64_t depth,
+                                                      float* tile, bool accumulate) {
+  __m256 c0 = accumulate ? _mm256_load_ps(tile) : _mm256_setzero_ps();
+  __m256 c1 = accumulate ? _mm256_load_ps(tile + 8) : _mm256_setzero_ps();
+  __m256 d0 = _mm256_setzero_ps(), d1 = d0, e0 = d0, e1 = d0, f0 = d0, f1 = d0;
+  int64_t k = 0;
+  for (; k + 4 <= depth; k += 4) {
+    const float* bk = b + k * kPackedPanel;
+    c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + k), _mm256_loadu_ps(bk), c0);
+    c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + k), _mm256_loadu_ps(bk + 8), c1);
+    d0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + k + 1), _mm256_loadu_ps(bk + 16), d0);
+    d1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + k + 1), _mm256_loadu_ps(bk + 24), d1);
+    e0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + k + 2), _mm256_loadu_ps(bk + 32), e0);
+    e1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + k + 2), _mm256_loadu_ps(bk + 40), e1);
+    f0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + k + 3), _mm256_loadu_ps(bk + 48), f0);
+    f1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + k + 3), _mm256_loadu_ps(bk + 56), f1);
+  }
+  for (; k < depth; ++k) {
+    c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + k), _mm256_loadu_ps(b + k * kPackedPanel), c0);
+    c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + k), _mm256_loadu_ps(b + k * kPackedPanel + 8), c1);
+  }
+  _mm256_store_ps(tile, _mm256_add_ps(_mm256_add_ps(c0, d0), _mm256_add_ps(e0, f0)));
+  _mm256_store_ps(tile + 8, _mm256_add_ps(_mm256_add_ps(c1, d1), _mm256_add_ps(e1, f1)));
+}
+
+using TileKernel = void (*)(const float*, int64_t, const float*, int64_t, float*, bool);
+constexpr TileKernel kTiles[kTileRows + 1] = {nullptr,        tile_avx2<1>, tile_avx2<2>, tile_avx2<3>,
+                                              tile_avx2<4>, tile_avx2<5>, tile_avx2<6>};
+#endif
+
+}  // namespace
+
+at::Tensor pack_linear_weight(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kFloat,
+              "pack_linear_weight: expected a 2-d float weight, got ", weight.sizes(), " ", weight.scalar_type());
+  const int64_t n_out = weight.size(0), k_in = weight.size(1), panels = (n_out + kPackedPanel - 1) / kPackedPanel;
+  at::Tensor padded = at::zeros({panels * kPackedPanel, k_in}, weight.options());
+  padded.narrow(0, 0, n_out).copy_(weight);
+  return padded.view({panels, kPackedPanel, k_in}).transpose(1, 2).contiguous();
+}
+
+void packed_gemm(const float* in, const float* packed, const float* bias, const float* addend, int64_t addend_stride,
+                 float* out, int64_t rows, int64_t n_out, int64_t k_in) {
+#ifdef TORCHBRIDGE_PACKED_X86
+  const int64_t panels = (n_out + kPackedPanel - 1) / kPackedPanel;
+  // At least about 2^17 multiply-adds per task, so a small layer is not split into tasks that cost
+  // more to start than to run.
+  const int64_t per_panel = std::max<int64_t>(1, rows * k_in * kPackedPanel);
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / per_panel);
+  at::parallel_for(0, panels, grain, [&](int64_t first, int64_t last) {
+    alignas(32) float tiles[kBlockRows * kPackedPanel];
+    for (int64_t block = 0; block < rows; block += kBlockRows) {
+      const int64_t block_end = std::min(rows, block + kBlockRows);
+      for (int64_t p = first; p < last; ++p) {
+        const float* panel = packed + p * k_in * kPackedPanel;
+        for (int64_t k0 = 0; k0 < k_in; k0 += kDepth) {
+          const int64_t depth = std::min(kDepth, k_in - k0);
+          for (int64_t m = block; m < block_end; m += kTileRows) {
+            const int64_t r = std::min(kTileRows, block_end - m);
+            kTiles[r](in + m * k_in + k0, k_in, panel + k0 * kPackedPanel, depth,
+                      tiles + (m - block) * kPackedPanel, k0 > 0);
+          }
+        }
+        const int64_t n0 = p * kPackedPanel, columns = std::min(kPackedPanel, n_out - n0);
+        for (int64_t m = block; m < block_end; ++m) {
+          const float* t = tiles + (m - block) * kPackedPanel;
+          float* y = out + m * n_out + n0;
+          const float* add = addend ? addend + m * addend_stride + n0 : nullptr;
+          for (int64_t j = 0; j < columns; ++j) {
+            float v = k_in > 0 ? t[j] : 0.0f;
+            if (bias) v += bias[n0 + j];
+            if (add) v += add[j];
+            y[j] = v;
+          }
+        }
+      }
+    }
+  });
+#else
+  TORCH_CHECK(false, "packed_gemm: no kernel for this CPU");
+#endif
+}
+
+}  // namespace torchbridge

@@ -1,0 +1,30 @@
+// torchbridge's GEMM for a linear layer whose weight is a constant: the weight packed once into
+// panels of 16 output columns, each panel's K rows of 16 values side by side, and a 6x16 register
+// tile (AVX2 and FMA) run over them. MKL and oneDNN pack the weight again on every call for a small
+// input; with the packing paid once, the product of a few dozen rows runs near the core's FMA rate.
+// Used by the "rowwise" variant (rowwise.cpp) for linear layers on more than kRowwiseMaxRows rows.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace torchbridge {
+
+/// Output columns per packed panel.
+constexpr int64_t kPackedPanel = 16;
+
+/// Inputs of more rows go to at::linear: there ATen's GEMM, which blocks for large inputs, is as fast.
+constexpr int64_t kPackedMaxRows = 1024;
+
+/// A (N, K) float weight as (ceil(N / 16), K, 16): packed[p][k][j] = weight[16 p + j][k], zeros past N.
+at::Tensor pack_linear_weight(const at::Tensor& weight);
+
+/// out[m * n_out + n] = sum_k in[m * k_in + k] * weight[n][k], plus bias[n] and
+/// addend[m * addend_stride + n] where given; `packed` is pack_linear_weight's. Output columns are
+/// split among ATen's threads by panel, and each output is summed the same way at any thread count.
+/// Only on a CPU with AVX2 and FMA (rowwise_kernels_available()).
+void packed_gemm(const float* in, const float* packed, const float* bias, const float* addend, int64_t addend_stride,
+                 float* out, int64_t rows, int64_t n_out, int64_t k_in);
+
+}  // namespace torchbridge
