@@ -25,6 +25,10 @@ from torchbridge.mirror import CPU_VARIANTS, has_rowwise_ops, load_in_python, re
 needs_kernel = pytest.mark.skipif(not _C.rowwise_available(), reason="the CPU has no AVX2+FMA kernel")
 
 
+def packed_linear(x, w, b):
+    return torch.ops.torchbridge.packed_linear(x, w, torch.ops.torchbridge.pack_linear_weight(w), b)
+
+
 def reference(x, w, b):
     return torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
 
@@ -64,23 +68,22 @@ def test_what_the_kernel_does_not_take_is_aten_linear_exactly():
 
 
 @needs_kernel
-def test_the_kernel_gives_the_same_bits_at_any_thread_count():
+# the row kernel, then the packed GEMM on one and on three blocks of rows; 40 outputs are three
+# panels, which two threads split with the rows (one thread runs them panel by panel)
+@pytest.mark.parametrize("rows,outputs", [(3, 1000), (50, 1000), (200, 1000), (200, 40)])
+def test_the_kernels_give_the_same_bits_at_any_thread_count(rows, outputs):
     generator = torch.Generator().manual_seed(2)
-    w, b = torch.randn(1000, 700, generator=generator), torch.randn(1000, generator=generator)
-    x = torch.randn(3, 700, generator=generator)
+    w, b = torch.randn(outputs, 700, generator=generator), torch.randn(outputs, generator=generator)
+    x = torch.randn(rows, 700, generator=generator)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = torch.ops.torchbridge.rowwise_linear(x, w, b)
+        one = packed_linear(x, w, b)
         torch.set_num_threads(2)
-        two = torch.ops.torchbridge.rowwise_linear(x, w, b)
+        two = packed_linear(x, w, b)
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one, two)
-
-
-def packed_linear(x, w, b):
-    return torch.ops.torchbridge.packed_linear(x, w, torch.ops.torchbridge.pack_linear_weight(w), b)
 
 
 @needs_kernel
@@ -100,22 +103,6 @@ def test_the_packed_kernel_matches_linear_past_the_rowwise_rows(bias):
     assert max_errors(packed_linear(x, w, b).double(), reference(x, w, b))[1] <= 1e-5
     strided = torch.randn(1029, 40, generator=generator).t()  # copied to rows first
     assert max_errors(packed_linear(strided, w, b).double(), reference(strided, w, b))[1] <= 1e-5
-
-
-@needs_kernel
-def test_the_packed_kernel_gives_the_same_bits_at_any_thread_count():
-    generator = torch.Generator().manual_seed(4)
-    w, b = torch.randn(1000, 700, generator=generator), torch.randn(1000, generator=generator)
-    x = torch.randn(50, 700, generator=generator)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = packed_linear(x, w, b)
-        torch.set_num_threads(2)
-        two = packed_linear(x, w, b)
-    finally:
-        torch.set_num_threads(before)
-    assert torch.equal(one, two)
 
 
 def test_what_the_packed_kernel_does_not_take_is_aten_linear_exactly():

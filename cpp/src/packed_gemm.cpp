@@ -1,6 +1,7 @@
 // See packed_gemm.hpp. The loops, outermost first: blocks of kBlockRows input rows (kept in the
-// cache while every panel passes), the thread's panels, slices of kDepth along K (a panel's slice
-// stays in L1 while the block's rows run over it), and tiles of six rows.
+// cache while every panel passes), panels (a thread's share), slices of
+// kDepth along K (a panel's slice stays in L1 while the block's rows run over it), and tiles of six
+// rows, whose twelve accumulators start from the bias and are stored straight into the output.
 #include "packed_gemm.hpp"
 
 #include <ATen/Parallel.h>
@@ -25,18 +26,17 @@ constexpr int64_t kBlockRows = 96;
 // for R rows; twelve accumulators for six rows.
 template <int R>
 __attribute__((target("avx2,fma"))) void tile_avx2(const float* a, int64_t lda, const float* b, int64_t depth,
-                                                   float* tile, bool accumulate) {
+                                                   const float* init, float* c, int64_t ldc) {
+  const float* from = init ? init : c;  // every row starts from init, or from what c holds
+  const int64_t step = init ? 0 : ldc;
   __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
-  c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
-  if (accumulate) {
-    c00 = _mm256_load_ps(tile);
-    c01 = _mm256_load_ps(tile + 8);
-    if constexpr (R > 1) c10 = _mm256_load_ps(tile + 16), c11 = _mm256_load_ps(tile + 24);
-    if constexpr (R > 2) c20 = _mm256_load_ps(tile + 32), c21 = _mm256_load_ps(tile + 40);
-    if constexpr (R > 3) c30 = _mm256_load_ps(tile + 48), c31 = _mm256_load_ps(tile + 56);
-    if constexpr (R > 4) c40 = _mm256_load_ps(tile + 64), c41 = _mm256_load_ps(tile + 72);
-    if constexpr (R > 5) c50 = _mm256_load_ps(tile + 80), c51 = _mm256_load_ps(tile + 88);
-  }
+  c00 = _mm256_loadu_ps(from);
+  c01 = _mm256_loadu_ps(from + 8);
+  if constexpr (R > 1) c10 = _mm256_loadu_ps(from + step), c11 = _mm256_loadu_ps(from + step + 8);
+  if constexpr (R > 2) c20 = _mm256_loadu_ps(from + 2 * step), c21 = _mm256_loadu_ps(from + 2 * step + 8);
+  if constexpr (R > 3) c30 = _mm256_loadu_ps(from + 3 * step), c31 = _mm256_loadu_ps(from + 3 * step + 8);
+  if constexpr (R > 4) c40 = _mm256_loadu_ps(from + 4 * step), c41 = _mm256_loadu_ps(from + 4 * step + 8);
+  if constexpr (R > 5) c50 = _mm256_loadu_ps(from + 5 * step), c51 = _mm256_loadu_ps(from + 5 * step + 8);
   const float* a0 = a;
   const float* a1 = a + lda;
   const float* a2 = a + 2 * lda;
@@ -74,13 +74,13 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const float* a, int64_t lda, 
       c51 = _mm256_fmadd_ps(v, b1, c51);
     }
   }
-  _mm256_store_ps(tile, c00);
-  _mm256_store_ps(tile + 8, c01);
-  if constexpr (R > 1) _mm256_store_ps(tile + 16, c10), _mm256_store_ps(tile + 24, c11);
-  if constexpr (R > 2) _mm256_store_ps(tile + 32, c20), _mm256_store_ps(tile + 40, c21);
-  if constexpr (R > 3) _mm256_store_ps(tile + 48, c30), _mm256_store_ps(tile + 56, c31);
-  if constexpr (R > 4) _mm256_store_ps(tile + 64, c40), _mm256_store_ps(tile + 72, c41);
-  if constexpr (R > 5) _mm256_store_ps(tile + 80, c50), _mm256_store_ps(tile + 88, c51);
+  _mm256_storeu_ps(c, c00);
+  _mm256_storeu_ps(c + 8, c01);
+  if constexpr (R > 1) _mm256_storeu_ps(c + ldc, c10), _mm256_storeu_ps(c + ldc + 8, c11);
+  if constexpr (R > 2) _mm256_storeu_ps(c + 2 * ldc, c20), _mm256_storeu_ps(c + 2 * ldc + 8, c21);
+  if constexpr (R > 3) _mm256_storeu_ps(c + 3 * ldc, c30), _mm256_storeu_ps(c + 3 * ldc + 8, c31);
+  if constexpr (R > 4) _mm256_storeu_ps(c + 4 * ldc, c40), _mm256_storeu_ps(c + 4 * ldc + 8, c41);
+  if constexpr (R > 5) _mm256_storeu_ps(c + 5 * ldc, c50), _mm256_storeu_ps(c + 5 * ldc + 8, c51);
 }
 
 // One row: a single pair of accumulators would wait on the FMA latency at every k and stream the
@@ -88,9 +88,9 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const float* a, int64_t lda, 
 // k phases sum apart and meet at the end.
 template <>
 __attribute__((target("avx2,fma"))) void tile_avx2<1>(const float* a, int64_t, const float* b, int64_t depth,
-                                                      float* tile, bool accumulate) {
-  __m256 c0 = accumulate ? _mm256_load_ps(tile) : _mm256_setzero_ps();
-  __m256 c1 = accumulate ? _mm256_load_ps(tile + 8) : _mm256_setzero_ps();
+                                                      const float* init, float* c, int64_t) {
+  __m256 c0 = _mm256_loadu_ps(init ? init : c);
+  __m256 c1 = _mm256_loadu_ps((init ? init : c) + 8);
   __m256 d0 = _mm256_setzero_ps(), d1 = d0, e0 = d0, e1 = d0, f0 = d0, f1 = d0;
   int64_t k = 0;
   for (; k + 4 <= depth; k += 4) {
@@ -108,11 +108,11 @@ __attribute__((target("avx2,fma"))) void tile_avx2<1>(const float* a, int64_t, c
     c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + k), _mm256_loadu_ps(b + k * kPackedPanel), c0);
     c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + k), _mm256_loadu_ps(b + k * kPackedPanel + 8), c1);
   }
-  _mm256_store_ps(tile, _mm256_add_ps(_mm256_add_ps(c0, d0), _mm256_add_ps(e0, f0)));
-  _mm256_store_ps(tile + 8, _mm256_add_ps(_mm256_add_ps(c1, d1), _mm256_add_ps(e1, f1)));
+  _mm256_storeu_ps(c, _mm256_add_ps(_mm256_add_ps(c0, d0), _mm256_add_ps(e0, f0)));
+  _mm256_storeu_ps(c + 8, _mm256_add_ps(_mm256_add_ps(c1, d1), _mm256_add_ps(e1, f1)));
 }
 
-using TileKernel = void (*)(const float*, int64_t, const float*, int64_t, float*, bool);
+using TileKernel = void (*)(const float*, int64_t, const float*, int64_t, const float*, float*, int64_t);
 constexpr TileKernel kTiles[kTileRows + 1] = {nullptr,        tile_avx2<1>, tile_avx2<2>, tile_avx2<3>,
                                               tile_avx2<4>, tile_avx2<5>, tile_avx2<6>};
 #endif
@@ -128,43 +128,55 @@ at::Tensor pack_linear_weight(const at::Tensor& weight) {
   return padded.view({panels, kPackedPanel, k_in}).transpose(1, 2).contiguous();
 }
 
-void packed_gemm(const float* in, const float* packed, const float* bias, const float* addend, int64_t addend_stride,
-                 float* out, int64_t rows, int64_t n_out, int64_t k_in) {
+void packed_gemm(const float* in, const float* packed, const float* bias, float* out, int64_t rows, int64_t n_out,
+                 int64_t k_in) {
 #ifdef TORCHBRIDGE_PACKED_X86
   const int64_t panels = (n_out + kPackedPanel - 1) / kPackedPanel;
-  // At least about 2^17 multiply-adds per task, so a small layer is not split into tasks that cost
-  // more to start than to run.
-  const int64_t per_panel = std::max<int64_t>(1, rows * k_in * kPackedPanel);
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / per_panel);
-  at::parallel_for(0, panels, grain, [&](int64_t first, int64_t last) {
-    alignas(32) float tiles[kBlockRows * kPackedPanel];
-    for (int64_t block = 0; block < rows; block += kBlockRows) {
-      const int64_t block_end = std::min(rows, block + kBlockRows);
-      for (int64_t p = first; p < last; ++p) {
-        const float* panel = packed + p * k_in * kPackedPanel;
-        for (int64_t k0 = 0; k0 < k_in; k0 += kDepth) {
-          const int64_t depth = std::min(kDepth, k_in - k0);
-          for (int64_t m = block; m < block_end; m += kTileRows) {
-            const int64_t r = std::min(kTileRows, block_end - m);
-            kTiles[r](in + m * k_in + k0, k_in, panel + k0 * kPackedPanel, depth,
-                      tiles + (m - block) * kPackedPanel, k0 > 0);
-          }
-        }
-        const int64_t n0 = p * kPackedPanel, columns = std::min(kPackedPanel, n_out - n0);
-        for (int64_t m = block; m < block_end; ++m) {
-          const float* t = tiles + (m - block) * kPackedPanel;
-          float* y = out + m * n_out + n0;
-          const float* add = addend ? addend + m * addend_stride + n0 : nullptr;
-          for (int64_t j = 0; j < columns; ++j) {
-            float v = k_in > 0 ? t[j] : 0.0f;
-            if (bias) v += bias[n0 + j];
-            if (add) v += add[j];
-            y[j] = v;
-          }
-        }
+  const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
+  // One panel's outputs for one block of rows. A full panel's tiles go straight to the output; the
+  // last panel, when narrower, to `spare`.
+  const auto run = [&](int64_t block, int64_t p, float* spare) {
+    alignas(32) float start[kPackedPanel];
+    const int64_t block_end = std::min(rows, block + kBlockRows);
+    const float* panel = packed + p * k_in * kPackedPanel;
+    const int64_t n0 = p * kPackedPanel, columns = std::min(kPackedPanel, n_out - n0);
+    for (int64_t j = 0; j < kPackedPanel; ++j) start[j] = bias && j < columns ? bias[n0 + j] : 0.0f;
+    const bool full = columns == kPackedPanel;
+    float* c = full ? out + block * n_out + n0 : spare;
+    const int64_t ldc = full ? n_out : kPackedPanel;
+    for (int64_t k0 = 0; k0 < k_in; k0 += kDepth) {
+      const int64_t depth = std::min(kDepth, k_in - k0);
+      for (int64_t m = block; m < block_end; m += kTileRows) {
+        const int64_t r = std::min(kTileRows, block_end - m);
+        kTiles[r](in + m * k_in + k0, k_in, panel + k0 * kPackedPanel, depth, k0 == 0 ? start : nullptr,
+                  c + (m - block) * ldc, ldc);
       }
     }
-  });
+    if (!full)
+      for (int64_t m = block; m < block_end; ++m)
+        std::copy_n(spare + (m - block) * kPackedPanel, columns, out + m * n_out + n0);
+  };
+  // Each task at least about 2^17 multiply-adds, so a small layer is not split into tasks that cost
+  // more to start than to run. With panels enough for every thread, threads split the panels and
+  // each runs every block of rows over its own (a block stays in the cache across the panels);
+  // with few (a narrow layer), they split the (block, panel) pairs. Either way each output is
+  // summed the same way.
+  const int64_t per_panel = std::max<int64_t>(1, rows * k_in * kPackedPanel);
+  if (panels >= 4 * at::get_num_threads() || blocks == 1) {
+    at::parallel_for(0, panels, std::max<int64_t>(1, (int64_t{1} << 17) / per_panel), [&](int64_t first, int64_t last) {
+      alignas(32) float spare[kBlockRows * kPackedPanel];
+      for (int64_t block = 0; block < rows; block += kBlockRows)
+        for (int64_t p = first; p < last; ++p) run(block, p, spare);
+    });
+  } else {
+    const int64_t per_task = std::max<int64_t>(1, kBlockRows * k_in * kPackedPanel);
+    at::parallel_for(0, blocks * panels, std::max<int64_t>(1, (int64_t{1} << 17) / per_task),
+                     [&](int64_t first, int64_t last) {
+                       alignas(32) float spare[kBlockRows * kPackedPanel];
+                       for (int64_t task = first; task < last; ++task)
+                         run(task / panels * kBlockRows, task % panels, spare);
+                     });
+  }
 #else
   TORCH_CHECK(false, "packed_gemm: no kernel for this CPU");
 #endif

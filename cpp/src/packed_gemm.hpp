@@ -20,11 +20,11 @@ constexpr int64_t kPackedMaxRows = 1024;
 /// A (N, K) float weight as (ceil(N / 16), K, 16): packed[p][k][j] = weight[16 p + j][k], zeros past N.
 at::Tensor pack_linear_weight(const at::Tensor& weight);
 
-/// out[m * n_out + n] = sum_k in[m * k_in + k] * weight[n][k], plus bias[n] and
-/// addend[m * addend_stride + n] where given; `packed` is pack_linear_weight's. Output columns are
-/// split among ATen's threads by panel, and each output is summed the same way at any thread count.
-/// Only on a CPU with AVX2 and FMA (rowwise_kernels_available()).
-void packed_gemm(const float* in, const float* packed, const float* bias, const float* addend, int64_t addend_stride,
-                 float* out, int64_t rows, int64_t n_out, int64_t k_in);
+/// out[m * n_out + n] = bias[n] (where given) + sum_k in[m * k_in + k] * weight[n][k], for k_in >= 1;
+/// `packed` is pack_linear_weight's. Output columns are split among ATen's threads by panel, and each
+/// output is summed the same way at any thread count. Only on a CPU with AVX2 and FMA
+/// (rowwise_kernels_available()).
+void packed_gemm(const float* in, const float* packed, const float* bias, float* out, int64_t rows, int64_t n_out,
+                 int64_t k_in);
 
 }  // namespace torchbridge

@@ -437,8 +437,9 @@ at::Tensor packed_linear(const at::Tensor& input, const at::Tensor& weight, cons
   std::vector<int64_t> sizes(input.sizes().begin(), input.sizes().end());
   sizes.back() = weight.size(0);
   at::Tensor out = at::empty(sizes, input.options());
-  packed_gemm(x.const_data_ptr<float>(), packed.const_data_ptr<float>(), has_bias ? bias->const_data_ptr<float>() : nullptr,
-              nullptr, 0, out.mutable_data_ptr<float>(), rows, weight.size(0), weight.size(1));
+  const float* bias_data = has_bias ? bias->const_data_ptr<float>() : nullptr;
+  packed_gemm(x.const_data_ptr<float>(), packed.const_data_ptr<float>(), bias_data, out.mutable_data_ptr<float>(),
+              rows, weight.size(0), weight.size(1));
   return out;
 }
 
@@ -688,7 +689,8 @@ int rewrite_rowwise(torch::jit::Graph& graph) {
   for (const auto& [node, kind] : found) {
     if (kind == rowwise) {  // with the weight packed once, a constant of its own
       torch::jit::WithInsertPoint guard(node);
-      torch::jit::Value* packed = graph.insertConstant(pack_linear_weight(torch::jit::toIValue(node->input(1))->toTensor()));
+      const at::Tensor weight = torch::jit::toIValue(node->input(1))->toTensor();
+      torch::jit::Value* packed = graph.insertConstant(pack_linear_weight(weight));
       torch::jit::Node* replacement =
           graph.create(packed_linear_op, {node->input(0), node->input(1), packed, node->input(2)}, 1);
       replacement->insertBefore(node);
