@@ -17,6 +17,7 @@ def selecting_ops(path: str) -> str: ...
 def rowwise_available() -> bool: ...
 
 ROWWISE_MAX_ROWS: int
+PACKED_MAX_ROWS: int
 SMALL_GELU_ELEMENTS: int
 SMALL_ATTENTION_KEYS: int
 SMALL_ATTENTION_HEAD: int
