@@ -1,7 +1,7 @@
 // See packed_gemm.hpp. The loops, outermost first: blocks of kBlockRows input rows (kept in the
-// cache while every panel passes), panels (a thread's share), slices of
-// kDepth along K (a panel's slice stays in L1 while the block's rows run over it), and tiles of six
-// rows, whose twelve accumulators start from the bias and are stored straight into the output.
+// cache while every panel passes), panels (a thread's share), slices of kDepth along K (a panel's
+// slice stays in L1 while the block's rows run over it), and tiles of six rows, whose twelve
+// accumulators start from the bias and are stored straight into the output.
 #include "packed_gemm.hpp"
 
 #include <ATen/Parallel.h>
@@ -22,8 +22,8 @@ constexpr int64_t kDepth = 256;
 constexpr int64_t kBlockRows = 96;
 
 #ifdef TORCHBRIDGE_PACKED_X86
-// tile[r][0..16) = (accumulate ? tile[r] : 0) + sum over k < depth of a[r * lda + k] * b[k][0..16),
-// for R rows; twelve accumulators for six rows.
+// c[r * ldc + 0..16) = (init ? init[0..16) : c[r * ldc + 0..16)) + sum over k < depth of
+// a[r * lda + k] * b[k][0..16), for R rows; twelve accumulators for six rows.
 template <int R>
 __attribute__((target("avx2,fma"))) void tile_avx2(const float* a, int64_t lda, const float* b, int64_t depth,
                                                    const float* init, float* c, int64_t ldc) {
