@@ -13,7 +13,8 @@
 namespace torchbridge {
 
 /// Inputs of more rows (the product of all but a linear input's last dimension; an LSTM's batch)
-/// go to the aten operator.
+/// go to the aten operator; in the variant's graph a linear layer's go to the packed GEMM first
+/// (torchbridge::packed_linear, packed_gemm.hpp), up to kPackedMaxRows.
 constexpr int64_t kRowwiseMaxRows = 16;
 
 /// The same variant replaces aten::layer_norm, aten::gelu and aten::scaled_dot_product_attention by
