@@ -1,9 +1,9 @@
 """The runtime's "rowwise" variant: torchbridge::rowwise_linear and torchbridge::rowwise_lstm (the
 runtime's kernels for linear layers and LSTMs on a few rows), torchbridge::packed_linear (its GEMM on
-a weight packed at load, for more rows) and torchbridge::layer_norm, gelu and
-attention (its kernels for small inputs) against aten's operators, the variant
-run from a measured order in C++ and in its Python mirror, and export timing it only where it can
-differ from freeze alone."""
+a weight packed at load, for more rows), torchbridge::layer_norm, gelu and
+attention (its kernels for small inputs) and torchbridge::silu (which the "channels_last" variant
+runs too) against aten's operators, the variants run from a measured order in C++ and in their
+Python mirror, and export timing "rowwise" only where it can differ from freeze alone."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from conftest import THREADS, digits, seeded
 from test_tune import export_with_order
 from torchbridge import _C
 from torchbridge.compare import max_errors
-from torchbridge.mirror import CPU_VARIANTS, has_rowwise_ops, load_in_python, rewrite_rowwise
+from torchbridge.mirror import CPU_VARIANTS, has_rowwise_ops, load_in_python, rewrite_activations, rewrite_rowwise
 
 needs_kernel = pytest.mark.skipif(not _C.rowwise_available(), reason="the CPU has no AVX2+FMA kernel")
 
@@ -407,4 +407,85 @@ def test_the_runtime_runs_a_small_transformer_through_the_variant_and_matches_it
             assert runtime.variant_at(*x) == "rowwise"
             assert torch.equal(y, mirror(*x)), f"batch {batch}"
             assert max_errors(y, model(*x))[1] <= 1e-5
+    assert tb.verify(model, path, threads=THREADS, fresh=1).passed
+
+
+@pytest.mark.parametrize(
+    "x",
+    [
+        torch.randn(3, 5, 7, 9) * 8,  # 945 values: a tail after the vector loop
+        torch.randn(2, 16, 5, 5).contiguous(memory_format=torch.channels_last),
+        torch.randn(70001),
+    ],
+    ids=["odd", "channels_last", "long"],
+)
+def test_the_silu_kernel_matches_aten_in_any_dense_layout(x):
+    expected = torch.nn.functional.silu(x)
+    y = torch.ops.torchbridge.silu(x)
+    assert y.stride() == x.stride()
+    assert max_errors(y, expected)[1] <= 1e-6
+    in_place = x.clone()
+    assert torch.ops.torchbridge.silu_(in_place) is in_place
+    assert torch.equal(in_place, y)
+    before = torch.get_num_threads()
+    try:  # threads split the values where the vector loop has a tail: the same bits anyway
+        torch.set_num_threads(1)
+        one = torch.ops.torchbridge.silu(x)
+        torch.set_num_threads(2)
+        two = torch.ops.torchbridge.silu(x)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+
+
+def test_the_silu_kernel_keeps_atens_special_values_and_passes_on_what_it_does_not_take():
+    special = torch.tensor([float("-inf"), float("inf"), float("nan"), -100.0, 100.0, 0.0, -0.0, 3.0, -3.0] * 2)
+    got, want = torch.ops.torchbridge.silu(special), torch.nn.functional.silu(special)
+    assert torch.equal(got.isnan(), want.isnan())  # -inf gives NaN, as ATen's -inf / inf
+    assert torch.equal(got.isinf(), want.isinf())
+    finite = want.isfinite()
+    assert (got[finite] - want[finite]).abs().max() <= 1e-6
+    generator = torch.Generator().manual_seed(7)
+    strided = torch.randn(64, 6, generator=generator).t()[:, ::2]
+    for x in (strided, torch.randn(40, dtype=torch.float64, generator=generator)):
+        assert torch.equal(torch.ops.torchbridge.silu(x), torch.nn.functional.silu(x))
+    weight = torch.randn(8, requires_grad=True)
+    assert torch.equal(torch.ops.torchbridge.silu(weight), torch.nn.functional.silu(weight))
+
+
+class SiLUNet(nn.Module):
+    """Convolutions with SiLU in place (as torchvision's EfficientNet has them) and not, and a
+    linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.SiLU(inplace=True),
+            nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.SiLU(),
+        )
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean((2, 3)))
+
+
+def test_the_channels_last_variant_runs_silu_through_the_kernel_and_matches_its_mirror(tmp_path, monkeypatch):
+    model = seeded(SiLUNet).eval()
+    path = tmp_path / "silu.pt"
+    export_with_order(model, (digits(4),), path, ["channels_last", "as_loaded"], monkeypatch)
+    runtime = tb.Runtime(path, threads=THREADS)
+    assert runtime.optimization.startswith("freeze+channels_last (variant order measured at export)")
+    graph = torch.jit.freeze(torch.jit.load(path).eval()).graph
+    assert rewrite_activations(graph) == 2
+    kinds = [node.kind() for node in graph.nodes()]
+    assert kinds.count("torchbridge::silu_") == 1 and kinds.count("torchbridge::silu") == 1
+    assert "aten::silu" not in kinds and "aten::silu_" not in kinds
+    _, mirror = load_in_python(path, runtime.optimized_from_batch)
+    with torch.inference_mode():
+        for batch in (1, 5):
+            x = digits(batch)
+            y = runtime(x)
+            assert runtime.variant_at(x) == "channels_last"
+            assert torch.equal(y, mirror(x)), f"batch {batch}"
+            assert max_errors(y, model(x))[1] <= 1e-5
     assert tb.verify(model, path, threads=THREADS, fresh=1).passed

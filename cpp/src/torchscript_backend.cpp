@@ -370,7 +370,8 @@ class TorchScriptBackend final : public TorchScriptModel {
   }
 
   // A frozen copy whose 4-d floating weights are channels-last (so oneDNN does not reorder them per
-  // call); made on first need, shared by every shape that runs it.
+  // call), its SiLUs through torchbridge's kernel (rowwise.hpp); made on first need, shared by every
+  // shape that runs it.
   torch::jit::Module channels_last() const {
     const std::lock_guard<std::mutex> lock(optimized_mutex_);
     if (!channels_last_) {
@@ -379,6 +380,7 @@ class TorchScriptBackend final : public TorchScriptModel {
         if (parameter.dim() == 4 && at::isFloatingType(parameter.scalar_type()))
           parameter.set_data(parameter.contiguous(at::MemoryFormat::ChannelsLast));
       channels_last_ = copy._ivalue()->type()->hasAttribute("training") ? torch::jit::freeze(copy) : copy;
+      rewrite_activations(*channels_last_->get_method("forward").graph());
     }
     return *channels_last_;
   }

@@ -543,6 +543,35 @@ TEST(rowwise_linear_matches_linear_and_passes_on_what_its_kernel_does_not_take) 
   REQUIRE(at::equal(op.call(strided, weight, bias), at::linear(strided, weight, bias)));
 }
 
+TEST(silu_matches_aten_in_any_dense_layout_and_passes_on_what_it_does_not_take) {
+  auto& dispatcher = c10::Dispatcher::singleton();
+  const auto silu = dispatcher.findSchemaOrThrow("torchbridge::silu", "").typed<at::Tensor(const at::Tensor&)>();
+  const auto silu_ = dispatcher.findSchemaOrThrow("torchbridge::silu_", "").typed<at::Tensor&(at::Tensor&)>();
+  at::manual_seed(0);
+  // 3 x 5 x 7 x 9 = 945 values: a tail of 1 after the vector loop, so the padded copy runs under ASan.
+  for (const at::Tensor& x : {at::randn({3, 5, 7, 9}) * 8,
+                              at::randn({2, 16, 3, 3}).contiguous(at::MemoryFormat::ChannelsLast), at::randn({5})}) {
+    const at::Tensor expected = at::silu(x);
+    const at::Tensor y = silu.call(x);
+    REQUIRE(y.strides() == x.strides());
+    REQUIRE((y - expected).abs().max().item<double>() <= 1e-5 * expected.abs().max().item<double>());
+    at::Tensor in_place = x.clone();
+    at::Tensor& returned = silu_.call(in_place);
+    REQUIRE(returned.data_ptr() == in_place.data_ptr());
+    REQUIRE(at::equal(in_place, y));
+  }
+  const at::Tensor special = at::tensor({-INFINITY, INFINITY, NAN, -100.0f, 100.0f, 0.0f, -0.0f, 3.0f, -3.0f});
+  const at::Tensor got = silu.call(special), want = at::silu(special);
+  REQUIRE(at::equal(got.isnan(), want.isnan()));  // -inf: NaN, as ATen's -inf / inf
+  REQUIRE(got[1].item<float>() == INFINITY);
+  const at::Tensor finite = want.isfinite();
+  REQUIRE((got.index({finite}) - want.index({finite})).abs().max().item<double>() <= 1e-6);
+  const at::Tensor strided = at::randn({64, 6}).t();  // not dense: ATen's
+  REQUIRE(at::equal(silu.call(strided.slice(1, 0, 64, 2)), at::silu(strided.slice(1, 0, 64, 2))));
+  const at::Tensor doubles = at::randn({40}, at::kDouble);
+  REQUIRE(at::equal(silu.call(doubles), at::silu(doubles)));
+}
+
 TEST(packed_linear_matches_linear_past_the_rowwise_rows_and_passes_on_what_it_does_not_take) {
   auto& dispatcher = c10::Dispatcher::singleton();
   const auto op = dispatcher.findSchemaOrThrow("torchbridge::packed_linear", "")

@@ -118,12 +118,46 @@ SAME_SCHEMA = {
 }
 
 
+#: Activations both the "rowwise" and the "channels_last" variants replace, as SAME_SCHEMA.
+ACTIVATIONS = {
+    "aten::silu": (1, "torchbridge::silu"),
+    "aten::silu_": (1, "torchbridge::silu_"),
+}
+
+
+def _replace(graph, node, kind: str) -> None:
+    replacement = graph.create(kind, list(node.inputs()), node.outputsSize())
+    replacement.insertBefore(node)
+    for old, new in zip(node.outputs(), replacement.outputs()):
+        new.setType(old.type())
+        old.replaceAllUsesWith(new)
+    node.destroy()
+
+
+def _activation(node) -> str | None:
+    entry = ACTIVATIONS.get(node.kind())
+    if entry and len(list(node.inputs())) == entry[0] and node.outputsSize() == 1:
+        return entry[1]
+    return None
+
+
+def rewrite_activations(graph) -> int:
+    """The runtime's rewrite_activations (rowwise.cpp), on a frozen graph: each operator of
+    ACTIVATIONS becomes its torchbridge counterpart. Returns how many."""
+    from torchbridge import _C  # noqa: F401  (registers the torchbridge operators)
+
+    found = [(node, kind) for node in graph.nodes() if (kind := _activation(node))]
+    for node, kind in found:
+        _replace(graph, node, kind)
+    return len(found)
+
+
 def rewrite_rowwise(graph) -> int:
     """The runtime's pass for "rowwise" (rewrite_rowwise in rowwise.cpp), on a frozen graph: each
     aten::linear whose weight (and bias, if any) is a float constant becomes
     torchbridge::packed_linear on that weight packed once (pack_linear_weight), each aten::lstm
-    with constant parameters torchbridge::rowwise_lstm, and the operators of SAME_SCHEMA their
-    torchbridge counterparts. Returns how many."""
+    with constant parameters torchbridge::rowwise_lstm, and the operators of SAME_SCHEMA and
+    ACTIVATIONS their torchbridge counterparts. Returns how many."""
     from torchbridge import _C  # noqa: F401  (registers the torchbridge operators)
 
     found = []
@@ -142,6 +176,8 @@ def rewrite_rowwise(graph) -> int:
             and inputs[2].node().kind() == "prim::Constant"
         ):
             found.append((node, "torchbridge::rowwise_lstm"))
+        elif activation := _activation(node):
+            found.append((node, activation))
         elif node.kind() in SAME_SCHEMA and len(inputs) == SAME_SCHEMA[node.kind()][0] and node.outputsSize() == 1:
             found.append((node, SAME_SCHEMA[node.kind()][1]))
     for node, kind in found:
@@ -155,12 +191,7 @@ def rewrite_rowwise(graph) -> int:
             node.output().replaceAllUsesWith(replacement.output())
             node.destroy()
             continue
-        replacement = graph.create(kind, list(node.inputs()), node.outputsSize())
-        replacement.insertBefore(node)
-        for old, new in zip(node.outputs(), replacement.outputs()):
-            new.setType(old.type())
-            old.replaceAllUsesWith(new)
-        node.destroy()
+        _replace(graph, node, kind)
     return len(found)
 
 
@@ -187,10 +218,11 @@ class RuntimeMirror:
     never tried) or else the built-in one: "onednn_graph" (a frozen copy fused by oneDNN Graph on
     its first two calls, through the runtime's own OneDnnFusionScope; the first _C.FUSED_SHAPES
     shapes only, none with fuse=False), "optimize_for_inference" (freeze + optimize_for_inference),
-    "frozen". "channels_last" (freeze with channels-last weights, 4-d inputs in channels-last) runs
-    only where the order names it. `large` (runtime.large_batches, {"from": N, "variants": [...]}):
-    batches of N or more follow that order instead. With a `runtime`, the variant is the one the runtime chose at that
-    shape, so both run the same graphs. `load` returns a fresh module as loaded (eval mode)."""
+    "frozen". "channels_last" (freeze with channels-last weights, 4-d inputs in channels-last,
+    SiLUs through torchbridge::silu) runs only where the order names it. `large`
+    (runtime.large_batches, {"from": N, "variants": [...]}): batches of N or more follow that order
+    instead. With a `runtime`, the variant is the one the runtime chose at that shape, so both run
+    the same graphs. `load` returns a fresh module as loaded (eval mode)."""
 
     def __init__(
         self,
@@ -277,6 +309,7 @@ class RuntimeMirror:
                         if parameter.dim() == 4 and parameter.is_floating_point():
                             parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
                     frozen = torch.jit.freeze(module) if module._c.hasattr("training") else module
+                rewrite_activations(frozen.graph)
                 self._channels_last_module = ChannelsLast(frozen)
             module = self._channels_last_module
             module(*inputs)
