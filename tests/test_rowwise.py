@@ -1,9 +1,10 @@
 """The runtime's "rowwise" variant: torchbridge::rowwise_linear and torchbridge::rowwise_lstm (the
 runtime's kernels for linear layers and LSTMs on a few rows), torchbridge::packed_linear (its GEMM on
-a weight packed at load, for more rows), torchbridge::layer_norm, gelu and
-attention (its kernels for small inputs) and torchbridge::silu (which the "channels_last" variant
-runs too) against aten's operators, the variants run from a measured order in C++ and in their
-Python mirror, and export timing "rowwise" only where it can differ from freeze alone."""
+a weight packed at load, for more rows), torchbridge::layer_norm, gelu and attention (its kernels
+for small inputs), torchbridge::silu (which the "channels_last" variant runs too) and
+torchbridge::pointwise_conv (that variant's 1x1 convolutions) against aten's operators, the
+variants run from a measured order in C++ and in their Python mirror, and export timing "rowwise"
+only where it can differ from freeze alone."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from conftest import THREADS, digits, seeded
 from test_tune import export_with_order
 from torchbridge import _C
 from torchbridge.compare import max_errors
-from torchbridge.mirror import CPU_VARIANTS, has_rowwise_ops, load_in_python, rewrite_activations, rewrite_rowwise
+from torchbridge.mirror import CPU_VARIANTS, has_rowwise_ops, load_in_python, rewrite_channels_last, rewrite_rowwise
 
 needs_kernel = pytest.mark.skipif(not _C.rowwise_available(), reason="the CPU has no AVX2+FMA kernel")
 
@@ -453,36 +454,64 @@ def test_the_silu_kernel_keeps_atens_special_values_and_passes_on_what_it_does_n
     assert torch.equal(torch.ops.torchbridge.silu(weight), torch.nn.functional.silu(weight))
 
 
+@pytest.mark.parametrize("shape", [(1, 24, 1, 1), (1, 24, 4, 4), (3, 24, 5, 7), (1, 24, 32, 32)], ids=str)
+def test_the_pointwise_conv_matches_conv2d_on_channels_last_pixels(shape):
+    generator = torch.Generator().manual_seed(8)
+    weight = torch.randn(37, 24, 1, 1, generator=generator).contiguous(memory_format=torch.channels_last)
+    bias = torch.randn(37, generator=generator)
+    packed = torch.ops.torchbridge.pack_linear_weight(weight.reshape(37, 24).contiguous())
+    x = torch.randn(shape, generator=generator).contiguous(memory_format=torch.channels_last)
+    for b in (bias, None):
+        y = torch.ops.torchbridge.pointwise_conv(x, weight, packed, b)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        expected = torch.nn.functional.conv2d(x.double(), weight.double(), None if b is None else b.double())
+        assert max_errors(y.double(), expected)[1] <= 1e-5
+
+
+def test_what_the_pointwise_conv_does_not_take_is_conv2d_exactly():
+    generator = torch.Generator().manual_seed(9)
+    weight = torch.randn(37, 24, 1, 1, generator=generator).contiguous(memory_format=torch.channels_last)
+    bias = torch.randn(37, generator=generator)
+    packed = torch.ops.torchbridge.pack_linear_weight(weight.reshape(37, 24).contiguous())
+    pixels = _C.PACKED_MAX_ROWS + 64  # more pixels than the packed GEMM takes
+    many = torch.randn(1, 24, pixels // 64, 64, generator=generator).contiguous(memory_format=torch.channels_last)
+    nchw = torch.randn(2, 24, 5, 7, generator=generator)
+    for x, w, b in ((many, weight, bias), (nchw, weight, bias), (nchw.double(), weight.double(), bias.double())):
+        assert torch.equal(torch.ops.torchbridge.pointwise_conv(x, w, packed, b), torch.nn.functional.conv2d(x, w, b))
+
+
 class SiLUNet(nn.Module):
-    """Convolutions with SiLU in place (as torchvision's EfficientNet has them) and not, and a
-    linear head."""
+    """Convolutions with SiLU in place (as torchvision's EfficientNet has them) and not, a 1x1
+    convolution, and a linear head."""
 
     def __init__(self):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.SiLU(inplace=True),
-            nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.SiLU(),
+            nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.SiLU(), nn.Conv2d(16, 24, 1),
         )
-        self.head = nn.Linear(16, 10)
+        self.head = nn.Linear(24, 10)
 
     def forward(self, x):
         return self.head(self.body(x).mean((2, 3)))
 
 
-def test_the_channels_last_variant_runs_silu_through_the_kernel_and_matches_its_mirror(tmp_path, monkeypatch):
+def test_the_channels_last_variant_runs_its_kernels_and_matches_its_mirror(tmp_path, monkeypatch):
     model = seeded(SiLUNet).eval()
     path = tmp_path / "silu.pt"
     export_with_order(model, (digits(4),), path, ["channels_last", "as_loaded"], monkeypatch)
     runtime = tb.Runtime(path, threads=THREADS)
     assert runtime.optimization.startswith("freeze+channels_last (variant order measured at export)")
     graph = torch.jit.freeze(torch.jit.load(path).eval()).graph
-    assert rewrite_activations(graph) == 2
+    assert rewrite_channels_last(graph) == 3
     kinds = [node.kind() for node in graph.nodes()]
-    assert kinds.count("torchbridge::silu_") == 1 and kinds.count("torchbridge::silu") == 1
+    assert kinds.count("torchbridge::silu_") == kinds.count("torchbridge::silu") == 1
+    assert kinds.count("torchbridge::pointwise_conv") == 1 and kinds.count("aten::conv2d") == 2
     assert "aten::silu" not in kinds and "aten::silu_" not in kinds
     _, mirror = load_in_python(path, runtime.optimized_from_batch)
     with torch.inference_mode():
-        for batch in (1, 5):
+        # 8x8 digits: 64 pixels an image, so batch 17 is past the packed GEMM's rows (conv2d there)
+        for batch in (1, 5, 17):
             x = digits(batch)
             y = runtime(x)
             assert runtime.variant_at(x) == "channels_last"

@@ -20,7 +20,8 @@
 // arithmetic in fixed work per call; these kernels do the arithmetic with little else, and give
 // larger or other inputs to ATen. torchbridge::silu (and silu_) takes any size: ATen's SiLU costs
 // about twice its time per value, which a depthwise CNN pays on every activation, so the
-// "channels_last" variant runs it too (rewrite_activations).
+// "channels_last" variant runs it too, with its 1x1 convolutions through the packed GEMM
+// (torchbridge::pointwise_conv; rewrite_channels_last).
 #include "rowwise.hpp"
 
 #include "packed_gemm.hpp"
@@ -477,6 +478,26 @@ at::Tensor packed_linear(const at::Tensor& input, const at::Tensor& weight, cons
   return out;
 }
 
+// A 1x1 convolution (stride 1, no padding, one group) of a channels-last input is a linear layer on
+// its pixels: the (N x H x W, C) rows of the input times the weight as a (C_out, C) matrix, whose
+// output rows are the channels-last output. Up to kPackedMaxRows pixels it runs packed_linear (the
+// row kernel up to kRowwiseMaxRows); more pixels, other layouts, dtypes and shapes are at::conv2d's.
+at::Tensor pointwise_conv(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& packed,
+                          const std::optional<at::Tensor>& bias) {
+  if (input.dim() == 4 && weight.dim() == 4 && plain_float(input) && plain_float(weight) &&
+      weight.size(2) == 1 && weight.size(3) == 1 && input.size(1) == weight.size(1) &&
+      input.is_contiguous(at::MemoryFormat::ChannelsLast) && weight.is_non_overlapping_and_dense()) {
+    const int64_t n = input.size(0), h = input.size(2), w = input.size(3);
+    if (n * h * w >= 1 && n * h * w <= kPackedMaxRows) {
+      // Views: a 1x1 weight is the same memory in either layout.
+      const at::Tensor rows = input.permute({0, 2, 3, 1}).reshape({n * h * w, input.size(1)});
+      const at::Tensor matrix = weight.reshape({weight.size(0), weight.size(1)});
+      return packed_linear(rows, matrix, packed, bias).view({n, h, w, weight.size(0)}).permute({0, 3, 1, 2});
+    }
+  }
+  return at::conv2d(input, weight, bias);
+}
+
 bool lstm_takes(const at::Tensor& input, at::TensorList hx, at::TensorList params, bool has_biases, int64_t num_layers,
                 bool train, bool bidirectional, bool batch_first) {
   if (!cpu_has_kernel() || train || input.dim() != 3 || hx.size() != 2 || num_layers < 1) return false;
@@ -740,11 +761,51 @@ std::optional<c10::Symbol> activation_for(const torch::jit::Node* node) {
 }
 }  // namespace
 
-int rewrite_activations(torch::jit::Graph& graph) {
+int rewrite_channels_last(torch::jit::Graph& graph) {
+  static const c10::Symbol conv2d = c10::Symbol::fromQualString("aten::conv2d");
+  static const c10::Symbol pointwise = c10::Symbol::fromQualString("torchbridge::pointwise_conv");
+  const auto constant = [](torch::jit::Value* value) -> std::optional<c10::IValue> {
+    if (value->node()->kind() != c10::prim::Constant) return std::nullopt;
+    return torch::jit::toIValue(value);
+  };
+  const auto ints_are = [&](torch::jit::Value* value, int64_t expected) {
+    const std::optional<c10::IValue> list = constant(value);
+    if (!list || !list->isIntList()) return false;
+    const std::vector<int64_t> values = list->toIntVector();
+    return values.size() == 2 && values[0] == expected && values[1] == expected;
+  };
   std::vector<std::pair<torch::jit::Node*, c10::Symbol>> found;
-  for (torch::jit::Node* node : graph.nodes())
-    if (const auto replacement = activation_for(node)) found.emplace_back(node, *replacement);
-  for (const auto& [node, kind] : found) replace_node(graph, node, kind);
+  for (torch::jit::Node* node : graph.nodes()) {
+    if (const auto replacement = activation_for(node)) {
+      found.emplace_back(node, *replacement);
+    } else if (node->kind() == conv2d && node->inputs().size() == 7 && node->outputs().size() == 1) {
+      const std::optional<c10::IValue> weight = constant(node->input(1)), bias = constant(node->input(2));
+      const std::optional<c10::IValue> groups = constant(node->input(6));
+      const auto float_tensor = [](const std::optional<c10::IValue>& v, int64_t dim) {
+        return v && v->isTensor() && v->toTensor().device().is_cpu() && v->toTensor().scalar_type() == at::kFloat &&
+               v->toTensor().layout() == at::kStrided && v->toTensor().dim() == dim;
+      };
+      if (float_tensor(weight, 4) && weight->toTensor().size(2) == 1 && weight->toTensor().size(3) == 1 &&
+          (float_tensor(bias, 1) || (bias && bias->isNone())) && groups && groups->isInt() && groups->toInt() == 1 &&
+          ints_are(node->input(3), 1) && ints_are(node->input(4), 0) && ints_are(node->input(5), 1))
+        found.emplace_back(node, pointwise);
+    }
+  }
+  for (const auto& [node, kind] : found) {
+    if (kind != pointwise) {
+      replace_node(graph, node, kind);
+      continue;
+    }
+    torch::jit::WithInsertPoint guard(node);
+    const at::Tensor weight = torch::jit::toIValue(node->input(1))->toTensor();
+    torch::jit::Value* packed =
+        graph.insertConstant(pack_linear_weight(weight.reshape({weight.size(0), weight.size(1)}).contiguous()));
+    torch::jit::Node* replacement = graph.create(kind, {node->input(0), node->input(1), packed, node->input(2)}, 1);
+    replacement->insertBefore(node);
+    replacement->output()->setType(node->output()->type());
+    node->output()->replaceAllUsesWith(replacement->output());
+    node->destroy();
+  }
   return static_cast<int>(found.size());
 }
 
@@ -820,6 +881,7 @@ TORCH_LIBRARY(torchbridge, m) {
       "bool cudnn_enable=True) -> Tensor");
   m.def("gelu(Tensor self, *, str approximate='none') -> Tensor");
   m.def("silu(Tensor self) -> Tensor");
+  m.def("pointwise_conv(Tensor input, Tensor weight, Tensor packed, Tensor? bias) -> Tensor");
   m.def("silu_(Tensor(a!) self) -> Tensor(a!)");
   m.def(
       "attention(Tensor query, Tensor key, Tensor value, Tensor? attn_mask=None, float dropout_p=0.0, "
@@ -834,6 +896,7 @@ TORCH_LIBRARY_IMPL(torchbridge, CPU, m) {
   m.impl("layer_norm", torchbridge::small_layer_norm);
   m.impl("gelu", torchbridge::small_gelu);
   m.impl("silu", torchbridge::silu);
+  m.impl("pointwise_conv", torchbridge::pointwise_conv);
   m.impl("silu_", torchbridge::silu_);
   m.impl("attention", torchbridge::small_attention);
 }

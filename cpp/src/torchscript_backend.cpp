@@ -171,11 +171,13 @@ constexpr char kAsLoaded[] = "as_loaded";
 // oneDNN Graph for one input shape; CPU), "optimize_for_inference" (freeze +
 // torch::jit::optimize_for_inference; CPU fp32 and CUDA, with a CUDA graph there), "frozen" (freeze
 // alone; CPU); where export's measured order names them, also "channels_last" (frozen with
-// channels-last weights and inputs) and "rowwise" (frozen, linear layers and LSTMs on a few rows,
-// and small layer norms, GELUs and attention, through torchbridge's own kernels, rowwise.hpp). None is trusted blindly: on the first call at an input shape each is run there in
-// turn and kept for that shape only if it runs and matches the module as loaded on the same inputs;
-// otherwise the next is tried, down to the module as loaded, and the rejected one is not tried at
-// later shapes. A pass that breaks a model costs speed, never a failed call or a wrong answer.
+// channels-last weights and inputs, SiLUs and 1x1 convolutions through torchbridge's kernels) and
+// "rowwise" (frozen, linear layers and LSTMs on a few rows, and small layer norms, GELUs and
+// attention, through torchbridge's own kernels, rowwise.hpp). None is trusted blindly: on the first
+// call at an input shape each is run there in turn and kept for that shape only if it runs and
+// matches the module as loaded on the same inputs; otherwise the next is tried, down to the module
+// as loaded, and the rejected one is not tried at later shapes. A pass that breaks a model costs
+// speed, never a failed call or a wrong answer.
 class TorchScriptBackend final : public TorchScriptModel {
  public:
   // precision: the floating dtype the module runs in (kFloat keeps the artifact's own).
@@ -370,8 +372,8 @@ class TorchScriptBackend final : public TorchScriptModel {
   }
 
   // A frozen copy whose 4-d floating weights are channels-last (so oneDNN does not reorder them per
-  // call), its SiLUs through torchbridge's kernel (rowwise.hpp); made on first need, shared by every
-  // shape that runs it.
+  // call), its SiLUs and 1x1 convolutions through torchbridge's kernels (rowwise.hpp); made on first
+  // need, shared by every shape that runs it.
   torch::jit::Module channels_last() const {
     const std::lock_guard<std::mutex> lock(optimized_mutex_);
     if (!channels_last_) {
@@ -380,7 +382,7 @@ class TorchScriptBackend final : public TorchScriptModel {
         if (parameter.dim() == 4 && at::isFloatingType(parameter.scalar_type()))
           parameter.set_data(parameter.contiguous(at::MemoryFormat::ChannelsLast));
       channels_last_ = copy._ivalue()->type()->hasAttribute("training") ? torch::jit::freeze(copy) : copy;
-      rewrite_activations(*channels_last_->get_method("forward").graph());
+      rewrite_channels_last(*channels_last_->get_method("forward").graph());
     }
     return *channels_last_;
   }

@@ -572,6 +572,42 @@ TEST(silu_matches_aten_in_any_dense_layout_and_passes_on_what_it_does_not_take) 
   REQUIRE(at::equal(silu.call(doubles), at::silu(doubles)));
 }
 
+TEST(pointwise_conv_matches_conv2d_on_channels_last_pixels_and_is_conv2d_for_what_it_does_not_take) {
+  auto& dispatcher = c10::Dispatcher::singleton();
+  const auto op = dispatcher.findSchemaOrThrow("torchbridge::pointwise_conv", "")
+                      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                        const std::optional<at::Tensor>&)>();
+  const auto pack =
+      dispatcher.findSchemaOrThrow("torchbridge::pack_linear_weight", "").typed<at::Tensor(const at::Tensor&)>();
+  at::manual_seed(0);
+  const at::Tensor weight = at::randn({37, 24, 1, 1}).contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor bias = at::randn({37});
+  const at::Tensor packed = pack.call(weight.reshape({37, 24}).contiguous());
+  const auto channels_last = [](std::vector<int64_t> sizes) {
+    return at::randn(sizes).contiguous(at::MemoryFormat::ChannelsLast);
+  };
+  // 1 and 16 pixels: the row kernel; 3 x 5 x 7 and 32 x 32: the packed GEMM.
+  for (const at::Tensor& x : {channels_last({1, 24, 1, 1}), channels_last({1, 24, 4, 4}), channels_last({3, 24, 5, 7}),
+                              channels_last({1, 24, 32, 32})}) {
+    const at::Tensor expected = at::conv2d(x.to(at::kDouble), weight.to(at::kDouble), bias.to(at::kDouble));
+    const at::Tensor y = op.call(x, weight, packed, bias);
+    REQUIRE(y.sizes() == expected.sizes());
+    REQUIRE(y.is_contiguous(at::MemoryFormat::ChannelsLast));
+    REQUIRE((y.to(at::kDouble) - expected).abs().max().item<double>() <= 1e-5 * expected.abs().max().item<double>());
+    const at::Tensor unbiased = at::conv2d(x.to(at::kDouble), weight.to(at::kDouble));
+    REQUIRE((op.call(x, weight, packed, std::nullopt).to(at::kDouble) - unbiased).abs().max().item<double>() <=
+            1e-5 * unbiased.abs().max().item<double>());
+  }
+  // More pixels than the packed GEMM takes, another layout, another dtype: at::conv2d exactly.
+  const at::Tensor many = channels_last({2, 24, 32, 17});
+  REQUIRE(at::equal(op.call(many, weight, packed, bias), at::conv2d(many, weight, bias)));
+  const at::Tensor nchw = at::randn({2, 24, 5, 7});
+  REQUIRE(at::equal(op.call(nchw, weight, packed, bias), at::conv2d(nchw, weight, bias)));
+  const at::Tensor doubles = channels_last({1, 24, 5, 7}).to(at::kDouble);
+  REQUIRE(at::equal(op.call(doubles, weight.to(at::kDouble), packed, bias.to(at::kDouble)),
+                    at::conv2d(doubles, weight.to(at::kDouble), bias.to(at::kDouble))));
+}
+
 TEST(packed_linear_matches_linear_past_the_rowwise_rows_and_passes_on_what_it_does_not_take) {
   auto& dispatcher = c10::Dispatcher::singleton();
   const auto op = dispatcher.findSchemaOrThrow("torchbridge::packed_linear", "")

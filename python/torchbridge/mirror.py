@@ -86,8 +86,9 @@ def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
 
 #: The variants export times on the CPU in fp32 and writes to the manifest's runtime.variants,
 #: fastest first. "frozen" (the runtime's last resort in its built-in order) is not timed: for a
-#: model without 4-d weights "channels_last" is freeze alone, and for one with them the other two
-#: are the frozen module plus passes made for convolutions; each timed variant costs export runs.
+#: model without 4-d weights "channels_last" is freeze alone (its SiLUs through torchbridge::silu),
+#: and for one with them the other two are the frozen module plus passes made for convolutions;
+#: each timed variant costs export runs.
 #: "rowwise" (freeze, then linear layers and LSTMs through torchbridge::packed_linear and
 #: rowwise_lstm, the runtime's kernels for inputs of a few rows, and layer norm, GELU and attention
 #: through its kernels for small inputs) is timed only for a model with such layers, on a CPU that
@@ -141,14 +142,65 @@ def _activation(node) -> str | None:
     return None
 
 
-def rewrite_activations(graph) -> int:
-    """The runtime's rewrite_activations (rowwise.cpp), on a frozen graph: each operator of
-    ACTIVATIONS becomes its torchbridge counterpart. Returns how many."""
+_MISSING = object()  # an operand that is not a constant
+
+
+def _pointwise_conv(node) -> bool:
+    """Whether an aten::conv2d node is a 1x1 convolution (stride 1, no padding, one group) of a
+    constant float weight and a constant bias or none: what torchbridge::pointwise_conv takes."""
+    inputs = list(node.inputs())
+    if node.kind() != "aten::conv2d" or len(inputs) != 7 or node.outputsSize() != 1:
+        return False
+    constants = [value.toIValue() if value.node().kind() == "prim::Constant" else _MISSING for value in inputs[1:]]
+    weight, bias, stride, padding, dilation, groups = constants
+
+    def float_tensor(value, dim):
+        return (
+            isinstance(value, torch.Tensor)
+            and value.device.type == "cpu"
+            and value.dtype == torch.float32
+            and value.layout == torch.strided
+            and value.dim() == dim
+        )
+
+    return (
+        float_tensor(weight, 4)
+        and tuple(weight.shape[2:]) == (1, 1)
+        and (bias is None or float_tensor(bias, 1))
+        and groups == 1
+        and stride == [1, 1]
+        and padding == [0, 0]
+        and dilation == [1, 1]
+    )
+
+
+def rewrite_channels_last(graph) -> int:
+    """The runtime's pass for "channels_last" (rewrite_channels_last in rowwise.cpp), on a frozen
+    graph: each operator of ACTIVATIONS becomes its torchbridge counterpart, and each 1x1
+    convolution of a constant float weight torchbridge::pointwise_conv, given that weight packed
+    once as a (C_out, C) matrix. Returns how many."""
     from torchbridge import _C  # noqa: F401  (registers the torchbridge operators)
 
-    found = [(node, kind) for node in graph.nodes() if (kind := _activation(node))]
+    found = []
+    for node in graph.nodes():
+        if kind := _activation(node):
+            found.append((node, kind))
+        elif _pointwise_conv(node):
+            found.append((node, "torchbridge::pointwise_conv"))
     for node, kind in found:
-        _replace(graph, node, kind)
+        if kind != "torchbridge::pointwise_conv":
+            _replace(graph, node, kind)
+            continue
+        inputs = list(node.inputs())
+        weight = inputs[1].toIValue()
+        with graph.insert_point_guard(node):
+            matrix = weight.reshape(weight.shape[0], weight.shape[1]).contiguous()
+            packed = graph.insertConstant(torch.ops.torchbridge.pack_linear_weight(matrix))
+        replacement = graph.create(kind, [inputs[0], inputs[1], packed, inputs[2]], 1)
+        replacement.insertBefore(node)
+        replacement.output().setType(node.output().type())
+        node.output().replaceAllUsesWith(replacement.output())
+        node.destroy()
     return len(found)
 
 
@@ -219,7 +271,7 @@ class RuntimeMirror:
     its first two calls, through the runtime's own OneDnnFusionScope; the first _C.FUSED_SHAPES
     shapes only, none with fuse=False), "optimize_for_inference" (freeze + optimize_for_inference),
     "frozen". "channels_last" (freeze with channels-last weights, 4-d inputs in channels-last,
-    SiLUs through torchbridge::silu) runs only where the order names it. `large`
+    SiLUs and 1x1 convolutions through torchbridge's kernels) runs only where the order names it. `large`
     (runtime.large_batches, {"from": N, "variants": [...]}): batches of N or more follow that order
     instead. With a `runtime`, the variant is the one the runtime chose at that shape, so both run
     the same graphs. `load` returns a fresh module as loaded (eval mode)."""
@@ -309,7 +361,7 @@ class RuntimeMirror:
                         if parameter.dim() == 4 and parameter.is_floating_point():
                             parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
                     frozen = torch.jit.freeze(module) if module._c.hasattr("training") else module
-                rewrite_activations(frozen.graph)
+                rewrite_channels_last(frozen.graph)
                 self._channels_last_module = ChannelsLast(frozen)
             module = self._channels_last_module
             module(*inputs)
