@@ -1,7 +1,7 @@
 """The runtime's "rowwise" variant: torchbridge::rowwise_linear and torchbridge::rowwise_lstm (the
 runtime's kernels for linear layers and LSTMs on a few rows), torchbridge::packed_linear (its GEMM on
 a weight packed at load, for more rows), torchbridge::layer_norm, gelu and attention (its kernels
-for small inputs), torchbridge::silu (which the "channels_last" variant runs too) and
+for small inputs), torchbridge::silu (which the "channels_last" variant runs) and
 torchbridge::pointwise_conv (that variant's 1x1 convolutions) against aten's operators, the
 variants run from a measured order in C++ and in their Python mirror, and export timing "rowwise"
 only where it can differ from freeze alone."""
@@ -508,6 +508,9 @@ def test_the_channels_last_variant_runs_its_kernels_and_matches_its_mirror(tmp_p
     assert kinds.count("torchbridge::silu_") == kinds.count("torchbridge::silu") == 1
     assert kinds.count("torchbridge::pointwise_conv") == 1 and kinds.count("aten::conv2d") == 2
     assert "aten::silu" not in kinds and "aten::silu_" not in kinds
+    rowwise = torch.jit.freeze(torch.jit.load(path).eval()).graph
+    assert rewrite_rowwise(rowwise) == 1  # the linear head; "rowwise" leaves the SiLUs to ATen
+    assert [node.kind() for node in rowwise.nodes()].count("aten::silu_") == 1
     _, mirror = load_in_python(path, runtime.optimized_from_batch)
     with torch.inference_mode():
         # 8x8 digits: 64 pixels an image, so batch 17 is past the packed GEMM's rows (conv2d there)

@@ -20,7 +20,7 @@
 // arithmetic in fixed work per call; these kernels do the arithmetic with little else, and give
 // larger or other inputs to ATen. torchbridge::silu (and silu_) takes any size: ATen's SiLU costs
 // about twice its time per value, which a depthwise CNN pays on every activation, so the
-// "channels_last" variant runs it too, with its 1x1 convolutions through the packed GEMM
+// "channels_last" variant runs it, with its 1x1 convolutions through the packed GEMM
 // (torchbridge::pointwise_conv; rewrite_channels_last).
 #include "rowwise.hpp"
 
@@ -733,8 +733,7 @@ at::Tensor small_attention(const at::Tensor& query, const at::Tensor& key, const
 bool rowwise_kernels_available() { return cpu_has_kernel(); }
 
 namespace {
-// Activations both the "rowwise" and the "channels_last" variants replace: same schema, the kernel
-// where it applies.
+// Activations the "channels_last" variant replaces: same schema, the kernel where it applies.
 const std::vector<std::tuple<c10::Symbol, size_t, c10::Symbol>>& activations() {
   static const std::vector<std::tuple<c10::Symbol, size_t, c10::Symbol>> table = {
       {c10::Symbol::fromQualString("aten::silu"), 1, c10::Symbol::fromQualString("torchbridge::silu")},
@@ -840,8 +839,6 @@ int rewrite_rowwise(torch::jit::Graph& graph) {
                node->input(1)->type()->kind() == c10::TypeKind::ListType &&  // lstm.input, not lstm.data
                node->input(2)->node()->kind() == c10::prim::Constant) {
       found.emplace_back(node, rowwise_lstm_op);
-    } else if (const auto activation = activation_for(node)) {
-      found.emplace_back(node, *activation);
     } else {
       for (const auto& [kind, inputs, replacement] : same_schema)
         if (node->kind() == kind && node->inputs().size() == inputs && node->outputs().size() == 1)

@@ -25,10 +25,10 @@ constexpr int64_t kSmallGeluElements = int64_t{1} << 15;
 constexpr int64_t kSmallAttentionKeys = 64;
 constexpr int64_t kSmallAttentionHead = 128;
 
-/// Both variants ("rowwise" and "channels_last") replace aten::silu and aten::silu_ by
-/// torchbridge's, on float tensors dense in memory in any layout: ATen's SiLU costs about twice
-/// the kernel's time per value. "channels_last" also runs 1x1 convolutions of up to
-/// kPackedMaxRows pixels through the packed GEMM (torchbridge::pointwise_conv).
+/// The "channels_last" variant replaces aten::silu and aten::silu_ by torchbridge's, on float
+/// tensors dense in memory in any layout (ATen's SiLU costs about twice the kernel's time per
+/// value), and runs 1x1 convolutions of up to kPackedMaxRows pixels through the packed GEMM
+/// (torchbridge::pointwise_conv).
 
 /// Whether this CPU runs the kernels (AVX2 and FMA, ATen not capped below AVX2); without them the
 /// operators are aten's.
@@ -37,8 +37,7 @@ bool rowwise_kernels_available();
 /// Replaces each aten::linear of `graph` whose weight (and bias, if any) is a float constant (by
 /// torchbridge::packed_linear, given the weight and its packed form as a new constant), each
 /// aten::lstm whose parameters are constants (a frozen graph's), and each aten::layer_norm, gelu and
-/// scaled_dot_product_attention by torchbridge's operator, and aten::silu and aten::silu_ as
-/// rewrite_channels_last does; returns how many.
+/// scaled_dot_product_attention by torchbridge's operator; returns how many.
 int rewrite_rowwise(torch::jit::Graph& graph);
 
 /// The "channels_last" variant's pass: replaces each aten::silu and aten::silu_ of `graph` by

@@ -119,7 +119,7 @@ SAME_SCHEMA = {
 }
 
 
-#: Activations both the "rowwise" and the "channels_last" variants replace, as SAME_SCHEMA.
+#: Activations the "channels_last" variant replaces, as SAME_SCHEMA does for "rowwise".
 ACTIVATIONS = {
     "aten::silu": (1, "torchbridge::silu"),
     "aten::silu_": (1, "torchbridge::silu_"),
@@ -208,8 +208,8 @@ def rewrite_rowwise(graph) -> int:
     """The runtime's pass for "rowwise" (rewrite_rowwise in rowwise.cpp), on a frozen graph: each
     aten::linear whose weight (and bias, if any) is a float constant becomes
     torchbridge::packed_linear on that weight packed once (pack_linear_weight), each aten::lstm
-    with constant parameters torchbridge::rowwise_lstm, and the operators of SAME_SCHEMA and
-    ACTIVATIONS their torchbridge counterparts. Returns how many."""
+    with constant parameters torchbridge::rowwise_lstm, and the operators of SAME_SCHEMA their
+    torchbridge counterparts. Returns how many."""
     from torchbridge import _C  # noqa: F401  (registers the torchbridge operators)
 
     found = []
@@ -228,8 +228,6 @@ def rewrite_rowwise(graph) -> int:
             and inputs[2].node().kind() == "prim::Constant"
         ):
             found.append((node, "torchbridge::rowwise_lstm"))
-        elif activation := _activation(node):
-            found.append((node, activation))
         elif node.kind() in SAME_SCHEMA and len(inputs) == SAME_SCHEMA[node.kind()][0] and node.outputsSize() == 1:
             found.append((node, SAME_SCHEMA[node.kind()][1]))
     for node, kind in found:
