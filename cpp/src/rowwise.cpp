@@ -753,6 +753,34 @@ void replace_node(torch::jit::Graph& graph, torch::jit::Node* node, c10::Symbol 
   node->destroy();
 }
 
+// Whether `value` is a constant float CPU tensor of `dim` dimensions, contiguous.
+bool constant_float(torch::jit::Value* value, int64_t dim) {
+  if (value->node()->kind() != c10::prim::Constant) return false;
+  const std::optional<c10::IValue> constant = torch::jit::toIValue(value);
+  if (!constant || !constant->isTensor()) return false;
+  const at::Tensor& tensor = constant->toTensor();
+  return tensor.device().is_cpu() && tensor.scalar_type() == at::kFloat && tensor.dim() == dim &&
+         tensor.is_contiguous() && tensor.layout() == at::kStrided;
+}
+
+bool constant_none(torch::jit::Value* value) {
+  return value->node()->kind() == c10::prim::Constant && value->type()->kind() == c10::TypeKind::NoneType;
+}
+
+// Replaces `node` (input, weight, bias, ...) by `kind`(input, weight, packed, bias), `packed` a new
+// constant: the constant weight as a (rows, columns) matrix (a 1x1 convolution's too), packed once.
+void replace_with_packed(torch::jit::Graph& graph, torch::jit::Node* node, c10::Symbol kind) {
+  torch::jit::WithInsertPoint guard(node);
+  const at::Tensor weight = torch::jit::toIValue(node->input(1))->toTensor();
+  torch::jit::Value* packed =
+      graph.insertConstant(pack_linear_weight(weight.reshape({weight.size(0), weight.size(1)}).contiguous()));
+  torch::jit::Node* replacement = graph.create(kind, {node->input(0), node->input(1), packed, node->input(2)}, 1);
+  replacement->insertBefore(node);
+  replacement->output()->setType(node->output()->type());
+  node->output()->replaceAllUsesWith(replacement->output());
+  node->destroy();
+}
+
 std::optional<c10::Symbol> activation_for(const torch::jit::Node* node) {
   for (const auto& [kind, inputs, replacement] : activations())
     if (node->kind() == kind && node->inputs().size() == inputs && node->outputs().size() == 1) return replacement;
@@ -778,39 +806,28 @@ int rewrite_channels_last(torch::jit::Graph& graph) {
     if (const auto replacement = activation_for(node)) {
       found.emplace_back(node, *replacement);
     } else if (node->kind() == conv2d && node->inputs().size() == 7 && node->outputs().size() == 1) {
-      const std::optional<c10::IValue> weight = constant(node->input(1)), bias = constant(node->input(2));
       const std::optional<c10::IValue> groups = constant(node->input(6));
-      const auto float_tensor = [](const std::optional<c10::IValue>& v, int64_t dim) {
-        return v && v->isTensor() && v->toTensor().device().is_cpu() && v->toTensor().scalar_type() == at::kFloat &&
-               v->toTensor().layout() == at::kStrided && v->toTensor().dim() == dim;
-      };
-      if (float_tensor(weight, 4) && weight->toTensor().size(2) == 1 && weight->toTensor().size(3) == 1 &&
-          (float_tensor(bias, 1) || (bias && bias->isNone())) && groups && groups->isInt() && groups->toInt() == 1 &&
-          ints_are(node->input(3), 1) && ints_are(node->input(4), 0) && ints_are(node->input(5), 1))
+      torch::jit::Value* weight = node->input(1);
+      if (constant_float(weight, 4) && torch::jit::toIValue(weight)->toTensor().size(2) == 1 &&
+          torch::jit::toIValue(weight)->toTensor().size(3) == 1 &&
+          (constant_float(node->input(2), 1) || constant_none(node->input(2))) && groups && groups->isInt() &&
+          groups->toInt() == 1 && ints_are(node->input(3), 1) && ints_are(node->input(4), 0) &&
+          ints_are(node->input(5), 1))
         found.emplace_back(node, pointwise);
     }
   }
   for (const auto& [node, kind] : found) {
-    if (kind != pointwise) {
+    if (kind == pointwise)
+      replace_with_packed(graph, node, kind);
+    else
       replace_node(graph, node, kind);
-      continue;
-    }
-    torch::jit::WithInsertPoint guard(node);
-    const at::Tensor weight = torch::jit::toIValue(node->input(1))->toTensor();
-    torch::jit::Value* packed =
-        graph.insertConstant(pack_linear_weight(weight.reshape({weight.size(0), weight.size(1)}).contiguous()));
-    torch::jit::Node* replacement = graph.create(kind, {node->input(0), node->input(1), packed, node->input(2)}, 1);
-    replacement->insertBefore(node);
-    replacement->output()->setType(node->output()->type());
-    node->output()->replaceAllUsesWith(replacement->output());
-    node->destroy();
   }
   return static_cast<int>(found.size());
 }
 
 int rewrite_rowwise(torch::jit::Graph& graph) {
   static const c10::Symbol linear = c10::Symbol::fromQualString("aten::linear");
-  static const c10::Symbol rowwise = c10::Symbol::fromQualString("torchbridge::rowwise_linear");
+  static const c10::Symbol packed_linear_op = c10::Symbol::fromQualString("torchbridge::packed_linear");
   static const c10::Symbol lstm = c10::Symbol::fromQualString("aten::lstm");
   static const c10::Symbol rowwise_lstm_op = c10::Symbol::fromQualString("torchbridge::rowwise_lstm");
   // Operators replaced whatever their operands: same schema, the kernel where it applies.
@@ -820,21 +837,12 @@ int rewrite_rowwise(torch::jit::Graph& graph) {
       {c10::Symbol::fromQualString("aten::scaled_dot_product_attention"), 8,
        c10::Symbol::fromQualString("torchbridge::attention")},
   };
-  const auto constant_float = [](torch::jit::Value* value, int64_t dim) {
-    if (value->node()->kind() != c10::prim::Constant) return false;
-    const std::optional<c10::IValue> constant = torch::jit::toIValue(value);
-    if (!constant || !constant->isTensor()) return false;
-    const at::Tensor& tensor = constant->toTensor();
-    return tensor.device().is_cpu() && tensor.scalar_type() == at::kFloat && tensor.dim() == dim &&
-           tensor.is_contiguous() && tensor.layout() == at::kStrided;
-  };
   std::vector<std::pair<torch::jit::Node*, c10::Symbol>> found;
   for (torch::jit::Node* node : graph.nodes()) {  // frozen and inlined: these calls are top level
     if (node->kind() == linear && node->inputs().size() == 3) {
-      torch::jit::Value* bias = node->input(2);
-      const bool no_bias =
-          bias->node()->kind() == c10::prim::Constant && bias->type()->kind() == c10::TypeKind::NoneType;
-      if (constant_float(node->input(1), 2) && (no_bias || constant_float(bias, 1))) found.emplace_back(node, rowwise);
+      // with the weight packed once, a constant of its own
+      if (constant_float(node->input(1), 2) && (constant_none(node->input(2)) || constant_float(node->input(2), 1)))
+        found.emplace_back(node, packed_linear_op);
     } else if (node->kind() == lstm && node->inputs().size() == 9 && node->outputs().size() == 3 &&
                node->input(1)->type()->kind() == c10::TypeKind::ListType &&  // lstm.input, not lstm.data
                node->input(2)->node()->kind() == c10::prim::Constant) {
@@ -845,21 +853,11 @@ int rewrite_rowwise(torch::jit::Graph& graph) {
           found.emplace_back(node, replacement);
     }
   }
-  static const c10::Symbol packed_linear_op = c10::Symbol::fromQualString("torchbridge::packed_linear");
   for (const auto& [node, kind] : found) {
-    if (kind == rowwise) {  // with the weight packed once, a constant of its own
-      torch::jit::WithInsertPoint guard(node);
-      const at::Tensor weight = torch::jit::toIValue(node->input(1))->toTensor();
-      torch::jit::Value* packed = graph.insertConstant(pack_linear_weight(weight));
-      torch::jit::Node* replacement =
-          graph.create(packed_linear_op, {node->input(0), node->input(1), packed, node->input(2)}, 1);
-      replacement->insertBefore(node);
-      replacement->output()->setType(node->output()->type());
-      node->output()->replaceAllUsesWith(replacement->output());
-      node->destroy();
-      continue;
-    }
-    replace_node(graph, node, kind);
+    if (kind == packed_linear_op)
+      replace_with_packed(graph, node, kind);
+    else
+      replace_node(graph, node, kind);
   }
   return static_cast<int>(found.size());
 }
@@ -878,8 +876,8 @@ TORCH_LIBRARY(torchbridge, m) {
       "bool cudnn_enable=True) -> Tensor");
   m.def("gelu(Tensor self, *, str approximate='none') -> Tensor");
   m.def("silu(Tensor self) -> Tensor");
-  m.def("pointwise_conv(Tensor input, Tensor weight, Tensor packed, Tensor? bias) -> Tensor");
   m.def("silu_(Tensor(a!) self) -> Tensor(a!)");
+  m.def("pointwise_conv(Tensor input, Tensor weight, Tensor packed, Tensor? bias) -> Tensor");
   m.def(
       "attention(Tensor query, Tensor key, Tensor value, Tensor? attn_mask=None, float dropout_p=0.0, "
       "bool is_causal=False, *, float? scale=None, bool enable_gqa=False) -> Tensor");
@@ -893,7 +891,7 @@ TORCH_LIBRARY_IMPL(torchbridge, CPU, m) {
   m.impl("layer_norm", torchbridge::small_layer_norm);
   m.impl("gelu", torchbridge::small_gelu);
   m.impl("silu", torchbridge::silu);
-  m.impl("pointwise_conv", torchbridge::pointwise_conv);
   m.impl("silu_", torchbridge::silu_);
+  m.impl("pointwise_conv", torchbridge::pointwise_conv);
   m.impl("attention", torchbridge::small_attention);
 }

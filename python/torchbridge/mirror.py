@@ -145,33 +145,42 @@ def _activation(node) -> str | None:
 _MISSING = object()  # an operand that is not a constant
 
 
+def _constant(value) -> Any:
+    return value.toIValue() if value.node().kind() == "prim::Constant" else _MISSING
+
+
+def _constant_none(value) -> bool:
+    return value.node().kind() == "prim::Constant" and value.type().kind() == "NoneType"
+
+
 def _pointwise_conv(node) -> bool:
     """Whether an aten::conv2d node is a 1x1 convolution (stride 1, no padding, one group) of a
     constant float weight and a constant bias or none: what torchbridge::pointwise_conv takes."""
     inputs = list(node.inputs())
     if node.kind() != "aten::conv2d" or len(inputs) != 7 or node.outputsSize() != 1:
         return False
-    constants = [value.toIValue() if value.node().kind() == "prim::Constant" else _MISSING for value in inputs[1:]]
-    weight, bias, stride, padding, dilation, groups = constants
-
-    def float_tensor(value, dim):
-        return (
-            isinstance(value, torch.Tensor)
-            and value.device.type == "cpu"
-            and value.dtype == torch.float32
-            and value.layout == torch.strided
-            and value.dim() == dim
-        )
-
+    weight, bias = inputs[1], inputs[2]
     return (
-        float_tensor(weight, 4)
-        and tuple(weight.shape[2:]) == (1, 1)
-        and (bias is None or float_tensor(bias, 1))
-        and groups == 1
-        and stride == [1, 1]
-        and padding == [0, 0]
-        and dilation == [1, 1]
+        _float_constant(weight, 4)
+        and tuple(weight.toIValue().shape[2:]) == (1, 1)
+        and (_constant_none(bias) or _float_constant(bias, 1))
+        and [_constant(value) for value in inputs[3:]] == [[1, 1], [0, 0], [1, 1], 1]
     )
+
+
+def _replace_with_packed(graph, node, kind: str) -> None:
+    """`node` (input, weight, bias, ...) becomes `kind`(input, weight, packed, bias), `packed` a new
+    constant: the constant weight as a (rows, columns) matrix (a 1x1 convolution's too), packed once."""
+    inputs = list(node.inputs())
+    weight = inputs[1].toIValue()
+    with graph.insert_point_guard(node):
+        matrix = weight.reshape(weight.shape[0], weight.shape[1]).contiguous()
+        packed = graph.insertConstant(torch.ops.torchbridge.pack_linear_weight(matrix))
+    replacement = graph.create(kind, [inputs[0], inputs[1], packed, inputs[2]], 1)
+    replacement.insertBefore(node)
+    replacement.output().setType(node.output().type())
+    node.output().replaceAllUsesWith(replacement.output())
+    node.destroy()
 
 
 def rewrite_channels_last(graph) -> int:
@@ -188,19 +197,10 @@ def rewrite_channels_last(graph) -> int:
         elif _pointwise_conv(node):
             found.append((node, "torchbridge::pointwise_conv"))
     for node, kind in found:
-        if kind != "torchbridge::pointwise_conv":
+        if kind == "torchbridge::pointwise_conv":
+            _replace_with_packed(graph, node, kind)
+        else:
             _replace(graph, node, kind)
-            continue
-        inputs = list(node.inputs())
-        weight = inputs[1].toIValue()
-        with graph.insert_point_guard(node):
-            matrix = weight.reshape(weight.shape[0], weight.shape[1]).contiguous()
-            packed = graph.insertConstant(torch.ops.torchbridge.pack_linear_weight(matrix))
-        replacement = graph.create(kind, [inputs[0], inputs[1], packed, inputs[2]], 1)
-        replacement.insertBefore(node)
-        replacement.output().setType(node.output().type())
-        node.output().replaceAllUsesWith(replacement.output())
-        node.destroy()
     return len(found)
 
 
@@ -216,10 +216,8 @@ def rewrite_rowwise(graph) -> int:
     for node in graph.nodes():
         inputs = list(node.inputs())
         if node.kind() == "aten::linear" and len(inputs) == 3:
-            weight, bias = inputs[1], inputs[2]
-            no_bias = bias.node().kind() == "prim::Constant" and bias.type().kind() == "NoneType"
-            if _float_constant(weight, 2) and (no_bias or _float_constant(bias, 1)):
-                found.append((node, "torchbridge::packed_linear"))
+            if _float_constant(inputs[1], 2) and (_constant_none(inputs[2]) or _float_constant(inputs[2], 1)):
+                found.append((node, "torchbridge::packed_linear"))  # with the weight packed once
         elif (
             node.kind() == "aten::lstm"
             and len(inputs) == 9
@@ -231,17 +229,10 @@ def rewrite_rowwise(graph) -> int:
         elif node.kind() in SAME_SCHEMA and len(inputs) == SAME_SCHEMA[node.kind()][0] and node.outputsSize() == 1:
             found.append((node, SAME_SCHEMA[node.kind()][1]))
     for node, kind in found:
-        if kind == "torchbridge::packed_linear":  # with the weight packed once, a constant of its own
-            inputs = list(node.inputs())
-            with graph.insert_point_guard(node):
-                packed = graph.insertConstant(torch.ops.torchbridge.pack_linear_weight(inputs[1].node().t("value")))
-            replacement = graph.create(kind, [inputs[0], inputs[1], packed, inputs[2]], 1)
-            replacement.insertBefore(node)
-            replacement.output().setType(node.output().type())
-            node.output().replaceAllUsesWith(replacement.output())
-            node.destroy()
-            continue
-        _replace(graph, node, kind)
+        if kind == "torchbridge::packed_linear":
+            _replace_with_packed(graph, node, kind)
+        else:
+            _replace(graph, node, kind)
     return len(found)
 
 
