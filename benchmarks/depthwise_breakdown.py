@@ -58,7 +58,8 @@ def torch_breakdown(fn, inputs, runs: int, kinds: list[str]) -> dict[str, float]
             if event.cpu_parent is not None and not event.cpu_parent.name.startswith("forward"):
                 continue  # counted in its top-level op
             name = event.name
-            if name.startswith("aten::") and ("conv" in name):
+            ours = name in ("torchbridge::pointwise_conv", "torchbridge::depthwise_conv")
+            if (name.startswith("aten::") and "conv" in name) or ours:
                 kind = kinds[conv_index % len(kinds)] if kinds else "conv"
                 conv_index += 1
             elif name.startswith("aten::"):

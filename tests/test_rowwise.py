@@ -1,10 +1,10 @@
 """The runtime's "rowwise" variant: torchbridge::rowwise_linear and torchbridge::rowwise_lstm (the
 runtime's kernels for linear layers and LSTMs on a few rows), torchbridge::packed_linear (its GEMM on
 a weight packed at load, for more rows), torchbridge::layer_norm, gelu and attention (its kernels
-for small inputs), torchbridge::silu (which the "channels_last" variant runs) and
-torchbridge::pointwise_conv (that variant's 1x1 convolutions) against aten's operators, the
-variants run from a measured order in C++ and in their Python mirror, and export timing "rowwise"
-only where it can differ from freeze alone."""
+for small inputs), torchbridge::silu, pointwise_conv and depthwise_conv (the "channels_last"
+variant's SiLU, 1x1 and depthwise convolutions) against aten's operators, the variants run from a
+measured order in C++ and in their Python mirror, and export timing "rowwise" only where it can
+differ from freeze alone."""
 
 from __future__ import annotations
 
@@ -480,9 +480,82 @@ def test_what_the_pointwise_conv_does_not_take_is_conv2d_exactly():
         assert torch.equal(torch.ops.torchbridge.pointwise_conv(x, w, packed, b), torch.nn.functional.conv2d(x, w, b))
 
 
+def depthwise(x, conv: nn.Conv2d, bias=True):
+    weight = conv.weight.detach().contiguous()
+    packed = torch.ops.torchbridge.pack_depthwise_weight(weight.float())
+    b = conv.bias.detach() if bias else None
+    return torch.ops.torchbridge.depthwise_conv(x, weight, packed, b, list(conv.stride), list(conv.padding))
+
+
+# (channels, image height, width, kernel, stride, padding): 24 channels run a block of 16 and one of
+# 8; images smaller than the kernel's reach, with edge columns only, and wide enough for tiles of four.
+DEPTHWISE_CASES = [
+    (24, 14, 14, 3, 1, 1),
+    (8, 7, 9, 5, 2, 2),
+    (48, 3, 3, 5, 1, 2),
+    (16, 1, 1, 3, 1, 1),
+    (32, 11, 16, 3, 2, 0),
+    (40, 9, 30, (3, 5), (1, 2), (1, 2)),
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", DEPTHWISE_CASES, ids=str)
+def test_the_depthwise_conv_matches_conv2d_on_channels_last_input(case):
+    channels, h, w, kernel, stride, padding = case
+    generator = torch.Generator().manual_seed(10)
+    conv = nn.Conv2d(channels, channels, kernel, stride, padding, groups=channels).eval()
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator))
+    for batch in (1, 3):
+        x = torch.randn(batch, channels, h, w, generator=generator).contiguous(memory_format=torch.channels_last)
+        for bias in (True, False):
+            with torch.inference_mode():
+                y = depthwise(x, conv, bias)
+                expected = torch.nn.functional.conv2d(
+                    x.double(), conv.weight.double(), conv.bias.double() if bias else None, stride, padding,
+                    groups=channels,
+                )
+            assert y.shape == expected.shape and y.is_contiguous(memory_format=torch.channels_last)
+            assert max_errors(y.double(), expected)[1] <= 1e-5
+        # each output summed the same way at any thread count; NaN goes where conv2d's goes
+        poisoned = x.clone()
+        poisoned[0, :, h // 2, w // 2] = float("nan")
+        with torch.inference_mode():
+            before = torch.get_num_threads()
+            try:
+                torch.set_num_threads(1)
+                one = depthwise(poisoned, conv)
+                torch.set_num_threads(2)
+                two = depthwise(poisoned, conv)
+            finally:
+                torch.set_num_threads(before)
+            assert torch.equal(one.isnan(), conv(poisoned).isnan())
+        assert torch.equal(one.nan_to_num(), two.nan_to_num()) and torch.equal(one.isnan(), two.isnan())
+
+
+def test_what_the_depthwise_conv_does_not_take_is_conv2d_exactly():
+    generator = torch.Generator().manual_seed(11)
+    conv = nn.Conv2d(24, 24, 3, padding=1, groups=24).eval()
+    odd = nn.Conv2d(12, 12, 3, padding=1, groups=12).eval()  # channels not a multiple of 8
+    wide = nn.Conv2d(24, 24, 3, padding=3, groups=24).eval()  # padding past the kernel
+    x = torch.randn(2, 24, 6, 7, generator=generator)
+    doubles = nn.Conv2d(24, 24, 3, padding=1, groups=24).double()
+    with torch.inference_mode():
+        for module, inputs in (
+            (conv, x),  # not channels-last
+            (doubles, x.double().contiguous(memory_format=torch.channels_last)),
+            (odd, torch.randn(1, 12, 5, 5, generator=generator).contiguous(memory_format=torch.channels_last)),
+            (wide, x.contiguous(memory_format=torch.channels_last)),
+        ):
+            assert torch.equal(depthwise(inputs, module), module(inputs))
+    grad = torch.randn(1, 24, 5, 5, requires_grad=True).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(depthwise(grad, conv), conv(grad))
+
+
 class SiLUNet(nn.Module):
-    """Convolutions with SiLU in place (as torchvision's EfficientNet has them) and not, a 1x1
-    convolution, and a linear head."""
+    """Convolutions with SiLU in place (as torchvision's EfficientNet has them) and not, a depthwise
+    and a 1x1 convolution, and a linear head."""
 
     def __init__(self):
         super().__init__()
@@ -503,10 +576,11 @@ def test_the_channels_last_variant_runs_its_kernels_and_matches_its_mirror(tmp_p
     runtime = tb.Runtime(path, threads=THREADS)
     assert runtime.optimization.startswith("freeze+channels_last (variant order measured at export)")
     graph = torch.jit.freeze(torch.jit.load(path).eval()).graph
-    assert rewrite_channels_last(graph) == 3
+    assert rewrite_channels_last(graph) == 4
     kinds = [node.kind() for node in graph.nodes()]
     assert kinds.count("torchbridge::silu_") == kinds.count("torchbridge::silu") == 1
-    assert kinds.count("torchbridge::pointwise_conv") == 1 and kinds.count("aten::conv2d") == 2
+    assert kinds.count("torchbridge::pointwise_conv") == kinds.count("torchbridge::depthwise_conv") == 1
+    assert kinds.count("aten::conv2d") == 1
     assert "aten::silu" not in kinds and "aten::silu_" not in kinds
     rowwise = torch.jit.freeze(torch.jit.load(path).eval()).graph
     assert rewrite_rowwise(rowwise) == 1  # the linear head; "rowwise" leaves the SiLUs to ATen

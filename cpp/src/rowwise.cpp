@@ -21,9 +21,11 @@
 // larger or other inputs to ATen. torchbridge::silu (and silu_) takes any size: ATen's SiLU costs
 // about twice its time per value, which a depthwise CNN pays on every activation, so the
 // "channels_last" variant runs it, with its 1x1 convolutions through the packed GEMM
-// (torchbridge::pointwise_conv; rewrite_channels_last).
+// (torchbridge::pointwise_conv) and its depthwise ones through torchbridge::depthwise_conv
+// (depthwise.cpp; rewrite_channels_last).
 #include "rowwise.hpp"
 
+#include "depthwise.hpp"
 #include "packed_gemm.hpp"
 
 #include <ATen/ATen.h>
@@ -781,6 +783,26 @@ void replace_with_packed(torch::jit::Graph& graph, torch::jit::Node* node, c10::
   node->destroy();
 }
 
+// Whether an aten::conv2d node (7 inputs) is what torchbridge::depthwise_conv takes: a depthwise
+// convolution (groups = channels, one filter each, a multiple of 8) of a constant float weight and
+// bias (or none), constant stride and padding, no dilation.
+bool depthwise_conv_takes(torch::jit::Node* node) {
+  torch::jit::Value* weight = node->input(1);
+  if (!constant_float(weight, 4) || !(constant_float(node->input(2), 1) || constant_none(node->input(2)))) return false;
+  const at::Tensor tensor = torch::jit::toIValue(weight)->toTensor();
+  std::optional<c10::IValue> values[4];
+  for (int i = 0; i < 4; ++i) {
+    if (node->input(3 + i)->node()->kind() != c10::prim::Constant) return false;
+    values[i] = torch::jit::toIValue(node->input(3 + i));
+  }
+  const auto pair = [](const std::optional<c10::IValue>& value) {
+    return value && value->isIntList() && value->toIntVector().size() == 2;
+  };
+  return tensor.size(1) == 1 && tensor.size(0) % 8 == 0 && pair(values[0]) && pair(values[1]) && pair(values[2]) &&
+         values[2]->toIntVector() == std::vector<int64_t>{1, 1} && values[3] && values[3]->isInt() &&
+         values[3]->toInt() == tensor.size(0);
+}
+
 std::optional<c10::Symbol> activation_for(const torch::jit::Node* node) {
   for (const auto& [kind, inputs, replacement] : activations())
     if (node->kind() == kind && node->inputs().size() == inputs && node->outputs().size() == 1) return replacement;
@@ -791,6 +813,7 @@ std::optional<c10::Symbol> activation_for(const torch::jit::Node* node) {
 int rewrite_channels_last(torch::jit::Graph& graph) {
   static const c10::Symbol conv2d = c10::Symbol::fromQualString("aten::conv2d");
   static const c10::Symbol pointwise = c10::Symbol::fromQualString("torchbridge::pointwise_conv");
+  static const c10::Symbol depthwise = c10::Symbol::fromQualString("torchbridge::depthwise_conv");
   const auto constant = [](torch::jit::Value* value) -> std::optional<c10::IValue> {
     if (value->node()->kind() != c10::prim::Constant) return std::nullopt;
     return torch::jit::toIValue(value);
@@ -814,13 +837,26 @@ int rewrite_channels_last(torch::jit::Graph& graph) {
           groups->toInt() == 1 && ints_are(node->input(3), 1) && ints_are(node->input(4), 0) &&
           ints_are(node->input(5), 1))
         found.emplace_back(node, pointwise);
+      else if (depthwise_conv_takes(node))
+        found.emplace_back(node, depthwise);
     }
   }
   for (const auto& [node, kind] : found) {
-    if (kind == pointwise)
+    if (kind == pointwise) {
       replace_with_packed(graph, node, kind);
-    else
+    } else if (kind == depthwise) {  // (input, weight, packed, bias, stride, padding)
+      torch::jit::WithInsertPoint guard(node);
+      torch::jit::Value* packed =
+          graph.insertConstant(pack_depthwise_weight(torch::jit::toIValue(node->input(1))->toTensor()));
+      torch::jit::Node* replacement = graph.create(
+          kind, {node->input(0), node->input(1), packed, node->input(2), node->input(3), node->input(4)}, 1);
+      replacement->insertBefore(node);
+      replacement->output()->setType(node->output()->type());
+      node->output()->replaceAllUsesWith(replacement->output());
+      node->destroy();
+    } else {
       replace_node(graph, node, kind);
+    }
   }
   return static_cast<int>(found.size());
 }

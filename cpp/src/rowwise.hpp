@@ -27,8 +27,8 @@ constexpr int64_t kSmallAttentionHead = 128;
 
 /// The "channels_last" variant replaces aten::silu and aten::silu_ by torchbridge's, on float
 /// tensors dense in memory in any layout (ATen's SiLU costs about twice the kernel's time per
-/// value), and runs 1x1 convolutions of up to kPackedMaxRows pixels through the packed GEMM
-/// (torchbridge::pointwise_conv).
+/// value), runs 1x1 convolutions of up to kPackedMaxRows pixels through the packed GEMM
+/// (torchbridge::pointwise_conv) and depthwise convolutions through torchbridge::depthwise_conv.
 
 /// Whether this CPU runs the kernels (AVX2 and FMA, ATen not capped below AVX2); without them the
 /// operators are aten's.
@@ -41,9 +41,10 @@ bool rowwise_kernels_available();
 int rewrite_rowwise(torch::jit::Graph& graph);
 
 /// The "channels_last" variant's pass: replaces each aten::silu and aten::silu_ of `graph` by
-/// torchbridge's, and each 1x1 convolution (stride 1, no padding, one group) of a constant float
-/// weight by torchbridge::pointwise_conv, the packed GEMM on the channels-last input's pixels;
-/// returns how many.
+/// torchbridge's, each 1x1 convolution (stride 1, no padding, one group) of a constant float weight
+/// by torchbridge::pointwise_conv, the packed GEMM on the channels-last input's pixels, and each
+/// depthwise convolution of a constant float weight (a multiple of 8 channels, no dilation) by
+/// torchbridge::depthwise_conv (depthwise.hpp), given that weight packed once; returns how many.
 int rewrite_channels_last(torch::jit::Graph& graph);
 
 }  // namespace torchbridge

@@ -608,6 +608,60 @@ TEST(pointwise_conv_matches_conv2d_on_channels_last_pixels_and_is_conv2d_for_wha
                     at::conv2d(doubles, weight.to(at::kDouble), bias.to(at::kDouble))));
 }
 
+TEST(depthwise_conv_matches_conv2d_on_channels_last_input_and_is_conv2d_for_what_it_does_not_take) {
+  auto& dispatcher = c10::Dispatcher::singleton();
+  const auto op = dispatcher.findSchemaOrThrow("torchbridge::depthwise_conv", "")
+                      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                        const std::optional<at::Tensor>&, at::IntArrayRef, at::IntArrayRef)>();
+  const auto pack =
+      dispatcher.findSchemaOrThrow("torchbridge::pack_depthwise_weight", "").typed<at::Tensor(const at::Tensor&)>();
+  at::manual_seed(0);
+  const auto channels_last = [](std::vector<int64_t> sizes) {
+    return at::randn(sizes).contiguous(at::MemoryFormat::ChannelsLast);
+  };
+  // 24 channels: a block of 16 and one of 8; edge columns, tiles of four, images smaller than the
+  // kernel's reach, stride and padding different along each axis.
+  struct Case {
+    std::vector<int64_t> input, kernel, stride, padding;
+  };
+  for (const Case& c : {Case{{1, 24, 14, 14}, {3, 3}, {1, 1}, {1, 1}}, Case{{3, 24, 7, 9}, {5, 5}, {2, 2}, {2, 2}},
+                        Case{{1, 24, 2, 3}, {5, 5}, {1, 1}, {2, 2}}, Case{{2, 24, 9, 30}, {3, 5}, {1, 2}, {1, 2}}}) {
+    const at::Tensor weight = at::randn({24, 1, c.kernel[0], c.kernel[1]});
+    const at::Tensor bias = at::randn({24});
+    const at::Tensor packed = pack.call(weight);
+    const at::Tensor x = channels_last(c.input);
+    const at::Tensor expected =
+        at::conv2d(x.to(at::kDouble), weight.to(at::kDouble), bias.to(at::kDouble), c.stride, c.padding, {1, 1}, 24);
+    const at::Tensor y = op.call(x, weight, packed, bias, c.stride, c.padding);
+    REQUIRE(y.sizes() == expected.sizes());
+    REQUIRE(y.is_contiguous(at::MemoryFormat::ChannelsLast));
+    REQUIRE((y.to(at::kDouble) - expected).abs().max().item<double>() <= 1e-5 * expected.abs().max().item<double>());
+    const at::Tensor unbiased =
+        at::conv2d(x.to(at::kDouble), weight.to(at::kDouble), {}, c.stride, c.padding, {1, 1}, 24);
+    REQUIRE((op.call(x, weight, packed, std::nullopt, c.stride, c.padding).to(at::kDouble) - unbiased)
+                .abs()
+                .max()
+                .item<double>() <= 1e-5 * unbiased.abs().max().item<double>());
+  }
+  // Another layout, another dtype, channels not a multiple of 8, padding past the kernel: at::conv2d.
+  const at::Tensor weight = at::randn({24, 1, 3, 3});
+  const at::Tensor bias = at::randn({24});
+  const at::Tensor packed = pack.call(weight);
+  const at::Tensor nchw = at::randn({2, 24, 5, 7});
+  REQUIRE(at::equal(op.call(nchw, weight, packed, bias, {1, 1}, {1, 1}),
+                    at::conv2d(nchw, weight, bias, {1, 1}, {1, 1}, {1, 1}, 24)));
+  const at::Tensor doubles = channels_last({1, 24, 5, 7}).to(at::kDouble);
+  REQUIRE(at::equal(op.call(doubles, weight.to(at::kDouble), packed, bias.to(at::kDouble), {1, 1}, {1, 1}),
+                    at::conv2d(doubles, weight.to(at::kDouble), bias.to(at::kDouble), {1, 1}, {1, 1}, {1, 1}, 24)));
+  const at::Tensor odd_weight = at::randn({12, 1, 3, 3});
+  const at::Tensor odd = channels_last({1, 12, 5, 5});
+  REQUIRE(at::equal(op.call(odd, odd_weight, pack.call(odd_weight), std::nullopt, {1, 1}, {1, 1}),
+                    at::conv2d(odd, odd_weight, {}, {1, 1}, {1, 1}, {1, 1}, 12)));
+  const at::Tensor x = channels_last({1, 24, 5, 7});
+  REQUIRE(at::equal(op.call(x, weight, packed, bias, {1, 1}, {3, 3}),
+                    at::conv2d(x, weight, bias, {1, 1}, {3, 3}, {1, 1}, 24)));
+}
+
 TEST(packed_linear_matches_linear_past_the_rowwise_rows_and_passes_on_what_it_does_not_take) {
   auto& dispatcher = c10::Dispatcher::singleton();
   const auto op = dispatcher.findSchemaOrThrow("torchbridge::packed_linear", "")

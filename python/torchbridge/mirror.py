@@ -168,6 +168,35 @@ def _pointwise_conv(node) -> bool:
     )
 
 
+def _depthwise_conv(node) -> bool:
+    """Whether an aten::conv2d node is a depthwise convolution (groups = channels, a multiple of 8,
+    one filter each) of a constant float weight and a constant bias or none, with constant stride
+    and padding and no dilation: what torchbridge::depthwise_conv takes."""
+    inputs = list(node.inputs())
+    if node.kind() != "aten::conv2d" or len(inputs) != 7 or node.outputsSize() != 1:
+        return False
+    weight, bias = inputs[1], inputs[2]
+    if not _float_constant(weight, 4) or not (_constant_none(bias) or _float_constant(bias, 1)):
+        return False
+    channels, per_group = weight.toIValue().shape[:2]
+    stride, padding, dilation, groups = (_constant(value) for value in inputs[3:])
+    pairs = all(isinstance(v, list) and len(v) == 2 for v in (stride, padding, dilation))
+    return per_group == 1 and channels % 8 == 0 and pairs and dilation == [1, 1] and groups == channels
+
+
+def _replace_depthwise(graph, node) -> None:
+    """`node` (input, weight, bias, stride, padding, ...) becomes torchbridge::depthwise_conv(input,
+    weight, packed, bias, stride, padding), `packed` a new constant: the weight as (kh, kw, C)."""
+    inputs = list(node.inputs())
+    with graph.insert_point_guard(node):
+        packed = graph.insertConstant(torch.ops.torchbridge.pack_depthwise_weight(inputs[1].toIValue()))
+    replacement = graph.create("torchbridge::depthwise_conv", [inputs[0], inputs[1], packed, *inputs[2:5]], 1)
+    replacement.insertBefore(node)
+    replacement.output().setType(node.output().type())
+    node.output().replaceAllUsesWith(replacement.output())
+    node.destroy()
+
+
 def _replace_with_packed(graph, node, kind: str) -> None:
     """`node` (input, weight, bias, ...) becomes `kind`(input, weight, packed, bias), `packed` a new
     constant: the constant weight as a (rows, columns) matrix (a 1x1 convolution's too), packed once."""
@@ -185,9 +214,10 @@ def _replace_with_packed(graph, node, kind: str) -> None:
 
 def rewrite_channels_last(graph) -> int:
     """The runtime's pass for "channels_last" (rewrite_channels_last in rowwise.cpp), on a frozen
-    graph: each operator of ACTIVATIONS becomes its torchbridge counterpart, and each 1x1
-    convolution of a constant float weight torchbridge::pointwise_conv, given that weight packed
-    once as a (C_out, C) matrix. Returns how many."""
+    graph: each operator of ACTIVATIONS becomes its torchbridge counterpart, each 1x1 convolution
+    of a constant float weight torchbridge::pointwise_conv, given that weight packed once as a
+    (C_out, C) matrix, and each depthwise convolution that _depthwise_conv accepts
+    torchbridge::depthwise_conv, given its weight packed as (kh, kw, C). Returns how many."""
     from torchbridge import _C  # noqa: F401  (registers the torchbridge operators)
 
     found = []
@@ -196,9 +226,13 @@ def rewrite_channels_last(graph) -> int:
             found.append((node, kind))
         elif _pointwise_conv(node):
             found.append((node, "torchbridge::pointwise_conv"))
+        elif _depthwise_conv(node):
+            found.append((node, "torchbridge::depthwise_conv"))
     for node, kind in found:
         if kind == "torchbridge::pointwise_conv":
             _replace_with_packed(graph, node, kind)
+        elif kind == "torchbridge::depthwise_conv":
+            _replace_depthwise(graph, node)
         else:
             _replace(graph, node, kind)
     return len(found)
@@ -260,7 +294,8 @@ class RuntimeMirror:
     its first two calls, through the runtime's own OneDnnFusionScope; the first _C.FUSED_SHAPES
     shapes only, none with fuse=False), "optimize_for_inference" (freeze + optimize_for_inference),
     "frozen". "channels_last" (freeze with channels-last weights, 4-d inputs in channels-last,
-    SiLUs and 1x1 convolutions through torchbridge's kernels) runs only where the order names it. `large`
+    SiLUs, 1x1 and depthwise convolutions through torchbridge's kernels) runs only where the order
+    names it. `large`
     (runtime.large_batches, {"from": N, "variants": [...]}): batches of N or more follow that order
     instead. With a `runtime`, the variant is the one the runtime chose at that shape, so both run
     the same graphs. `load` returns a fresh module as loaded (eval mode)."""

@@ -1,0 +1,180 @@
+// torchbridge::depthwise_conv. ATen runs a channels-last depthwise convolution through oneDNN,
+// which reorders the weight into its blocked layout and sets up its primitive on every call; on the
+// small images of a depthwise CNN at batch 1 that fixed work is a large part of each call. This
+// kernel reads the weight packed once by the graph pass (each tap's channels side by side, as a
+// pixel's are in the input) and computes each output row from the input rows it covers: 16 channels
+// (two AVX2 vectors) of four neighbouring output pixels at a time, each weight tap loaded once for
+// the four. Columns whose taps all fall inside the image run without bounds checks; the few at
+// each edge skip the taps in the padding. Every output is the bias plus its taps in row-major tap
+// order, whichever path and thread computes it, so results do not depend on the thread count.
+#include "depthwise.hpp"
+
+#include "rowwise.hpp"
+
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define TORCHBRIDGE_DEPTHWISE_X86 1
+#endif
+
+namespace torchbridge {
+
+namespace {
+
+struct Geometry {
+  int64_t h, w, c, out_h, out_w, kh, kw, sh, sw, ph, pw;
+};
+
+#ifdef TORCHBRIDGE_DEPTHWISE_X86
+// Output pixels [ow, ow + T) of one output row, channels [c0, c0 + 8 V), taps [i_begin, i_end) x
+// [j_begin, j_end) (those inside the image). `image` is the (h, w, c) input of one image, `ih0` the
+// input row of tap row 0; `out` the output row, (out_w, c).
+template <int V, int T>
+__attribute__((target("avx2,fma"), always_inline)) inline void tile_avx2(const float* image, const float* packed,
+                                                                        const float* bias, float* out,
+                                                                        const Geometry& g, int64_t ih0, int64_t ow,
+                                                                        int64_t c0, int64_t i_begin, int64_t i_end,
+                                                                        int64_t j_begin, int64_t j_end) {
+  __m256 acc[T][V];
+#pragma GCC unroll 2
+  for (int v = 0; v < V; ++v) {
+    const __m256 start = bias ? _mm256_loadu_ps(bias + c0 + 8 * v) : _mm256_setzero_ps();
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) acc[t][v] = start;
+  }
+  const int64_t pixel_step = g.sw * g.c;  // between neighbouring output pixels' inputs
+  for (int64_t i = i_begin; i < i_end; ++i) {
+    const float* row = image + (ih0 + i) * g.w * g.c + (ow * g.sw - g.pw) * g.c + c0;
+    const float* taps = packed + i * g.kw * g.c + c0;
+    for (int64_t j = j_begin; j < j_end; ++j) {
+      const float* x = row + j * g.c;
+      const float* tap = taps + j * g.c;
+#pragma GCC unroll 2
+      for (int v = 0; v < V; ++v) {
+        const __m256 weight = _mm256_loadu_ps(tap + 8 * v);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t)
+          acc[t][v] = _mm256_fmadd_ps(_mm256_loadu_ps(x + t * pixel_step + 8 * v), weight, acc[t][v]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t)
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) _mm256_storeu_ps(out + (ow + t) * g.c + c0 + 8 * v, acc[t][v]);
+}
+
+// Output pixels [ow, ow + T) of one output row, all channels: 16 at a time, the last 8 alone.
+template <int T>
+__attribute__((target("avx2,fma"))) inline void pixels_avx2(const float* image, const float* packed,
+                                                            const float* bias, float* out, const Geometry& g,
+                                                            int64_t ih0, int64_t ow, int64_t i_begin, int64_t i_end,
+                                                            int64_t j_begin, int64_t j_end) {
+  int64_t c0 = 0;
+  for (; c0 + 16 <= g.c; c0 += 16)
+    tile_avx2<2, T>(image, packed, bias, out, g, ih0, ow, c0, i_begin, i_end, j_begin, j_end);
+  if (c0 < g.c) tile_avx2<1, T>(image, packed, bias, out, g, ih0, ow, c0, i_begin, i_end, j_begin, j_end);
+}
+
+// Output row `oh` of one image, (out_w, c) at `out`.
+__attribute__((target("avx2,fma"))) void row_avx2(const float* image, const float* packed, const float* bias,
+                                                  float* out, const Geometry& g, int64_t oh) {
+  constexpr int T = 4;
+  const int64_t ih0 = oh * g.sh - g.ph;
+  const int64_t i_begin = std::max<int64_t>(0, -ih0), i_end = std::min<int64_t>(g.kh, g.h - ih0);
+  // Output columns whose taps all lie inside the image: [inner_begin, inner_end).
+  const int64_t inner_begin = std::min<int64_t>(g.out_w, (g.pw + g.sw - 1) / g.sw);
+  const int64_t inner_end =
+      g.w + g.pw < g.kw ? inner_begin
+                        : std::max<int64_t>(inner_begin, std::min<int64_t>(g.out_w, (g.w + g.pw - g.kw) / g.sw + 1));
+  for (int64_t ow = 0; ow < g.out_w;) {
+    if (ow < inner_begin || ow >= inner_end) {  // an edge column: only the taps inside the image
+      const int64_t iw0 = ow * g.sw - g.pw;
+      pixels_avx2<1>(image, packed, bias, out, g, ih0, ow, i_begin, i_end, std::max<int64_t>(0, -iw0),
+                     std::min<int64_t>(g.kw, g.w - iw0));
+      ++ow;
+    } else if (ow + T <= inner_end) {
+      pixels_avx2<T>(image, packed, bias, out, g, ih0, ow, i_begin, i_end, 0, g.kw);
+      ow += T;
+    } else {
+      pixels_avx2<1>(image, packed, bias, out, g, ih0, ow, i_begin, i_end, 0, g.kw);
+      ++ow;
+    }
+  }
+}
+#endif
+
+bool plain(const at::Tensor& t) {
+  return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.layout() == at::kStrided && !t.is_mkldnn() &&
+         !t.requires_grad();
+}
+
+}  // namespace
+
+at::Tensor pack_depthwise_weight(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == 1 && weight.scalar_type() == at::kFloat,
+              "pack_depthwise_weight: expected a (C, 1, kh, kw) float weight, got ", weight.sizes(), " ",
+              weight.scalar_type());
+  return weight.select(1, 0).permute({1, 2, 0}).contiguous();
+}
+
+at::Tensor depthwise_conv(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& packed,
+                          const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding) {
+  const auto aten = [&] {
+    return at::conv2d(input, weight, bias, stride, padding, {1, 1}, weight.dim() == 4 ? weight.size(0) : 1);
+  };
+#ifdef TORCHBRIDGE_DEPTHWISE_X86
+  const bool has_bias = bias && bias->defined();
+  if (!rowwise_kernels_available() || input.dim() != 4 || weight.dim() != 4 || stride.size() != 2 ||
+      padding.size() != 2 || !plain(input) || !plain(weight) || !plain(packed) ||
+      !input.is_contiguous(at::MemoryFormat::ChannelsLast) || !weight.is_contiguous() || !packed.is_contiguous())
+    return aten();
+  const int64_t c = input.size(1);
+  Geometry g{input.size(2), input.size(3), c, 0, 0, weight.size(2), weight.size(3), stride[0], stride[1],
+             padding[0], padding[1]};
+  if (c % 8 != 0 || weight.size(0) != c || weight.size(1) != 1 || packed.sizes() != at::IntArrayRef{g.kh, g.kw, c} ||
+      g.sh < 1 || g.sw < 1 || g.ph < 0 || g.pw < 0 || g.ph >= g.kh || g.pw >= g.kw ||
+      (has_bias && (!plain(*bias) || !bias->is_contiguous() || bias->dim() != 1 || bias->size(0) != c)))
+    return aten();
+  g.out_h = (g.h + 2 * g.ph - g.kh) / g.sh + 1;
+  g.out_w = (g.w + 2 * g.pw - g.kw) / g.sw + 1;
+  if (g.h + 2 * g.ph < g.kh || g.w + 2 * g.pw < g.kw || input.size(0) < 1) return aten();
+  const int64_t n = input.size(0);
+  at::Tensor out = at::empty({n, g.out_h, g.out_w, c}, input.options());
+  const float* in_data = input.const_data_ptr<float>();
+  const float* packed_data = packed.const_data_ptr<float>();
+  const float* bias_data = has_bias ? bias->const_data_ptr<float>() : nullptr;
+  float* out_data = out.mutable_data_ptr<float>();
+  const int64_t row_work = g.out_w * c * g.kh * g.kw;  // multiply-adds per output row
+  at::parallel_for(0, n * g.out_h, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, row_work)),
+                   [&](int64_t first, int64_t last) {
+                     for (int64_t r = first; r < last; ++r) {
+                       const int64_t b = r / g.out_h, oh = r % g.out_h;
+                       const float* image = in_data + b * g.h * g.w * c;
+                       float* out_row = out_data + r * g.out_w * c;
+                       row_avx2(image, packed_data, bias_data, out_row, g, oh);
+                     }
+                   });
+  return out.permute({0, 3, 1, 2});
+#else
+  return aten();
+#endif
+}
+
+}  // namespace torchbridge
+
+TORCH_LIBRARY_FRAGMENT(torchbridge, m) {
+  m.def("pack_depthwise_weight(Tensor weight) -> Tensor");
+  m.def(
+      "depthwise_conv(Tensor input, Tensor weight, Tensor packed, Tensor? bias, int[] stride, int[] padding) "
+      "-> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(torchbridge, CPU, m) {
+  m.impl("pack_depthwise_weight", torchbridge::pack_depthwise_weight);
+  m.impl("depthwise_conv", torchbridge::depthwise_conv);
+}
