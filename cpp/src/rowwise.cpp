@@ -25,6 +25,7 @@
 // (depthwise.cpp; rewrite_channels_last).
 #include "rowwise.hpp"
 
+#include "avx2_math.hpp"
 #include "depthwise.hpp"
 #include "packed_gemm.hpp"
 
@@ -160,25 +161,6 @@ void rows_parallel(const float* in, const float* weight, const float* bias, cons
   });
 }
 
-// exp(x) for float32, to about 2 ulp (Cephes' polynomial, as in avx_mathfun); inputs clamped to
-// +-88.38 so that it neither overflows nor gives denormals.
-__attribute__((target("avx2,fma"))) inline __m256 exp_avx2(__m256 x) {
-  // Constant first: with a NaN operand min and max return the second, so NaN goes through.
-  x = _mm256_max_ps(_mm256_set1_ps(-88.3762626647949f), _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), x));
-  const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
-  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
-  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-  const __m256i power = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(y, _mm256_castsi256_ps(power));
-}
-
 __attribute__((target("avx2,fma"))) inline __m256 sigmoid_avx2(__m256 x) {
   const __m256 one = _mm256_set1_ps(1.0f);
   return _mm256_div_ps(one, _mm256_add_ps(one, exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), x))));
@@ -297,16 +279,8 @@ __attribute__((target("avx2,fma"))) bool gelu_avx2(const float* x, float* y, int
   return finite;
 }
 
-// SiLU, x / (1 + exp(-x)) as ATen computes it, over n values, 8 at a time: the last 1-7 go through
-// the same vector code from a padded copy, so each value is computed alike wherever a thread's
-// range starts. exp_avx2 clamps its argument, so x = -inf, whose SiLU is -inf / inf = NaN in ATen,
-// is set apart.
-__attribute__((target("avx2,fma"))) inline __m256 silu8(__m256 v) {
-  const __m256 one = _mm256_set1_ps(1.0f);
-  const __m256 y = _mm256_div_ps(v, _mm256_add_ps(one, exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), v))));
-  return _mm256_blendv_ps(y, _mm256_set1_ps(NAN), _mm256_cmp_ps(v, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ));
-}
-
+// SiLU over n values, 8 at a time (silu8): the last 1-7 go through the same vector code from a
+// padded copy, so each value is computed alike wherever a thread's range starts.
 __attribute__((target("avx2,fma"))) void silu_avx2(const float* x, float* y, int64_t n) {
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
