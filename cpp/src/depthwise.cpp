@@ -108,11 +108,6 @@ __attribute__((target("avx2,fma"))) void row_avx2(const float* image, const floa
 }
 #endif
 
-bool plain(const at::Tensor& t) {
-  return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.layout() == at::kStrided && !t.is_mkldnn() &&
-         !t.requires_grad();
-}
-
 }  // namespace
 
 at::Tensor pack_depthwise_weight(const at::Tensor& weight) {
@@ -130,7 +125,7 @@ at::Tensor depthwise_conv(const at::Tensor& input, const at::Tensor& weight, con
 #ifdef TORCHBRIDGE_DEPTHWISE_X86
   const bool has_bias = bias && bias->defined();
   if (!rowwise_kernels_available() || input.dim() != 4 || weight.dim() != 4 || stride.size() != 2 ||
-      padding.size() != 2 || !plain(input) || !plain(weight) || !plain(packed) ||
+      padding.size() != 2 || !plain_float(input) || !plain_float(weight) || !plain_float(packed) ||
       !input.is_contiguous(at::MemoryFormat::ChannelsLast) || !weight.is_contiguous() || !packed.is_contiguous())
     return aten();
   const int64_t c = input.size(1);
@@ -138,7 +133,7 @@ at::Tensor depthwise_conv(const at::Tensor& input, const at::Tensor& weight, con
              padding[0], padding[1]};
   if (c % 8 != 0 || weight.size(0) != c || weight.size(1) != 1 || packed.sizes() != at::IntArrayRef{g.kh, g.kw, c} ||
       g.sh < 1 || g.sw < 1 || g.ph < 0 || g.pw < 0 || g.ph >= g.kh || g.pw >= g.kw ||
-      (has_bias && (!plain(*bias) || !bias->is_contiguous() || bias->dim() != 1 || bias->size(0) != c)))
+      (has_bias && (!plain_float(*bias) || !bias->is_contiguous() || bias->dim() != 1 || bias->size(0) != c)))
     return aten();
   g.out_h = (g.h + 2 * g.ph - g.kh) / g.sh + 1;
   g.out_w = (g.w + 2 * g.pw - g.kw) / g.sw + 1;

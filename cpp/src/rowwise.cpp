@@ -393,11 +393,14 @@ bool cpu_has_kernel() {
 bool cpu_has_kernel() { return false; }
 #endif
 
-// A strided float CPU tensor the kernels can read (no gradient, not oneDNN's layout).
+}  // namespace
+
 bool plain_float(const at::Tensor& t) {
   return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.layout() == at::kStrided && !t.is_mkldnn() &&
          !t.requires_grad();
 }
+
+namespace {
 
 bool takes(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   if (!cpu_has_kernel()) return false;

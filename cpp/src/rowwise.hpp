@@ -6,6 +6,7 @@
 // does not take.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <torch/csrc/jit/ir/ir.h>
 
 #include <cstdint>
@@ -29,6 +30,9 @@ constexpr int64_t kSmallAttentionHead = 128;
 /// tensors dense in memory in any layout (ATen's SiLU costs about twice the kernel's time per
 /// value), runs 1x1 convolutions of up to kPackedMaxRows pixels through the packed GEMM
 /// (torchbridge::pointwise_conv) and depthwise convolutions through torchbridge::depthwise_conv.
+
+/// A strided float CPU tensor the kernels can read (no gradient, not oneDNN's layout).
+bool plain_float(const at::Tensor& t);
 
 /// Whether this CPU runs the kernels (AVX2 and FMA, ATen not capped below AVX2); without them the
 /// operators are aten's.
