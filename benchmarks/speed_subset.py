@@ -113,7 +113,19 @@ def run_one(name: str, threads: int, batches: list[int], runs: int, warmup: int,
                 example = runtime.example_inputs(dynamic_size=b, seed=0)
                 runtime.forward(*example)
                 runs[str(b)] = runtime.variant_at(*example)
-    return {"p50_ms": p50, "skipped": report.skipped, "cpp_note": cpp.note if cpp else None, "cpp_runs": runs}
+        # What export measured and chose (the variant order, the batch where it splits, its table).
+        chosen = (runtime.manifest or {}).get("runtime", {})
+        keys = ("variants", "large_batches", "optimize_from_batch", "measured")
+        ranking = {k: chosen[k] for k in keys if k in chosen}
+    else:
+        ranking = {}
+    return {
+        "p50_ms": p50,
+        "skipped": report.skipped,
+        "cpp_note": cpp.note if cpp else None,
+        "cpp_runs": runs,
+        "export_ranking": ranking,
+    }
 
 
 PATHS = ["eager", "cpp", "onnxruntime"]

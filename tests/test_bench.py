@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -60,6 +61,33 @@ def test_every_path_is_timed_and_measured_alone(mlp_bench):
     assert machine["cores"] >= 1 and machine["threads"] == THREADS and machine["torch"] and machine["cpu"]
     assert len(machine["loadavg_start"]) == 3 and len(machine["loadavg_end"]) == 3 and machine["date"]
     assert "busy_cores_start" in machine and "busy_cores_end" in machine
+
+
+def test_each_turn_warms_up_untimed_for_a_while_and_the_report_says_so(mlp_bench):
+    """onnxruntime's threads spin for tens of milliseconds after a call and slow whichever path runs
+    next; a small model's first calls after the other paths ran find its weights out of the caches."""
+    from torchbridge.bench import TURN_WARM_S
+
+    report, out = mlp_bench
+    notes = " ".join(json.loads((out / "bench.json").read_text())["notes"])
+    assert f"untimed calls for at least {TURN_WARM_S * 1000:.0f} ms" in notes
+
+
+def test_interleaved_turns_time_only_the_calls_after_the_warm_up_time():
+    from torchbridge.timing import time_interleaved
+
+    starts: dict[str, list[float]] = {"a": [], "b": []}
+    paths = {name: (lambda name=name: (starts[name].append(time.perf_counter()), time.sleep(0.001))) for name in starts}
+    samples = time_interleaved(paths, runs=4, warmup=0, block=3, warm_s=0.02)
+    assert all(len(values) == 4 for values in samples.values())
+    assert max(max(values) for values in samples.values()) < 15.0  # ms: one call each, not the warm-up
+    # Each of the two turns per path: untimed calls for 20 ms (about 15 at 1 ms each), then two timed.
+    for name in starts:
+        assert 2 * (2 + 5) <= len(starts[name]) <= 2 * (2 + 25)
+    # Without warm_s, a turn is one untimed call and block - 1 timed ones, as before.
+    starts = {"a": [], "b": []}
+    samples = time_interleaved(paths, runs=4, warmup=0, block=3)
+    assert all(len(values) == 4 for values in samples.values()) and all(len(v) == 6 for v in starts.values())
 
 
 def test_the_artifact_is_ranked_at_the_thread_count_it_is_timed_at(tmp_path):

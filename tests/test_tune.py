@@ -89,21 +89,24 @@ def test_export_times_the_variants_in_a_memory_pool(tmp_path, monkeypatch):
 
 def test_export_times_each_variant_in_turns_of_several_calls(tmp_path, monkeypatch):
     """One call per turn times a model whose weights fill the caches cold every time (the other
-    variants' weights evicted them), while the runtime serves it warm: each turn's first call is
-    not recorded."""
+    variants' weights evicted them), while the runtime serves it warm: each turn's first calls, for
+    RANKING_WARM_S, are not recorded, and a small model's turn times calls for about as long."""
     import torchbridge.timing as timing
 
-    blocks, real = [], timing.time_interleaved
+    turns, real = [], timing.time_interleaved
 
-    def recording(paths, runs, warmup, block=1):
-        blocks.append(block)
-        samples = real(paths, runs, warmup, block)
-        assert all(len(values) == runs for values in samples.values())
+    def recording(paths, runs, warmup, block=1, warm_s=0.0):
+        turns.append((block, warm_s))
+        samples = real(paths, runs, warmup, block, warm_s)
+        assert all(len(values) == runs for values in samples.values()) and runs >= 3 * (block - 1)
         return samples
 
     monkeypatch.setattr(timing, "time_interleaved", recording)
     tb.export(seeded(tb.models.digits_mlp), (digits(4).reshape(4, -1),), tmp_path / "mlp.pt")
-    assert blocks and all(block == timing.RANKING_TURN > 1 for block in blocks)
+    assert turns and all(block >= timing.RANKING_TURN > 1 and warm == timing.RANKING_WARM_S for block, warm in turns)
+    assert any(block > timing.RANKING_TURN for block, _ in turns)  # a call of this MLP takes well under 5 ms
+    assert timing.ranking_turn(1000.0) == timing.RANKING_TURN
+    assert timing.ranking_turn(0.1) == 1 + round(timing.RANKING_WARM_S * 1000 / 0.1)
 
 
 def test_channels_last_runs_4d_inputs_in_that_layout_and_matches_its_mirror(tmp_path, monkeypatch):

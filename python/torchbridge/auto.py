@@ -88,7 +88,7 @@ def time_in_runtime(paths: dict[str, Path]) -> tuple[dict[str, list[float]], lis
     """p50 ms of torchbridge.Runtime.forward per artifact at AUTO_BATCHES (the golden batch where
     the batch is fixed), timed in interleaved rounds (about 0.2 s of each, at least 3)."""
     from torchbridge.runtime import Runtime
-    from torchbridge.timing import RANKING_TURN, time_interleaved
+    from torchbridge.timing import time_ranking
 
     threads = torch.get_num_threads()
     runtimes = {name: Runtime(path, threads=threads) for name, path in paths.items()}
@@ -104,9 +104,9 @@ def time_in_runtime(paths: dict[str, Path]) -> tuple[dict[str, list[float]], lis
                 runtime.forward(*inputs)
         start = time.perf_counter()
         first.forward(*inputs)
-        rounds = max(3, min(200, int(0.2 / max(time.perf_counter() - start, 1e-6))))
+        call_ms = max(time.perf_counter() - start, 1e-6) * 1000.0
         calls = {name: functools.partial(runtime.forward, *inputs) for name, runtime in runtimes.items()}
-        for name, samples in time_interleaved(calls, runs=rounds, warmup=0, block=RANKING_TURN).items():
+        for name, samples in time_ranking(calls, max(3, min(200, int(200.0 / call_ms))), call_ms).items():
             table[name].append(round(statistics.median(samples), 4))
     return table, batches
 

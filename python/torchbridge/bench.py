@@ -30,6 +30,11 @@ from torchbridge.timing import Latency, cli_bench, cli_latency, summarize, time_
 
 #: Calls per path per turn in bench(); the first of each is not timed (see time_interleaved).
 TURN = 4
+#: A turn's untimed calls in bench() last at least this long: onnxruntime's intra-op threads spin for
+#: tens of milliseconds after a call, and with as many threads as cores they slow whichever path runs
+#: next by up to 3x for that long; and after the other paths ran, a small model's first few calls
+#: run several times slower while its weights come back into the caches.
+TURN_WARM_S = 0.06
 #: The paths that need the eager model (eager itself, and the ONNX and .pt2 exports made from it).
 MODEL_PATHS = ("eager", "onnxruntime", "pt2")
 #: Measured unless `paths` says otherwise (pt2 only on request: compiling takes 10-20 s or more).
@@ -335,7 +340,7 @@ def bench(
             if timed:
                 _progress(progress, f"timing batch {batch}: {', '.join(timed)} ({warmup} warm-up + {runs} rounds)")
                 with torch.inference_mode():
-                    samples = time_interleaved(timed, runs, warmup, block=TURN)
+                    samples = time_interleaved(timed, runs, warmup, block=TURN, warm_s=TURN_WARM_S)
                 latency += [summarize(name, batch, values) for name, values in samples.items()]
             if "cli" in selected:
                 _progress(progress, f"timing batch {batch}: torchbridge-run process ({warmup} warm-up + {runs} runs)")
@@ -408,9 +413,10 @@ def bench(
     notes += [
         "In-process paths (all but cli) run in this one process with the same inputs (random, from the "
         f"artifact's manifest, seed 0) under torch.inference_mode(): {warmup} warm-up calls each, then "
-        f"round-robin turns of {TURN} calls per path, the first of each turn not timed (thread pools spin for a "
-        f"while after a call and would slow the next path), until each path has {runs} timed calls; machine "
-        "noise hits every path alike.",
+        f"round-robin turns per path of untimed calls for at least {TURN_WARM_S * 1000:.0f} ms (at least one: "
+        "thread pools spin for a while after a call and would slow the next path, onnxruntime's for tens of "
+        "milliseconds, and a small model's weights take a few calls to be back in the caches), then "
+        f"{TURN - 1} timed calls, until each path has {runs} timed calls; machine noise hits every path alike.",
         f"cli: a separate torchbridge-run process per batch size ({warmup} warm-up + {runs} runs, same thread "
         "count), run right after that batch size's in-process rounds.",
         "load ms, first call ms, peak RSS: a fresh Python process per path running only that path "

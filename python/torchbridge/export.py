@@ -371,7 +371,7 @@ def _selects_by_value(path: Path) -> str:
 def _measured_order(module, golden, dynamic_dims, fuse: bool, rtol: float) -> dict[str, Any]:
     from torchbridge import _C
     from torchbridge.mirror import CPU_VARIANTS, has_rowwise_ops
-    from torchbridge.timing import RANKING_TURN, time_interleaved
+    from torchbridge.timing import time_ranking
 
     buffer = io.BytesIO()
     torch.jit.save(module, buffer)
@@ -420,11 +420,12 @@ def _measured_order(module, golden, dynamic_dims, fuse: bool, rtol: float) -> di
             # Interleaved rounds, so that a busy moment slows every variant alike.
             start = time.perf_counter()
             mirror.loaded(*inputs)
-            # About 0.1 s of each variant (noise on small models), at least 3 rounds; in turns of
-            # RANKING_TURN calls, so that each is timed with its weights in the caches.
-            rounds = max(3, min(200, int(0.1 / max(time.perf_counter() - start, 1e-6))))
+            # About 0.1 s of each variant (noise on small models), at least 3 calls; in turns
+            # (time_ranking), so that each is timed with its weights in the caches.
+            call_ms = max(time.perf_counter() - start, 1e-6) * 1000.0
+            rounds = max(3, min(200, int(100.0 / call_ms)))
             calls = {name: functools.partial(run, *inputs) for name, run in runs.items()}
-            times = _settle_close(calls, time_interleaved(calls, runs=rounds, warmup=0, block=RANKING_TURN))
+            times = _settle_close(calls, time_ranking(calls, rounds, call_ms))
             for name in table:
                 table[name].append(round(statistics.median(times[name]), 4) if name in times else None)
             del mirror, runs
@@ -465,14 +466,14 @@ def _measured_order(module, golden, dynamic_dims, fuse: bool, rtol: float) -> di
 #: among themselves: which of them comes first is what the runtime runs, and on a shared machine the
 #: first few turns can put a variant 20% slower first.
 RANKING_CLOSE = 0.25
-#: About this many seconds more of each close variant (at least one turn of RANKING_TURN calls).
+#: About this many seconds more of each close variant (at least three turns, time_ranking).
 RANKING_SETTLE_S = 0.3
 
 
 def _settle_close(calls: dict[str, Any], times: dict[str, list[float]]) -> dict[str, list[float]]:
     """`times` (ms per call, by variant) with more samples for the variants whose median is within
     RANKING_CLOSE of the fastest, timed interleaved among themselves; the others are kept as timed."""
-    from torchbridge.timing import RANKING_TURN, time_interleaved
+    from torchbridge.timing import time_ranking
 
     medians = {name: statistics.median(values) for name, values in times.items() if values}
     if not medians:
@@ -481,8 +482,7 @@ def _settle_close(calls: dict[str, Any], times: dict[str, list[float]]) -> dict[
     close = {name: calls[name] for name, median in medians.items() if median <= best * (1 + RANKING_CLOSE)}
     if len(close) < 2:
         return times
-    runs = max(RANKING_TURN - 1, min(200, int(RANKING_SETTLE_S * 1000.0 / max(best, 1e-3))))
-    more = time_interleaved(close, runs=runs, warmup=0, block=RANKING_TURN)
+    more = time_ranking(close, min(200, int(RANKING_SETTLE_S * 1000.0 / max(best, 1e-3))), best)
     return {name: values + more.get(name, []) for name, values in times.items()}
 
 

@@ -7,6 +7,7 @@ medians (p50) and their ratios are the figures to compare."""
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import subprocess
 import time
@@ -54,27 +55,52 @@ def summarize(path: str, batch: int, samples_ms: list[float]) -> Latency:
 #: weights fill the caches is timed cold every time, which evens out variants that differ in how
 #: fast they read warm weights, and the ranking follows noise.
 RANKING_TURN = 3
+#: A ranking turn's untimed calls last at least this long, and its timed calls about as long: after
+#: the other variants ran, a small model's first calls run several times slower on a shared machine
+#: (its weights out of the caches) and rank variants by how they recover, not by how they serve.
+RANKING_WARM_S = 0.01
+
+
+def ranking_turn(call_ms: float) -> int:
+    """Calls per turn (time_interleaved's block) when ranking variants whose call takes about
+    `call_ms`: RANKING_TURN, or more for a call short enough that RANKING_TURN - 1 timed ones take
+    under RANKING_WARM_S."""
+    return 1 + max(RANKING_TURN - 1, math.ceil(RANKING_WARM_S * 1000.0 / max(call_ms, 1e-3)))
+
+
+def time_ranking(calls: dict[str, Callable[[], object]], runs: int, call_ms: float) -> dict[str, list[float]]:
+    """time_interleaved for ranking variants of one model: at least `runs` timed calls each (and
+    at least three turns), in turns of ranking_turn(call_ms) calls warmed for RANKING_WARM_S."""
+    block = ranking_turn(call_ms)
+    return time_interleaved(calls, runs=max(runs, 3 * (block - 1)), warmup=0, block=block, warm_s=RANKING_WARM_S)
 
 
 def time_interleaved(
-    paths: dict[str, Callable[[], object]], runs: int, warmup: int, block: int = 1
+    paths: dict[str, Callable[[], object]], runs: int, warmup: int, block: int = 1, warm_s: float = 0.0
 ) -> dict[str, list[float]]:
     """Run every path `warmup` times, then round-robin turns until each has `runs` timed calls; ms
     per call. A turn is one call (block=1), or `block` calls in a row of which the first is not
-    recorded: thread pools keep spinning for a while after a call (onnxruntime's for milliseconds,
-    OpenMP's less), and a neighbour's spinning threads would otherwise slow the next path's call."""
+    recorded: thread pools keep spinning for a while after a call (OpenMP's briefly), and a
+    neighbour's spinning threads would otherwise slow the next path's call. warm_s: a turn's untimed
+    calls go on until this long has passed, for what takes longer than a call to settle after the
+    other paths ran (onnxruntime's threads spin for tens of milliseconds; on a shared machine the
+    caches take several calls of a small model to hold its weights again)."""
     for fn in paths.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in paths}
-    recorded = max(block - 1, 1)
-    for _ in range(-(-runs // recorded)):
+    timed = block - 1 if block > 1 else 1
+    for _ in range(-(-runs // timed)):
         for name, fn in paths.items():
-            for call in range(block):
+            began = time.perf_counter()
+            if block > 1 or warm_s > 0:
+                fn()
+                while len(paths) > 1 and time.perf_counter() - began < warm_s:
+                    fn()
+            for _ in range(timed):
                 start = time.perf_counter()
                 fn()
-                if block == 1 or call > 0:
-                    samples[name].append((time.perf_counter() - start) * 1000.0)
+                samples[name].append((time.perf_counter() - start) * 1000.0)
     return {name: values[:runs] for name, values in samples.items()}
 
 
