@@ -454,7 +454,9 @@ def test_the_silu_kernel_keeps_atens_special_values_and_passes_on_what_it_does_n
     assert torch.equal(torch.ops.torchbridge.silu(weight), torch.nn.functional.silu(weight))
 
 
-@pytest.mark.parametrize("shape", [(1, 24, 1, 1), (1, 24, 4, 4), (3, 24, 5, 7), (1, 24, 32, 32)], ids=str)
+@pytest.mark.parametrize(
+    "shape", [(1, 24, 1, 1), (1, 24, 4, 4), (3, 24, 5, 7), (1, 24, 32, 32), (1, 24, 112, 112), (2, 24, 56, 60)], ids=str
+)
 def test_the_pointwise_conv_matches_conv2d_on_channels_last_pixels(shape):
     generator = torch.Generator().manual_seed(8)
     weight = torch.randn(37, 24, 1, 1, generator=generator).contiguous(memory_format=torch.channels_last)
@@ -473,7 +475,9 @@ def test_what_the_pointwise_conv_does_not_take_is_conv2d_exactly():
     weight = torch.randn(37, 24, 1, 1, generator=generator).contiguous(memory_format=torch.channels_last)
     bias = torch.randn(37, generator=generator)
     packed = torch.ops.torchbridge.pack_linear_weight(weight.reshape(37, 24).contiguous())
-    pixels = _C.PACKED_MAX_ROWS + 64  # more pixels than the packed GEMM takes
+    assert _C.PACKED_MAX_ROWS <= _C.POINTWISE_MAX_PIXELS  # 112 x 112, a batch of one at 224 x 224, on AVX2
+    assert _C.POINTWISE_MAX_PIXELS in (_C.PACKED_MAX_ROWS, 16384)
+    pixels = _C.POINTWISE_MAX_PIXELS + 64  # more pixels than the packed GEMM takes for a 1x1 convolution
     many = torch.randn(1, 24, pixels // 64, 64, generator=generator).contiguous(memory_format=torch.channels_last)
     nchw = torch.randn(2, 24, 5, 7, generator=generator)
     for x, w, b in ((many, weight, bias), (nchw, weight, bias), (nchw.double(), weight.double(), bias.double())):

@@ -154,6 +154,9 @@ PYBIND11_MODULE(_C, m) {
   // Past ROWWISE_MAX_ROWS, up to this many rows, linear layers run torchbridge's GEMM on a weight
   // packed at load (torchbridge::packed_linear is aten::linear past it).
   m.attr("PACKED_MAX_ROWS") = torchbridge::kPackedMaxRows;
+  // 1x1 convolutions of channels-last inputs (torchbridge::pointwise_conv) run it up to this many
+  // pixels on this CPU (conv2d past it).
+  m.attr("POINTWISE_MAX_PIXELS") = torchbridge::pointwise_max_pixels();
   // Its small-input kernels' limits (torchbridge::gelu and attention are aten's operators past them).
   m.attr("SMALL_GELU_ELEMENTS") = torchbridge::kSmallGeluElements;
   m.attr("SMALL_ATTENTION_KEYS") = torchbridge::kSmallAttentionKeys;

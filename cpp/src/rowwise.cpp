@@ -429,13 +429,9 @@ at::Tensor rowwise_linear(const at::Tensor& input, const at::Tensor& weight, con
 #endif
 }
 
-// aten::linear(input, weight, bias), given also the weight in pack_linear_weight's form (the
-// "rowwise" variant's rewrite packs each constant weight once): up to kRowwiseMaxRows rows
-// rowwise_linear's kernel on the weight, then up to kPackedMaxRows torchbridge's GEMM on the packed
-// weight, and at::linear for anything else (other dtypes, more rows, shapes that do not fit, which
-// raise there as they would have, a CPU without the kernels).
-at::Tensor packed_linear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& packed,
-                         const std::optional<at::Tensor>& bias) {
+// packed_linear (below) with a row limit of its own (pointwise_conv's is pointwise_max_pixels()).
+at::Tensor packed_linear_up_to(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& packed,
+                               const std::optional<at::Tensor>& bias, int64_t max_rows) {
   if (takes(input, weight, bias)) return rowwise_linear(input, weight, bias);
   const bool has_bias = bias && bias->defined();
   const bool fits = cpu_has_kernel() && plain_float(input) && plain_float(weight) && weight.dim() == 2 &&
@@ -446,7 +442,7 @@ at::Tensor packed_linear(const at::Tensor& input, const at::Tensor& weight, cons
                     (!has_bias || (plain_float(*bias) && bias->is_contiguous() && bias->dim() == 1 &&
                                    bias->size(0) == weight.size(0)));
   const int64_t rows = fits ? input.numel() / weight.size(1) : 0;
-  if (!fits || rows < 1 || rows > kPackedMaxRows) return at::linear(input, weight, bias);
+  if (!fits || rows < 1 || rows > max_rows) return at::linear(input, weight, bias);
   const at::Tensor x = input.contiguous();
   std::vector<int64_t> sizes(input.sizes().begin(), input.sizes().end());
   sizes.back() = weight.size(0);
@@ -457,21 +453,35 @@ at::Tensor packed_linear(const at::Tensor& input, const at::Tensor& weight, cons
   return out;
 }
 
+// aten::linear(input, weight, bias), given also the weight in pack_linear_weight's form (the
+// "rowwise" variant's rewrite packs each constant weight once): up to kRowwiseMaxRows rows
+// rowwise_linear's kernel on the weight, then up to kPackedMaxRows torchbridge's GEMM on the packed
+// weight, and at::linear for anything else (other dtypes, more rows, shapes that do not fit, which
+// raise there as they would have, a CPU without the kernels).
+at::Tensor packed_linear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& packed,
+                         const std::optional<at::Tensor>& bias) {
+  return packed_linear_up_to(input, weight, packed, bias, kPackedMaxRows);
+}
+
 // A 1x1 convolution (stride 1, no padding, one group) of a channels-last input is a linear layer on
 // its pixels: the (N x H x W, C) rows of the input times the weight as a (C_out, C) matrix, whose
-// output rows are the channels-last output. Up to kPackedMaxRows pixels it runs packed_linear (the
-// row kernel up to kRowwiseMaxRows); more pixels, other layouts, dtypes and shapes are at::conv2d's.
+// output rows are the channels-last output. Up to pointwise_max_pixels() pixels it runs the packed
+// GEMM (the row kernel up to kRowwiseMaxRows); more pixels, other layouts, dtypes and shapes are
+// at::conv2d's.
 at::Tensor pointwise_conv(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& packed,
                           const std::optional<at::Tensor>& bias) {
   if (input.dim() == 4 && weight.dim() == 4 && plain_float(input) && plain_float(weight) &&
       weight.size(2) == 1 && weight.size(3) == 1 && input.size(1) == weight.size(1) &&
       input.is_contiguous(at::MemoryFormat::ChannelsLast) && weight.is_non_overlapping_and_dense()) {
     const int64_t n = input.size(0), h = input.size(2), w = input.size(3);
-    if (n * h * w >= 1 && n * h * w <= kPackedMaxRows) {
+    const int64_t max_pixels = pointwise_max_pixels();
+    if (n * h * w >= 1 && n * h * w <= max_pixels) {
       // Views: a 1x1 weight is the same memory in either layout.
       const at::Tensor rows = input.permute({0, 2, 3, 1}).reshape({n * h * w, input.size(1)});
       const at::Tensor matrix = weight.reshape({weight.size(0), weight.size(1)});
-      return packed_linear(rows, matrix, packed, bias).view({n, h, w, weight.size(0)}).permute({0, 3, 1, 2});
+      return packed_linear_up_to(rows, matrix, packed, bias, max_pixels)
+          .view({n, h, w, weight.size(0)})
+          .permute({0, 3, 1, 2});
     }
   }
   return at::conv2d(input, weight, bias);
@@ -710,6 +720,12 @@ at::Tensor small_attention(const at::Tensor& query, const at::Tensor& key, const
 }  // namespace
 
 bool rowwise_kernels_available() { return cpu_has_kernel(); }
+
+int64_t pointwise_max_pixels() {
+  static const int64_t limit =
+      at::get_cpu_capability().rfind("AVX512", 0) == 0 ? kPackedMaxRows : kPointwiseMaxPixels;
+  return limit;
+}
 
 namespace {
 // Activations the "channels_last" variant replaces: same schema, the kernel where it applies.

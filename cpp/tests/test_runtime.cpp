@@ -586,9 +586,10 @@ TEST(pointwise_conv_matches_conv2d_on_channels_last_pixels_and_is_conv2d_for_wha
   const auto channels_last = [](std::vector<int64_t> sizes) {
     return at::randn(sizes).contiguous(at::MemoryFormat::ChannelsLast);
   };
-  // 1 and 16 pixels: the row kernel; 3 x 5 x 7 and 32 x 32: the packed GEMM.
+  // 1 and 16 pixels: the row kernel; 3 x 5 x 7 and 32 x 32: the packed GEMM; 112 x 112: the packed
+  // GEMM on AVX2, at::conv2d where ATen runs AVX-512.
   for (const at::Tensor& x : {channels_last({1, 24, 1, 1}), channels_last({1, 24, 4, 4}), channels_last({3, 24, 5, 7}),
-                              channels_last({1, 24, 32, 32})}) {
+                              channels_last({1, 24, 32, 32}), channels_last({1, 24, 112, 112})}) {
     const at::Tensor expected = at::conv2d(x.to(at::kDouble), weight.to(at::kDouble), bias.to(at::kDouble));
     const at::Tensor y = op.call(x, weight, packed, bias);
     REQUIRE(y.sizes() == expected.sizes());
@@ -599,7 +600,8 @@ TEST(pointwise_conv_matches_conv2d_on_channels_last_pixels_and_is_conv2d_for_wha
             1e-5 * unbiased.abs().max().item<double>());
   }
   // More pixels than the packed GEMM takes, another layout, another dtype: at::conv2d exactly.
-  const at::Tensor many = channels_last({2, 24, 32, 17});
+  REQUIRE(torchbridge::pointwise_max_pixels() >= torchbridge::kPackedMaxRows);
+  const at::Tensor many = channels_last({1, 24, torchbridge::pointwise_max_pixels() / 64 + 1, 64});
   REQUIRE(at::equal(op.call(many, weight, packed, bias), at::conv2d(many, weight, bias)));
   const at::Tensor nchw = at::randn({2, 24, 5, 7});
   REQUIRE(at::equal(op.call(nchw, weight, packed, bias), at::conv2d(nchw, weight, bias)));

@@ -18,6 +18,7 @@ def rowwise_available() -> bool: ...
 
 ROWWISE_MAX_ROWS: int
 PACKED_MAX_ROWS: int
+POINTWISE_MAX_PIXELS: int
 SMALL_GELU_ELEMENTS: int
 SMALL_ATTENTION_KEYS: int
 SMALL_ATTENTION_HEAD: int
