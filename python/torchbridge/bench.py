@@ -28,7 +28,8 @@ from torchbridge.timing import Latency, cli_bench, cli_latency, summarize, time_
 
 # --- tb.bench: every path side by side -------------------------------------------------------
 
-#: Calls per path per turn in bench(); the first of each is not timed (see time_interleaved).
+#: time_interleaved's block in bench(): a turn is untimed calls (at least one, for TURN_WARM_S), then
+#: TURN - 1 timed ones.
 TURN = 4
 #: A turn's untimed calls in bench() last at least this long: onnxruntime's intra-op threads spin for
 #: tens of milliseconds after a call, and with as many threads as cores they slow whichever path runs
