@@ -69,9 +69,10 @@ def test_what_the_kernel_does_not_take_is_aten_linear_exactly():
 
 
 @needs_kernel
-# the row kernel, then the packed GEMM on one and on three blocks of rows; 40 outputs are three
-# panels, which two threads split with the rows (one thread runs them panel by panel)
-@pytest.mark.parametrize("rows,outputs", [(3, 1000), (50, 1000), (200, 1000), (200, 40)])
+# the row kernel; then the packed GEMM on 20 rows, which two threads split by panel, and on 49 (a
+# last tile of one row), 200 and, with 40 outputs (three panels), 200 again, which they split by rows
+# (one thread runs them block by block, each block panel by panel)
+@pytest.mark.parametrize("rows,outputs", [(3, 1000), (20, 1000), (49, 1000), (200, 1000), (200, 40)])
 def test_the_kernels_give_the_same_bits_at_any_thread_count(rows, outputs):
     generator = torch.Generator().manual_seed(2)
     w, b = torch.randn(outputs, 700, generator=generator), torch.randn(outputs, generator=generator)
@@ -580,10 +581,11 @@ def test_the_channels_last_variant_runs_its_kernels_and_matches_its_mirror(tmp_p
     runtime = tb.Runtime(path, threads=THREADS)
     assert runtime.optimization.startswith("freeze+channels_last (variant order measured at export)")
     graph = torch.jit.freeze(torch.jit.load(path).eval()).graph
-    assert rewrite_channels_last(graph) == 4
+    assert rewrite_channels_last(graph) == 5
     kinds = [node.kind() for node in graph.nodes()]
     assert kinds.count("torchbridge::silu_") == kinds.count("torchbridge::silu") == 1
     assert kinds.count("torchbridge::pointwise_conv") == kinds.count("torchbridge::depthwise_conv") == 1
+    assert kinds.count("torchbridge::packed_linear") == 1 and "aten::linear" not in kinds  # the head
     assert kinds.count("aten::conv2d") == 1
     assert "aten::silu" not in kinds and "aten::silu_" not in kinds
     rowwise = torch.jit.freeze(torch.jit.load(path).eval()).graph
@@ -591,7 +593,7 @@ def test_the_channels_last_variant_runs_its_kernels_and_matches_its_mirror(tmp_p
     assert [node.kind() for node in rowwise.nodes()].count("aten::silu_") == 1
     _, mirror = load_in_python(path, runtime.optimized_from_batch)
     with torch.inference_mode():
-        # 8x8 digits: 64 pixels an image, so batch 17 is past the packed GEMM's rows (conv2d there)
+        # 8x8 digits: 64 pixels an image, so batch 17 is past kPackedMaxRows (conv2d there on AVX-512)
         for batch in (1, 5, 17):
             x = digits(batch)
             y = runtime(x)

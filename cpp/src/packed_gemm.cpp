@@ -1,5 +1,5 @@
 // See packed_gemm.hpp. The loops, outermost first: blocks of kBlockRows input rows (kept in the
-// cache while every panel passes), panels (a thread's share), slices of kDepth along K (a panel's
+// cache while every panel passes), panels, slices of kDepth along K (a panel's
 // slice stays in L1 while the block's rows run over it), and tiles of six rows, whose twelve
 // accumulators start from the bias and are stored straight into the output.
 #include "packed_gemm.hpp"
@@ -133,11 +133,10 @@ void packed_gemm(const float* in, const float* packed, const float* bias, float*
 #ifdef TORCHBRIDGE_PACKED_X86
   const int64_t panels = (n_out + kPackedPanel - 1) / kPackedPanel;
   const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
-  // One panel's outputs for one block of rows. A full panel's tiles go straight to the output; the
-  // last panel, when narrower, to `spare`.
-  const auto run = [&](int64_t block, int64_t p, float* spare) {
+  // One panel's outputs for rows [block, block_end), at most kBlockRows of them. A full panel's
+  // tiles go straight to the output; the last panel, when narrower, to `spare`.
+  const auto run = [&](int64_t block, int64_t block_end, int64_t p, float* spare) {
     alignas(32) float start[kPackedPanel];
-    const int64_t block_end = std::min(rows, block + kBlockRows);
     const float* panel = packed + p * k_in * kPackedPanel;
     const int64_t n0 = p * kPackedPanel, columns = std::min(kPackedPanel, n_out - n0);
     for (int64_t j = 0; j < kPackedPanel; ++j) start[j] = bias && j < columns ? bias[n0 + j] : 0.0f;
@@ -157,24 +156,42 @@ void packed_gemm(const float* in, const float* packed, const float* bias, float*
         std::copy_n(spare + (m - block) * kPackedPanel, columns, out + m * n_out + n0);
   };
   // Each task at least about 2^17 multiply-adds, so a small layer is not split into tasks that cost
-  // more to start than to run. With panels enough for every thread, threads split the panels and
-  // each runs every block of rows over its own (a block stays in the cache across the panels);
-  // with few (a narrow layer), they split the (block, panel) pairs. Either way each output is
-  // summed the same way.
+  // more to start than to run. With at least two tiles of rows for every thread, threads split the
+  // rows, and each runs every panel over its own: the rows' inputs and outputs stay in that core's
+  // cache, as do the next layer's where it splits the same rows (in a channels-last CNN the
+  // depthwise convolutions and elementwise operators split pixels so), and every thread reads the
+  // whole packed weight. With fewer rows and panels enough for every thread, threads split the
+  // panels and each runs every block of rows over its own; with few panels too (a narrow layer),
+  // they split the (block, panel) pairs. Either way each output is summed the same way: its row's
+  // tile starts at a multiple of kTileRows.
+  const int64_t threads = at::get_num_threads();
+  if (rows >= 2 * kTileRows * threads) {
+    const int64_t tiles = (rows + kTileRows - 1) / kTileRows;
+    const int64_t per_tile = std::max<int64_t>(1, kTileRows * k_in * n_out);
+    at::parallel_for(0, tiles, std::max<int64_t>(1, (int64_t{1} << 17) / per_tile), [&](int64_t first, int64_t last) {
+      alignas(32) float spare[kBlockRows * kPackedPanel];
+      const int64_t end = std::min(rows, last * kTileRows);
+      for (int64_t block = first * kTileRows; block < end; block += kBlockRows)
+        for (int64_t p = 0; p < panels; ++p) run(block, std::min(end, block + kBlockRows), p, spare);
+    });
+    return;
+  }
   const int64_t per_panel = std::max<int64_t>(1, rows * k_in * kPackedPanel);
-  if (panels >= 4 * at::get_num_threads() || blocks == 1) {
+  if (panels >= 4 * threads || blocks == 1) {
     at::parallel_for(0, panels, std::max<int64_t>(1, (int64_t{1} << 17) / per_panel), [&](int64_t first, int64_t last) {
       alignas(32) float spare[kBlockRows * kPackedPanel];
       for (int64_t block = 0; block < rows; block += kBlockRows)
-        for (int64_t p = first; p < last; ++p) run(block, p, spare);
+        for (int64_t p = first; p < last; ++p) run(block, std::min(rows, block + kBlockRows), p, spare);
     });
   } else {
     const int64_t per_task = std::max<int64_t>(1, kBlockRows * k_in * kPackedPanel);
     at::parallel_for(0, blocks * panels, std::max<int64_t>(1, (int64_t{1} << 17) / per_task),
                      [&](int64_t first, int64_t last) {
                        alignas(32) float spare[kBlockRows * kPackedPanel];
-                       for (int64_t task = first; task < last; ++task)
-                         run(task / panels * kBlockRows, task % panels, spare);
+                       for (int64_t task = first; task < last; ++task) {
+                         const int64_t block = task / panels * kBlockRows;
+                         run(block, std::min(rows, block + kBlockRows), task % panels, spare);
+                       }
                      });
   }
 #else

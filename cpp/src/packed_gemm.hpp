@@ -27,8 +27,9 @@ constexpr int64_t kPointwiseMaxPixels = 16384;
 at::Tensor pack_linear_weight(const at::Tensor& weight);
 
 /// out[m * n_out + n] = bias[n] (where given) + sum_k in[m * k_in + k] * weight[n][k], for k_in >= 1;
-/// `packed` is pack_linear_weight's. Output columns are split among ATen's threads by panel, and each
-/// output is summed the same way at any thread count. Only on a CPU with AVX2 and FMA
+/// `packed` is pack_linear_weight's. ATen's threads split the rows where each gets two tiles of them
+/// (kTileRows in packed_gemm.cpp), else the output columns by panel; each output is summed the same
+/// way at any thread count. Only on a CPU with AVX2 and FMA
 /// (rowwise_kernels_available()).
 void packed_gemm(const float* in, const float* packed, const float* bias, float* out, int64_t rows, int64_t n_out,
                  int64_t k_in);

@@ -429,20 +429,28 @@ at::Tensor rowwise_linear(const at::Tensor& input, const at::Tensor& weight, con
 #endif
 }
 
-// packed_linear (below) with a row limit of its own (pointwise_conv's is pointwise_max_pixels()).
-at::Tensor packed_linear_up_to(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& packed,
-                               const std::optional<at::Tensor>& bias, int64_t max_rows) {
+// Whether `packed` is pack_linear_weight's form of a (n_out, k_in) weight.
+bool packed_for(const at::Tensor& packed, int64_t n_out, int64_t k_in) {
+  return plain_float(packed) && packed.is_contiguous() &&
+         packed.sizes() == at::IntArrayRef{(n_out + kPackedPanel - 1) / kPackedPanel, k_in, kPackedPanel};
+}
+
+// aten::linear(input, weight, bias), given also the weight in pack_linear_weight's form (the
+// "rowwise" variant's rewrite packs each constant weight once): up to kRowwiseMaxRows rows
+// rowwise_linear's kernel on the weight, then up to kPackedMaxRows torchbridge's GEMM on the packed
+// weight, and at::linear for anything else (other dtypes, more rows, shapes that do not fit, which
+// raise there as they would have, a CPU without the kernels).
+at::Tensor packed_linear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& packed,
+                         const std::optional<at::Tensor>& bias) {
   if (takes(input, weight, bias)) return rowwise_linear(input, weight, bias);
   const bool has_bias = bias && bias->defined();
   const bool fits = cpu_has_kernel() && plain_float(input) && plain_float(weight) && weight.dim() == 2 &&
                     weight.size(0) > 0 && weight.size(1) > 0 && input.dim() >= 1 && input.size(-1) == weight.size(1) &&
-                    plain_float(packed) && packed.is_contiguous() &&
-                    packed.sizes() == at::IntArrayRef{(weight.size(0) + kPackedPanel - 1) / kPackedPanel,
-                                                      weight.size(1), kPackedPanel} &&
+                    packed_for(packed, weight.size(0), weight.size(1)) &&
                     (!has_bias || (plain_float(*bias) && bias->is_contiguous() && bias->dim() == 1 &&
                                    bias->size(0) == weight.size(0)));
   const int64_t rows = fits ? input.numel() / weight.size(1) : 0;
-  if (!fits || rows < 1 || rows > max_rows) return at::linear(input, weight, bias);
+  if (!fits || rows < 1 || rows > kPackedMaxRows) return at::linear(input, weight, bias);
   const at::Tensor x = input.contiguous();
   std::vector<int64_t> sizes(input.sizes().begin(), input.sizes().end());
   sizes.back() = weight.size(0);
@@ -453,35 +461,35 @@ at::Tensor packed_linear_up_to(const at::Tensor& input, const at::Tensor& weight
   return out;
 }
 
-// aten::linear(input, weight, bias), given also the weight in pack_linear_weight's form (the
-// "rowwise" variant's rewrite packs each constant weight once): up to kRowwiseMaxRows rows
-// rowwise_linear's kernel on the weight, then up to kPackedMaxRows torchbridge's GEMM on the packed
-// weight, and at::linear for anything else (other dtypes, more rows, shapes that do not fit, which
-// raise there as they would have, a CPU without the kernels).
-at::Tensor packed_linear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& packed,
-                         const std::optional<at::Tensor>& bias) {
-  return packed_linear_up_to(input, weight, packed, bias, kPackedMaxRows);
-}
-
 // A 1x1 convolution (stride 1, no padding, one group) of a channels-last input is a linear layer on
 // its pixels: the (N x H x W, C) rows of the input times the weight as a (C_out, C) matrix, whose
 // output rows are the channels-last output. Up to pointwise_max_pixels() pixels it runs the packed
-// GEMM (the row kernel up to kRowwiseMaxRows); more pixels, other layouts, dtypes and shapes are
-// at::conv2d's.
+// GEMM (the row kernel up to kRowwiseMaxRows) on the tensors' memory directly, without the views a
+// linear layer would take (a CNN at batch 1 has dozens of these layers, each a few microseconds of
+// views); more pixels, other layouts, dtypes and shapes are at::conv2d's.
 at::Tensor pointwise_conv(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& packed,
                           const std::optional<at::Tensor>& bias) {
-  if (input.dim() == 4 && weight.dim() == 4 && plain_float(input) && plain_float(weight) &&
-      weight.size(2) == 1 && weight.size(3) == 1 && input.size(1) == weight.size(1) &&
-      input.is_contiguous(at::MemoryFormat::ChannelsLast) && weight.is_non_overlapping_and_dense()) {
-    const int64_t n = input.size(0), h = input.size(2), w = input.size(3);
-    const int64_t max_pixels = pointwise_max_pixels();
-    if (n * h * w >= 1 && n * h * w <= max_pixels) {
-      // Views: a 1x1 weight is the same memory in either layout.
-      const at::Tensor rows = input.permute({0, 2, 3, 1}).reshape({n * h * w, input.size(1)});
-      const at::Tensor matrix = weight.reshape({weight.size(0), weight.size(1)});
-      return packed_linear_up_to(rows, matrix, packed, bias, max_pixels)
-          .view({n, h, w, weight.size(0)})
-          .permute({0, 3, 1, 2});
+  const bool has_bias = bias && bias->defined();
+  if (cpu_has_kernel() && input.dim() == 4 && weight.dim() == 4 && plain_float(input) && plain_float(weight) &&
+      weight.size(0) > 0 && weight.size(1) > 0 && weight.size(2) == 1 && weight.size(3) == 1 &&
+      input.size(1) == weight.size(1) && input.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+      weight.is_contiguous() && packed_for(packed, weight.size(0), weight.size(1)) &&
+      (!has_bias ||
+       (plain_float(*bias) && bias->is_contiguous() && bias->dim() == 1 && bias->size(0) == weight.size(0)))) {
+    const int64_t n = input.size(0), h = input.size(2), w = input.size(3), n_out = weight.size(0);
+    const int64_t k_in = weight.size(1), pixels = n * h * w;
+    if (pixels >= 1 && pixels <= pointwise_max_pixels()) {
+      at::Tensor out = at::empty({n, n_out, h, w}, input.options().memory_format(at::MemoryFormat::ChannelsLast));
+      const float* in_data = input.const_data_ptr<float>();
+      const float* bias_data = has_bias ? bias->const_data_ptr<float>() : nullptr;
+      float* out_data = out.mutable_data_ptr<float>();
+#ifdef TORCHBRIDGE_ROWWISE_X86
+      if (pixels <= kRowwiseMaxRows)
+        rows_parallel(in_data, weight.const_data_ptr<float>(), bias_data, nullptr, 0, out_data, pixels, n_out, k_in);
+      else
+#endif
+        packed_gemm(in_data, packed.const_data_ptr<float>(), bias_data, out_data, pixels, n_out, k_in);
+      return out;
     }
   }
   return at::conv2d(input, weight, bias);
@@ -796,6 +804,14 @@ bool depthwise_conv_takes(torch::jit::Node* node) {
          values[3]->toInt() == tensor.size(0);
 }
 
+// Whether an aten::linear node is what torchbridge::packed_linear takes with its weight packed once:
+// a float constant weight, and a float constant bias or none.
+bool packed_linear_takes(torch::jit::Node* node) {
+  static const c10::Symbol linear = c10::Symbol::fromQualString("aten::linear");
+  return node->kind() == linear && node->inputs().size() == 3 && node->outputs().size() == 1 &&
+         constant_float(node->input(1), 2) && (constant_none(node->input(2)) || constant_float(node->input(2), 1));
+}
+
 std::optional<c10::Symbol> activation_for(const torch::jit::Node* node) {
   for (const auto& [kind, inputs, replacement] : activations())
     if (node->kind() == kind && node->inputs().size() == inputs && node->outputs().size() == 1) return replacement;
@@ -807,6 +823,7 @@ int rewrite_channels_last(torch::jit::Graph& graph) {
   static const c10::Symbol conv2d = c10::Symbol::fromQualString("aten::conv2d");
   static const c10::Symbol pointwise = c10::Symbol::fromQualString("torchbridge::pointwise_conv");
   static const c10::Symbol depthwise = c10::Symbol::fromQualString("torchbridge::depthwise_conv");
+  static const c10::Symbol packed_linear_op = c10::Symbol::fromQualString("torchbridge::packed_linear");
   const auto constant = [](torch::jit::Value* value) -> std::optional<c10::IValue> {
     if (value->node()->kind() != c10::prim::Constant) return std::nullopt;
     return torch::jit::toIValue(value);
@@ -821,6 +838,8 @@ int rewrite_channels_last(torch::jit::Graph& graph) {
   for (torch::jit::Node* node : graph.nodes()) {
     if (const auto replacement = activation_for(node)) {
       found.emplace_back(node, *replacement);
+    } else if (packed_linear_takes(node)) {  // the classifier head; ATen's GEMV does not split it
+      found.emplace_back(node, packed_linear_op);
     } else if (node->kind() == conv2d && node->inputs().size() == 7 && node->outputs().size() == 1) {
       const std::optional<c10::IValue> groups = constant(node->input(6));
       torch::jit::Value* weight = node->input(1);
@@ -835,7 +854,7 @@ int rewrite_channels_last(torch::jit::Graph& graph) {
     }
   }
   for (const auto& [node, kind] : found) {
-    if (kind == pointwise) {
+    if (kind == pointwise || kind == packed_linear_op) {
       replace_with_packed(graph, node, kind);
     } else if (kind == depthwise) {  // (input, weight, packed, bias, stride, padding)
       torch::jit::WithInsertPoint guard(node);
@@ -855,7 +874,6 @@ int rewrite_channels_last(torch::jit::Graph& graph) {
 }
 
 int rewrite_rowwise(torch::jit::Graph& graph) {
-  static const c10::Symbol linear = c10::Symbol::fromQualString("aten::linear");
   static const c10::Symbol packed_linear_op = c10::Symbol::fromQualString("torchbridge::packed_linear");
   static const c10::Symbol lstm = c10::Symbol::fromQualString("aten::lstm");
   static const c10::Symbol rowwise_lstm_op = c10::Symbol::fromQualString("torchbridge::rowwise_lstm");
@@ -868,10 +886,8 @@ int rewrite_rowwise(torch::jit::Graph& graph) {
   };
   std::vector<std::pair<torch::jit::Node*, c10::Symbol>> found;
   for (torch::jit::Node* node : graph.nodes()) {  // frozen and inlined: these calls are top level
-    if (node->kind() == linear && node->inputs().size() == 3) {
-      // with the weight packed once, a constant of its own
-      if (constant_float(node->input(1), 2) && (constant_none(node->input(2)) || constant_float(node->input(2), 1)))
-        found.emplace_back(node, packed_linear_op);
+    if (packed_linear_takes(node)) {
+      found.emplace_back(node, packed_linear_op);  // with the weight packed once, a constant of its own
     } else if (node->kind() == lstm && node->inputs().size() == 9 && node->outputs().size() == 3 &&
                node->input(1)->type()->kind() == c10::TypeKind::ListType &&  // lstm.input, not lstm.data
                node->input(2)->node()->kind() == c10::prim::Constant) {

@@ -30,7 +30,8 @@ constexpr int64_t kSmallAttentionHead = 128;
 /// tensors dense in memory in any layout (ATen's SiLU costs about twice the kernel's time per
 /// value), runs 1x1 convolutions of up to kPointwiseMaxPixels pixels (kPackedMaxRows where ATen
 /// runs AVX-512) through the packed GEMM
-/// (torchbridge::pointwise_conv) and depthwise convolutions through torchbridge::depthwise_conv.
+/// (torchbridge::pointwise_conv), depthwise convolutions through torchbridge::depthwise_conv and
+/// linear layers of constant weights through torchbridge::packed_linear.
 
 /// Pixels up to which torchbridge::pointwise_conv runs the packed GEMM: kPointwiseMaxPixels where
 /// ATen's own kernels are no wider than it (AVX2), kPackedMaxRows where they run AVX-512.
@@ -53,7 +54,9 @@ int rewrite_rowwise(torch::jit::Graph& graph);
 /// torchbridge's, each 1x1 convolution (stride 1, no padding, one group) of a constant float weight
 /// by torchbridge::pointwise_conv, the packed GEMM on the channels-last input's pixels, and each
 /// depthwise convolution of a constant float weight (a multiple of 8 channels, no dilation) by
-/// torchbridge::depthwise_conv (depthwise.hpp), given that weight packed once; returns how many.
+/// torchbridge::depthwise_conv (depthwise.hpp), given that weight packed once, and each linear layer
+/// of a float constant weight (the classifier head) by torchbridge::packed_linear, as
+/// rewrite_rowwise does; returns how many.
 int rewrite_channels_last(torch::jit::Graph& graph);
 
 }  // namespace torchbridge

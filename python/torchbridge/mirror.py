@@ -86,9 +86,9 @@ def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
 
 #: The variants export times on the CPU in fp32 and writes to the manifest's runtime.variants,
 #: fastest first. "frozen" (the runtime's last resort in its built-in order) is not timed: for a
-#: model without 4-d weights "channels_last" is freeze alone (its SiLUs through torchbridge::silu),
-#: and for one with them the other two are the frozen module plus passes made for convolutions;
-#: each timed variant costs export runs.
+#: model without 4-d weights "channels_last" is freeze with its SiLUs and linear layers through
+#: torchbridge's kernels, and for one with them the other two are the frozen module plus passes
+#: made for convolutions; each timed variant costs export runs.
 #: "rowwise" (freeze, then linear layers and LSTMs through torchbridge::packed_linear and
 #: rowwise_lstm, the runtime's kernels for inputs of a few rows, and layer norm, GELU and attention
 #: through its kernels for small inputs) is timed only for a model with such layers, on a CPU that
@@ -151,6 +151,19 @@ def _constant(value) -> Any:
 
 def _constant_none(value) -> bool:
     return value.node().kind() == "prim::Constant" and value.type().kind() == "NoneType"
+
+
+def _packed_linear(node) -> bool:
+    """Whether an aten::linear node has a float constant weight and a float constant bias or none:
+    what torchbridge::packed_linear takes with that weight packed once."""
+    inputs = list(node.inputs())
+    return (
+        node.kind() == "aten::linear"
+        and len(inputs) == 3
+        and node.outputsSize() == 1
+        and _float_constant(inputs[1], 2)
+        and (_constant_none(inputs[2]) or _float_constant(inputs[2], 1))
+    )
 
 
 def _pointwise_conv(node) -> bool:
@@ -216,20 +229,24 @@ def rewrite_channels_last(graph) -> int:
     """The runtime's pass for "channels_last" (rewrite_channels_last in rowwise.cpp), on a frozen
     graph: each operator of ACTIVATIONS becomes its torchbridge counterpart, each 1x1 convolution
     of a constant float weight torchbridge::pointwise_conv, given that weight packed once as a
-    (C_out, C) matrix, and each depthwise convolution that _depthwise_conv accepts
-    torchbridge::depthwise_conv, given its weight packed as (kh, kw, C). Returns how many."""
+    (C_out, C) matrix, each depthwise convolution that _depthwise_conv accepts
+    torchbridge::depthwise_conv, given its weight packed as (kh, kw, C), and each linear layer of a
+    float constant weight (the classifier head) torchbridge::packed_linear, as rewrite_rowwise does.
+    Returns how many."""
     from torchbridge import _C  # noqa: F401  (registers the torchbridge operators)
 
     found = []
     for node in graph.nodes():
         if kind := _activation(node):
             found.append((node, kind))
+        elif _packed_linear(node):
+            found.append((node, "torchbridge::packed_linear"))
         elif _pointwise_conv(node):
             found.append((node, "torchbridge::pointwise_conv"))
         elif _depthwise_conv(node):
             found.append((node, "torchbridge::depthwise_conv"))
     for node, kind in found:
-        if kind == "torchbridge::pointwise_conv":
+        if kind in ("torchbridge::pointwise_conv", "torchbridge::packed_linear"):
             _replace_with_packed(graph, node, kind)
         elif kind == "torchbridge::depthwise_conv":
             _replace_depthwise(graph, node)
@@ -249,9 +266,8 @@ def rewrite_rowwise(graph) -> int:
     found = []
     for node in graph.nodes():
         inputs = list(node.inputs())
-        if node.kind() == "aten::linear" and len(inputs) == 3:
-            if _float_constant(inputs[1], 2) and (_constant_none(inputs[2]) or _float_constant(inputs[2], 1)):
-                found.append((node, "torchbridge::packed_linear"))  # with the weight packed once
+        if _packed_linear(node):
+            found.append((node, "torchbridge::packed_linear"))  # with the weight packed once
         elif (
             node.kind() == "aten::lstm"
             and len(inputs) == 9
@@ -294,8 +310,8 @@ class RuntimeMirror:
     its first two calls, through the runtime's own OneDnnFusionScope; the first _C.FUSED_SHAPES
     shapes only, none with fuse=False), "optimize_for_inference" (freeze + optimize_for_inference),
     "frozen". "channels_last" (freeze with channels-last weights, 4-d inputs in channels-last,
-    SiLUs, 1x1 and depthwise convolutions through torchbridge's kernels) runs only where the order
-    names it. `large`
+    SiLUs, 1x1 and depthwise convolutions and linear layers through torchbridge's kernels) runs
+    only where the order names it. `large`
     (runtime.large_batches, {"from": N, "variants": [...]}): batches of N or more follow that order
     instead. With a `runtime`, the variant is the one the runtime chose at that shape, so both run
     the same graphs. `load` returns a fresh module as loaded (eval mode)."""
