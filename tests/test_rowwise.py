@@ -203,8 +203,11 @@ def lstm_outputs(module, x):
         dict(input_size=33, hidden_size=20, num_layers=3, bidirectional=True, batch=3, steps=7),  # time-major
         dict(input_size=16, hidden_size=12, bias=False, batch_first=True, batch=2, steps=5),
         dict(input_size=8, hidden_size=9, num_layers=2, bidirectional=True, batch_first=True, batch=16, steps=4),
+        # past the row kernel's rows: the packed GEMM per step
+        dict(input_size=24, hidden_size=20, num_layers=2, bidirectional=True, batch=37, steps=6),  # time-major
+        dict(input_size=16, hidden_size=12, bias=False, batch_first=True, batch=40, steps=5),
     ],
-    ids=["two-layers", "bidirectional-time-major", "no-bias", "max-rows"],
+    ids=["two-layers", "bidirectional-time-major", "no-bias", "max-rows", "packed-time-major", "packed-no-bias"],
 )
 def test_the_lstm_kernel_matches_the_frozen_lstm(config):
     config = dict(config)
@@ -226,10 +229,30 @@ def test_the_lstm_kernel_matches_the_frozen_lstm(config):
             assert torch.equal(a.isnan(), e.isnan())
 
 
+@needs_kernel
+@pytest.mark.parametrize("batch", [5, 40])  # the row kernel, the packed GEMM
+def test_the_lstm_kernel_gives_the_same_bits_at_any_thread_count(batch):
+    torch.manual_seed(0)
+    model = nn.LSTM(32, 40, num_layers=2, batch_first=True).eval()
+    x = torch.randn(batch, 7, 32)
+    rewritten = torch.jit.freeze(torch.jit.trace(model, x).eval())
+    assert rewrite_rowwise(rewritten.graph) == 1
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with torch.inference_mode():
+                results.append(lstm_outputs(rewritten, x))
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
 def test_what_the_lstm_kernel_does_not_take_is_aten_lstm_exactly():
     torch.manual_seed(0)
     cases = [
-        (nn.LSTM(8, 6, batch_first=True), torch.randn(_C.ROWWISE_MAX_ROWS + 1, 3, 8)),  # too many rows
+        (nn.LSTM(8, 6, batch_first=True), torch.randn(_C.PACKED_MAX_ROWS + 1, 3, 8)),  # too many rows
         (nn.LSTM(8, 6, batch_first=True, proj_size=4), torch.randn(2, 3, 8)),
         (nn.LSTM(8, 6, batch_first=True).double(), torch.randn(2, 3, 8, dtype=torch.float64)),
     ]
@@ -581,7 +604,8 @@ def test_the_channels_last_variant_runs_its_kernels_and_matches_its_mirror(tmp_p
     runtime = tb.Runtime(path, threads=THREADS)
     assert runtime.optimization.startswith("freeze+channels_last (variant order measured at export)")
     graph = torch.jit.freeze(torch.jit.load(path).eval()).graph
-    assert rewrite_channels_last(graph) == 5
+    before = [node.kind() for node in graph.nodes()]
+    assert rewrite_channels_last(graph) == 5, before
     kinds = [node.kind() for node in graph.nodes()]
     assert kinds.count("torchbridge::silu_") == kinds.count("torchbridge::silu") == 1
     assert kinds.count("torchbridge::pointwise_conv") == kinds.count("torchbridge::depthwise_conv") == 1

@@ -129,7 +129,7 @@ at::Tensor pack_linear_weight(const at::Tensor& weight) {
 }
 
 void packed_gemm(const float* in, const float* packed, const float* bias, float* out, int64_t rows, int64_t n_out,
-                 int64_t k_in) {
+                 int64_t k_in, bool recurrent) {
 #ifdef TORCHBRIDGE_PACKED_X86
   const int64_t panels = (n_out + kPackedPanel - 1) / kPackedPanel;
   const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
@@ -165,7 +165,7 @@ void packed_gemm(const float* in, const float* packed, const float* bias, float*
   // they split the (block, panel) pairs. Either way each output is summed the same way: its row's
   // tile starts at a multiple of kTileRows.
   const int64_t threads = at::get_num_threads();
-  if (rows >= 2 * kTileRows * threads) {
+  if (!recurrent && rows >= 2 * kTileRows * threads) {
     const int64_t tiles = (rows + kTileRows - 1) / kTileRows;
     const int64_t per_tile = std::max<int64_t>(1, kTileRows * k_in * n_out);
     at::parallel_for(0, tiles, std::max<int64_t>(1, (int64_t{1} << 17) / per_tile), [&](int64_t first, int64_t last) {

@@ -31,7 +31,9 @@ at::Tensor pack_linear_weight(const at::Tensor& weight);
 /// (kTileRows in packed_gemm.cpp), else the output columns by panel; each output is summed the same
 /// way at any thread count. Only on a CPU with AVX2 and FMA
 /// (rowwise_kernels_available()).
+/// `recurrent`: the same weight runs again right after (an LSTM's steps), so threads split the
+/// panels whatever the rows, and each keeps its share of the weight in its cache from step to step.
 void packed_gemm(const float* in, const float* packed, const float* bias, float* out, int64_t rows, int64_t n_out,
-                 int64_t k_in);
+                 int64_t k_in, bool recurrent = false);
 
 }  // namespace torchbridge

@@ -176,11 +176,19 @@ inline float sigmoid_scalar(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 // One LSTM step's cell update for `rows` rows of `gates` (rows x 4H: input, forget, cell, output
 // gates, PyTorch's order): c = f * c + i * g, h = o * tanh(c); h is written to `h_out` (row stride
 // h_stride) too.
-__attribute__((target("avx2,fma"))) void lstm_cell_avx2(const float* gates, float* c, float* h, float* h_out,
-                                                        int64_t h_stride, int64_t rows, int64_t hidden) {
+__attribute__((target("avx2,fma"))) void lstm_cell_avx2(float* gates, float* c, float* h, float* h_out,
+                                                        int64_t h_stride, int64_t rows, int64_t hidden,
+                                                        const float* addend = nullptr, int64_t addend_stride = 0) {
   const int64_t vec = hidden - hidden % 8;
   for (int64_t m = 0; m < rows; ++m) {
-    const float* g = gates + m * 4 * hidden;
+    float* g = gates + m * 4 * hidden;
+    if (addend) {  // the gates so far plus this row of the addend, in place
+      const float* a = addend + m * addend_stride;
+      int64_t j = 0;
+      for (; j + 8 <= 4 * hidden; j += 8)
+        _mm256_storeu_ps(g + j, _mm256_add_ps(_mm256_loadu_ps(g + j), _mm256_loadu_ps(a + j)));
+      for (; j < 4 * hidden; ++j) g[j] += a[j];
+    }
     float* cm = c + m * hidden;
     float* hm = h + m * hidden;
     float* om = h_out + m * h_stride;
@@ -503,7 +511,7 @@ bool lstm_takes(const at::Tensor& input, at::TensorList hx, at::TensorList param
   const auto fits = [](const at::Tensor& t) { return plain_float(t) && t.is_contiguous(); };
   if (!fits(input) || !fits(hx[0]) || !fits(hx[1])) return false;
   const int64_t batch = input.size(batch_first ? 0 : 1), hidden = hx[0].size(-1);
-  if (batch < 1 || batch > kRowwiseMaxRows || input.size(batch_first ? 1 : 0) < 1 || hidden < 1) return false;
+  if (batch < 1 || batch > kPackedMaxRows || input.size(batch_first ? 1 : 0) < 1 || hidden < 1) return false;
   for (const at::Tensor& h : hx)
     if (h.dim() != 3 || h.size(0) != num_layers * directions || h.size(1) != batch || h.size(2) != hidden) return false;
   for (int64_t layer = 0; layer < num_layers; ++layer) {
@@ -521,11 +529,13 @@ bool lstm_takes(const at::Tensor& input, at::TensorList hx, at::TensorList param
   return true;
 }
 
-// aten::lstm.input for a batch of up to kRowwiseMaxRows sequences: each layer's input
-// projection for every step at once (at::linear), then per step the recurrent product through the
-// row-wise kernel (input projection and recurrent bias added there) and the cell update; the
-// layer's output feeds the next. Anything else (training, proj_size, other dtypes, larger batches,
-// no kernel on this CPU) is at::lstm.
+// aten::lstm.input for a batch of up to kPackedMaxRows sequences: each layer's input projection
+// for every step at once (at::linear), then per step the recurrent product and the cell update; the
+// layer's output feeds the next. Up to kRowwiseMaxRows sequences the product runs the row-wise
+// kernel (input projection and recurrent bias added there); past that the packed GEMM on the
+// recurrent weight packed once a call (the recurrent bias folded into the projection, added in the
+// cell update), the cell update split among ATen's threads by sequence. Anything else (training,
+// proj_size, other dtypes, larger batches, no kernel on this CPU) is at::lstm.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rowwise_lstm(const at::Tensor& input, at::TensorList hx,
                                                            at::TensorList params, bool has_biases, int64_t num_layers,
                                                            double dropout, bool train, bool bidirectional,
@@ -551,8 +561,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rowwise_lstm(const at::Tensor& in
     for (int64_t d = 0; d < directions; ++d) {
       const int64_t index = layer * directions + d;
       const at::Tensor* p = &params[index * per_layer];
-      const at::Tensor projection =
+      const bool packed_steps = batch > kRowwiseMaxRows;
+      at::Tensor projection =
           (has_biases ? at::linear(layer_input, p[0], p[2]) : at::linear(layer_input, p[0])).contiguous();
+      if (packed_steps && has_biases) projection.add_(p[3]);
+      const at::Tensor packed_w_hh = packed_steps ? pack_linear_weight(p[1]) : at::Tensor();
       const float* projection_data = projection.const_data_ptr<float>();
       const float* w_hh = p[1].const_data_ptr<float>();
       const float* b_hh = has_biases ? p[3].const_data_ptr<float>() : nullptr;
@@ -564,10 +577,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rowwise_lstm(const at::Tensor& in
         const int64_t t = d == 0 ? s : steps - 1 - s;
         // The rows of one step are evenly spaced in both layouts: row(b, t) = row(0, t) + b * stride.
         const int64_t stride = batch_first ? steps : 1;
-        rows_parallel(h_data, w_hh, b_hh, projection_data + row(0, t) * 4 * hidden, stride * 4 * hidden, gates_data,
-                      batch, 4 * hidden, hidden);
-        lstm_cell_avx2(gates_data, c_data, h_data, out_data + row(0, t) * directions * hidden + d * hidden,
-                       stride * directions * hidden, batch, hidden);
+        float* step_out = out_data + row(0, t) * directions * hidden + d * hidden;
+        const float* step_projection = projection_data + row(0, t) * 4 * hidden;
+        if (!packed_steps) {
+          rows_parallel(h_data, w_hh, b_hh, step_projection, stride * 4 * hidden, gates_data, batch, 4 * hidden,
+                        hidden);
+          lstm_cell_avx2(gates_data, c_data, h_data, step_out, stride * directions * hidden, batch, hidden);
+          continue;
+        }
+        packed_gemm(h_data, packed_w_hh.const_data_ptr<float>(), nullptr, gates_data, batch, 4 * hidden, hidden,
+                    /*recurrent=*/true);
+        at::parallel_for(0, batch, std::max<int64_t>(1, 2048 / hidden), [&](int64_t first, int64_t last) {
+          lstm_cell_avx2(gates_data + first * 4 * hidden, c_data + first * hidden, h_data + first * hidden,
+                         step_out + first * stride * directions * hidden, stride * directions * hidden, last - first,
+                         hidden, step_projection + first * stride * 4 * hidden, stride * 4 * hidden);
+        });
       }
       h_n[index].copy_(h);
     }
