@@ -499,8 +499,7 @@ def test_what_the_pointwise_conv_does_not_take_is_conv2d_exactly():
     weight = torch.randn(37, 24, 1, 1, generator=generator).contiguous(memory_format=torch.channels_last)
     bias = torch.randn(37, generator=generator)
     packed = torch.ops.torchbridge.pack_linear_weight(weight.reshape(37, 24).contiguous())
-    assert _C.PACKED_MAX_ROWS <= _C.POINTWISE_MAX_PIXELS  # 112 x 112, a batch of one at 224 x 224, on AVX2
-    assert _C.POINTWISE_MAX_PIXELS in (_C.PACKED_MAX_ROWS, 16384)
+    assert _C.POINTWISE_MAX_PIXELS == 16384  # 112 x 112 pixels, a batch of one at 224 x 224
     pixels = _C.POINTWISE_MAX_PIXELS + 64  # more pixels than the packed GEMM takes for a 1x1 convolution
     many = torch.randn(1, 24, pixels // 64, 64, generator=generator).contiguous(memory_format=torch.channels_last)
     nchw = torch.randn(2, 24, 5, 7, generator=generator)

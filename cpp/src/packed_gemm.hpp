@@ -18,9 +18,10 @@ constexpr int64_t kPackedPanel = 16;
 constexpr int64_t kPackedMaxRows = 1024;
 
 /// Pixels up to which a 1x1 convolution of a channels-last input (torchbridge::pointwise_conv) runs
-/// the packed GEMM on a CPU whose ATen kernels are AVX2: a batch of one at 224x224 has up to
-/// 112 x 112 of them, where ATen runs its reference convolution (MKL's GEMM after copying the bias
-/// into the output) on one thread; past this, and on AVX-512, kPackedMaxRows.
+/// the packed GEMM: a batch of one at 224x224 has up to 112 x 112 of them. There ATen runs its
+/// reference convolution (MKL's GEMM after copying the bias into the output) on one thread where
+/// its kernels are AVX2, and oneDNN's where they are AVX-512; the packed GEMM, its rows split
+/// between threads, measured faster than either on both CPU kinds (docs/performance.md).
 constexpr int64_t kPointwiseMaxPixels = 16384;
 
 /// A (N, K) float weight as (ceil(N / 16), K, 16): packed[p][k][j] = weight[16 p + j][k], zeros past N.

@@ -753,11 +753,7 @@ at::Tensor small_attention(const at::Tensor& query, const at::Tensor& key, const
 
 bool rowwise_kernels_available() { return cpu_has_kernel(); }
 
-int64_t pointwise_max_pixels() {
-  static const int64_t limit =
-      at::get_cpu_capability().rfind("AVX512", 0) == 0 ? kPackedMaxRows : kPointwiseMaxPixels;
-  return limit;
-}
+int64_t pointwise_max_pixels() { return kPointwiseMaxPixels; }
 
 namespace {
 // Activations the "channels_last" variant replaces: same schema, the kernel where it applies.

@@ -28,13 +28,12 @@ constexpr int64_t kSmallAttentionHead = 128;
 
 /// The "channels_last" variant replaces aten::silu and aten::silu_ by torchbridge's, on float
 /// tensors dense in memory in any layout (ATen's SiLU costs about twice the kernel's time per
-/// value), runs 1x1 convolutions of up to kPointwiseMaxPixels pixels (kPackedMaxRows where ATen
-/// runs AVX-512) through the packed GEMM
+/// value), runs 1x1 convolutions of up to kPointwiseMaxPixels pixels through the packed GEMM
 /// (torchbridge::pointwise_conv), depthwise convolutions through torchbridge::depthwise_conv and
 /// linear layers of constant weights through torchbridge::packed_linear.
 
-/// Pixels up to which torchbridge::pointwise_conv runs the packed GEMM: kPointwiseMaxPixels where
-/// ATen's own kernels are no wider than it (AVX2), kPackedMaxRows where they run AVX-512.
+/// Pixels up to which torchbridge::pointwise_conv runs the packed GEMM (kPointwiseMaxPixels), on
+/// every CPU with the kernels.
 int64_t pointwise_max_pixels();
 
 /// A strided float CPU tensor the kernels can read (no gradient, not oneDNN's layout).
