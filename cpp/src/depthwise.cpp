@@ -4,8 +4,9 @@
 // kernel reads the weight packed once by the graph pass (each tap's channels side by side, as a
 // pixel's are in the input) and computes each output row from the input rows it covers: 16 channels
 // (two AVX2 vectors) of four neighbouring output pixels at a time, each weight tap loaded once for
-// the four. Columns whose taps all fall inside the image run without bounds checks; the few at
-// each edge skip the taps in the padding. An input too large to stay in the caches between layers
+// the four. Groups whose taps all fall inside the image run without bounds checks; those with a
+// pixel at an edge check each tap column, and each pixel skips the taps in the padding (a 7x7
+// image with a 5x5 kernel has edge groups only). An input too large to stay in the caches between layers
 // (a batch of 32) comes from memory, where the core's prefetchers, following a few rows read
 // piecewise, keep too little in flight: each group of output pixels then also asks for the part of
 // the input rows that the next output row adds (kPrefetchInputBytes). Every output is the bias plus its taps in row-major tap
@@ -38,15 +39,15 @@ struct Geometry {
 };
 
 #ifdef TORCHBRIDGE_DEPTHWISE_X86
-// Output pixels [ow, ow + T) of one output row, channels [c0, c0 + 8 V), taps [i_begin, i_end) x
-// [j_begin, j_end) (those inside the image). `image` is the (h, w, c) input of one image, `ih0` the
-// input row of tap row 0; `out` the output row, (out_w, c).
-template <int V, int T>
+// Output pixels [ow, ow + T) of one output row, channels [c0, c0 + 8 V), tap rows [i_begin, i_end)
+// (those inside the image). `image` is the (h, w, c) input of one image, `ih0` the input row of tap
+// row 0; `out` the output row, (out_w, c). Edge: some of the pixels' taps fall outside the image's
+// columns, and each pixel skips its own; otherwise every tap column is inside for all of them.
+template <int V, int T, bool Edge>
 __attribute__((target("avx2,fma"), always_inline)) inline void tile_avx2(const float* image, const float* packed,
                                                                         const float* bias, float* out,
                                                                         const Geometry& g, int64_t ih0, int64_t ow,
-                                                                        int64_t c0, int64_t i_begin, int64_t i_end,
-                                                                        int64_t j_begin, int64_t j_end) {
+                                                                        int64_t c0, int64_t i_begin, int64_t i_end) {
   __m256 acc[T][V];
 #pragma GCC unroll 2
   for (int v = 0; v < V; ++v) {
@@ -55,8 +56,12 @@ __attribute__((target("avx2,fma"), always_inline)) inline void tile_avx2(const f
     for (int t = 0; t < T; ++t) acc[t][v] = start;
   }
   const int64_t pixel_step = g.sw * g.c;  // between neighbouring output pixels' inputs
+  const int64_t iw0 = ow * g.sw - g.pw;   // the input column of pixel 0's tap column 0
+  // The tap columns inside the image for some pixel: from pixel T-1's first to pixel 0's last.
+  const int64_t j_begin = Edge ? std::max<int64_t>(0, -(iw0 + (T - 1) * g.sw)) : 0;
+  const int64_t j_end = Edge ? std::min<int64_t>(g.kw, g.w - iw0) : g.kw;
   for (int64_t i = i_begin; i < i_end; ++i) {
-    const float* row = image + (ih0 + i) * g.w * g.c + (ow * g.sw - g.pw) * g.c + c0;
+    const float* row = image + (ih0 + i) * g.w * g.c + iw0 * g.c + c0;
     const float* taps = packed + i * g.kw * g.c + c0;
     for (int64_t j = j_begin; j < j_end; ++j) {
       const float* x = row + j * g.c;
@@ -65,8 +70,13 @@ __attribute__((target("avx2,fma"), always_inline)) inline void tile_avx2(const f
       for (int v = 0; v < V; ++v) {
         const __m256 weight = _mm256_loadu_ps(tap + 8 * v);
 #pragma GCC unroll 8
-        for (int t = 0; t < T; ++t)
+        for (int t = 0; t < T; ++t) {
+          if constexpr (Edge && T > 1) {
+            const int64_t column = iw0 + t * g.sw + j;
+            if (column < 0 || column >= g.w) continue;
+          }
           acc[t][v] = _mm256_fmadd_ps(_mm256_loadu_ps(x + t * pixel_step + 8 * v), weight, acc[t][v]);
+        }
       }
     }
   }
@@ -77,23 +87,32 @@ __attribute__((target("avx2,fma"), always_inline)) inline void tile_avx2(const f
 }
 
 // Output pixels [ow, ow + T) of one output row, all channels: 16 at a time, the last 8 alone.
-template <int T>
+template <int T, bool Edge>
 __attribute__((target("avx2,fma"))) inline void pixels_avx2(const float* image, const float* packed,
                                                             const float* bias, float* out, const Geometry& g,
-                                                            int64_t ih0, int64_t ow, int64_t i_begin, int64_t i_end,
-                                                            int64_t j_begin, int64_t j_end) {
+                                                            int64_t ih0, int64_t ow, int64_t i_begin, int64_t i_end) {
   int64_t c0 = 0;
-  for (; c0 + 16 <= g.c; c0 += 16)
-    tile_avx2<2, T>(image, packed, bias, out, g, ih0, ow, c0, i_begin, i_end, j_begin, j_end);
-  if (c0 < g.c) tile_avx2<1, T>(image, packed, bias, out, g, ih0, ow, c0, i_begin, i_end, j_begin, j_end);
+  for (; c0 + 16 <= g.c; c0 += 16) tile_avx2<2, T, Edge>(image, packed, bias, out, g, ih0, ow, c0, i_begin, i_end);
+  if (c0 < g.c) tile_avx2<1, T, Edge>(image, packed, bias, out, g, ih0, ow, c0, i_begin, i_end);
 }
 
-// Output row `oh` of one image, (out_w, c) at `out`. With `prefetch`, while it computes each group
-// of output pixels it asks for the input rows the next output row adds, over the columns that group
-// reads, into the core's L2.
+template <bool Edge>
+__attribute__((target("avx2,fma"))) void some_pixels_avx2(int64_t count, const float* image, const float* packed,
+                                                          const float* bias, float* out, const Geometry& g,
+                                                          int64_t ih0, int64_t ow, int64_t i_begin, int64_t i_end) {
+  switch (count) {
+    case 4: return pixels_avx2<4, Edge>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
+    case 3: return pixels_avx2<3, Edge>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
+    case 2: return pixels_avx2<2, Edge>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
+    default: return pixels_avx2<1, Edge>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
+  }
+}
+
+// Output row `oh` of one image, (out_w, c) at `out`, in groups of up to four output pixels. With `prefetch`, while it computes each group it asks for the input rows the next output
+// row adds, over the columns that group reads, into the core's L2.
 __attribute__((target("avx2,fma"))) void row_avx2(const float* image, const float* packed, const float* bias,
                                                   float* out, const Geometry& g, int64_t oh, bool prefetch) {
-  constexpr int T = 4;
+  constexpr int64_t T = 4;
   const int64_t ih0 = oh * g.sh - g.ph;
   const int64_t i_begin = std::max<int64_t>(0, -ih0), i_end = std::min<int64_t>(g.kh, g.h - ih0);
   // Output columns whose taps all lie inside the image: [inner_begin, inner_end).
@@ -103,24 +122,37 @@ __attribute__((target("avx2,fma"))) void row_avx2(const float* image, const floa
                         : std::max<int64_t>(inner_begin, std::min<int64_t>(g.out_w, (g.w + g.pw - g.kw) / g.sw + 1));
   const int64_t new_rows = prefetch && oh + 1 < g.out_h ? std::min<int64_t>(g.sh, g.h - (ih0 + g.kh)) : 0;
   const float* next_rows = new_rows > 0 ? image + (ih0 + g.kh) * g.w * g.c : image;
-  for (int64_t ow = 0; ow < g.out_w;) {
-    if (new_rows > 0) {
-      const int64_t from = std::max<int64_t>(0, ow * g.sw - g.pw) * g.c;
-      const int64_t to = std::min<int64_t>(g.w, (ow + T) * g.sw - g.pw + g.kw) * g.c;
-      for (int64_t r = 0; r < new_rows; ++r)
-        for (int64_t f = from; f < to; f += 16)  // a cache line of 16 floats
-          _mm_prefetch(reinterpret_cast<const char*>(next_rows + r * g.w * g.c + f), _MM_HINT_T1);
+  // The columns left of the inner ones one by one, the inner ones in groups of four, the rest (a
+  // few inner ones, those right of them) one by one (as the prefetches go). A pixel alone runs only its taps inside the
+  // image; in a group, each pixel checks each tap column, which costs more than it saves unless
+  // most columns are at an edge: where fewer than four are inner, groups of up to four from the
+  // first column.
+  const auto ask = [&](int64_t ow, int64_t count) {
+    const int64_t from = std::max<int64_t>(0, ow * g.sw - g.pw) * g.c;
+    const int64_t to = std::min<int64_t>(g.w, (ow + count) * g.sw - g.pw + g.kw) * g.c;
+    for (int64_t r = 0; r < new_rows; ++r)
+      for (int64_t f = from; f < to; f += 16)  // a cache line of 16 floats
+        _mm_prefetch(reinterpret_cast<const char*>(next_rows + r * g.w * g.c + f), _MM_HINT_T1);
+  };
+  int64_t ow = 0;
+  if (inner_end - inner_begin < T) {  // a small image: groups of four from the first column
+    for (int64_t count; ow < g.out_w; ow += count) {
+      count = std::min(T, g.out_w - ow);
+      if (new_rows > 0) ask(ow, count);
+      some_pixels_avx2<true>(count, image, packed, bias, out, g, ih0, ow, i_begin, i_end);
     }
-    if (ow < inner_begin || ow >= inner_end) {  // an edge column: only the taps inside the image
-      const int64_t iw0 = ow * g.sw - g.pw;
-      pixels_avx2<1>(image, packed, bias, out, g, ih0, ow, i_begin, i_end, std::max<int64_t>(0, -iw0),
-                     std::min<int64_t>(g.kw, g.w - iw0));
+    return;
+  }
+  for (; ow < g.out_w;) {
+    if (new_rows > 0) ask(ow, ow >= inner_begin && ow + T <= inner_end ? T : 1);
+    if (ow < inner_begin || ow >= inner_end) {
+      pixels_avx2<1, true>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
       ++ow;
     } else if (ow + T <= inner_end) {
-      pixels_avx2<T>(image, packed, bias, out, g, ih0, ow, i_begin, i_end, 0, g.kw);
+      pixels_avx2<T, false>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
       ow += T;
     } else {
-      pixels_avx2<1>(image, packed, bias, out, g, ih0, ow, i_begin, i_end, 0, g.kw);
+      pixels_avx2<1, false>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
       ++ow;
     }
   }
