@@ -4,13 +4,16 @@
 // kernel reads the weight packed once by the graph pass (each tap's channels side by side, as a
 // pixel's are in the input) and computes each output row from the input rows it covers: 16 channels
 // (two AVX2 vectors) of four neighbouring output pixels at a time, each weight tap loaded once for
-// the four. Groups whose taps all fall inside the image run without bounds checks; those with a
-// pixel at an edge check each tap column, and each pixel skips the taps in the padding (a 7x7
-// image with a 5x5 kernel has edge groups only). An input too large to stay in the caches between layers
-// (a batch of 32) comes from memory, where the core's prefetchers, following a few rows read
-// piecewise, keep too little in flight: each group of output pixels then also asks for the part of
-// the input rows that the next output row adds (kPrefetchInputBytes). Every output is the bias plus its taps in row-major tap
-// order, whichever path and thread computes it, so results do not depend on the thread count.
+// the four; at stride 1 with 3 or 5 tap columns, 8 channels of eight pixels, each input column
+// loaded once for the taps that read it. Groups whose taps all fall inside the image run without
+// bounds checks; the columns at an edge run one by one, skipping the taps in the padding, or, on
+// an image with fewer than four inner columns (7x7 with a 5x5 kernel), in groups of four where
+// each pixel checks each tap column. An input too large to stay in the caches between layers (a
+// batch of 32) comes from memory, where the core's prefetchers, following a few rows read
+// piecewise, keep too little in flight: each group of output pixels then also asks for the part
+// of the input rows that the next output row adds (kPrefetchInputBytes). Every output is the bias
+// plus its taps in row-major tap order, whichever path and thread computes it, so results do not
+// depend on the thread count.
 #include "depthwise.hpp"
 
 #include "rowwise.hpp"
@@ -86,11 +89,53 @@ __attribute__((target("avx2,fma"), always_inline)) inline void tile_avx2(const f
     for (int v = 0; v < V; ++v) _mm256_storeu_ps(out + (ow + t) * g.c + c0 + 8 * v, acc[t][v]);
 }
 
-// Output pixels [ow, ow + T) of one output row, all channels: 16 at a time, the last 8 alone.
+// tile_avx2<1, T, false> for stride 1 and KW tap columns: neighbouring pixels share input columns
+// (pixel t's tap j reads column t + j), so each tap row loads its T + KW - 1 input columns and its
+// KW weights once, not T x KW inputs. Each output still adds its taps in row-major order.
+template <int T, int KW>
+__attribute__((target("avx2,fma"), always_inline)) inline void tile_stride1_avx2(
+    const float* image, const float* packed, const float* bias, float* out, const Geometry& g, int64_t ih0,
+    int64_t ow, int64_t c0, int64_t i_begin, int64_t i_end) {
+  __m256 acc[T];
+  const __m256 start = bias ? _mm256_loadu_ps(bias + c0) : _mm256_setzero_ps();
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) acc[t] = start;
+  for (int64_t i = i_begin; i < i_end; ++i) {
+    const float* row = image + (ih0 + i) * g.w * g.c + (ow - g.pw) * g.c + c0;
+    const float* taps = packed + i * KW * g.c + c0;
+    __m256 weight[KW];
+#pragma GCC unroll 8
+    for (int j = 0; j < KW; ++j) weight[j] = _mm256_loadu_ps(taps + j * g.c);
+#pragma GCC unroll 16
+    for (int column = 0; column < T + KW - 1; ++column) {
+      const __m256 x = _mm256_loadu_ps(row + column * g.c);
+      // Pixel t = column - j; j rising, so each pixel's taps come in order.
+#pragma GCC unroll 8
+      for (int j = KW - 1; j >= 0; --j) {
+        const int t = column - j;
+        if (t >= 0 && t < T) acc[t] = _mm256_fmadd_ps(x, weight[j], acc[t]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) _mm256_storeu_ps(out + (ow + t) * g.c + c0, acc[t]);
+}
+
+// Output pixels [ow, ow + T) of one output row, all channels: 16 at a time, the last 8 alone (8 at
+// a time at stride 1 with 3 or 5 tap columns).
 template <int T, bool Edge>
 __attribute__((target("avx2,fma"))) inline void pixels_avx2(const float* image, const float* packed,
                                                             const float* bias, float* out, const Geometry& g,
                                                             int64_t ih0, int64_t ow, int64_t i_begin, int64_t i_end) {
+  if constexpr (!Edge && T > 1) {
+    if (g.sw == 1 && (g.kw == 3 || g.kw == 5)) {
+      for (int64_t c0 = 0; c0 < g.c; c0 += 8) {
+        if (g.kw == 3) tile_stride1_avx2<T, 3>(image, packed, bias, out, g, ih0, ow, c0, i_begin, i_end);
+        else tile_stride1_avx2<T, 5>(image, packed, bias, out, g, ih0, ow, c0, i_begin, i_end);
+      }
+      return;
+    }
+  }
   int64_t c0 = 0;
   for (; c0 + 16 <= g.c; c0 += 16) tile_avx2<2, T, Edge>(image, packed, bias, out, g, ih0, ow, c0, i_begin, i_end);
   if (c0 < g.c) tile_avx2<1, T, Edge>(image, packed, bias, out, g, ih0, ow, c0, i_begin, i_end);
@@ -143,11 +188,15 @@ __attribute__((target("avx2,fma"))) void row_avx2(const float* image, const floa
     }
     return;
   }
+  const bool wide = g.sw == 1 && (g.kw == 3 || g.kw == 5);  // tile_stride1_avx2 takes eight pixels
   for (; ow < g.out_w;) {
-    if (new_rows > 0) ask(ow, ow >= inner_begin && ow + T <= inner_end ? T : 1);
+    if (new_rows > 0) ask(ow, ow >= inner_begin && ow + T <= inner_end ? (wide ? 2 * T : T) : 1);
     if (ow < inner_begin || ow >= inner_end) {
       pixels_avx2<1, true>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
       ++ow;
+    } else if (wide && ow + 2 * T <= inner_end) {
+      pixels_avx2<2 * T, false>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
+      ow += 2 * T;
     } else if (ow + T <= inner_end) {
       pixels_avx2<T, false>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
       ow += T;
