@@ -153,8 +153,9 @@ __attribute__((target("avx2,fma"))) void some_pixels_avx2(int64_t count, const f
   }
 }
 
-// Output row `oh` of one image, (out_w, c) at `out`, in groups of up to four output pixels. With `prefetch`, while it computes each group it asks for the input rows the next output
-// row adds, over the columns that group reads, into the core's L2.
+// Output row `oh` of one image, (out_w, c) at `out`, in groups of output pixels. With `prefetch`,
+// while it computes each group it asks for the input rows the next output row adds, over the
+// columns that group reads, into the core's L2.
 __attribute__((target("avx2,fma"))) void row_avx2(const float* image, const float* packed, const float* bias,
                                                   float* out, const Geometry& g, int64_t oh, bool prefetch) {
   constexpr int64_t T = 4;
@@ -167,11 +168,11 @@ __attribute__((target("avx2,fma"))) void row_avx2(const float* image, const floa
                         : std::max<int64_t>(inner_begin, std::min<int64_t>(g.out_w, (g.w + g.pw - g.kw) / g.sw + 1));
   const int64_t new_rows = prefetch && oh + 1 < g.out_h ? std::min<int64_t>(g.sh, g.h - (ih0 + g.kh)) : 0;
   const float* next_rows = new_rows > 0 ? image + (ih0 + g.kh) * g.w * g.c : image;
-  // The columns left of the inner ones one by one, the inner ones in groups of four, the rest (a
-  // few inner ones, those right of them) one by one (as the prefetches go). A pixel alone runs only its taps inside the
-  // image; in a group, each pixel checks each tap column, which costs more than it saves unless
-  // most columns are at an edge: where fewer than four are inner, groups of up to four from the
-  // first column.
+  // The columns left of the inner ones one by one, the inner ones in groups of eight (`wide`) or
+  // four, the rest (a few inner ones, those right of them) one by one. A pixel alone runs only its
+  // taps inside the image; in a group, each pixel checks each tap column, which costs more than it
+  // saves unless most columns are at an edge: where fewer than four are inner, groups of up to four
+  // from the first column.
   const auto ask = [&](int64_t ow, int64_t count) {
     const int64_t from = std::max<int64_t>(0, ow * g.sw - g.pw) * g.c;
     const int64_t to = std::min<int64_t>(g.w, (ow + count) * g.sw - g.pw + g.kw) * g.c;
