@@ -153,6 +153,20 @@ __attribute__((target("avx2,fma"))) void some_pixels_avx2(int64_t count, const f
   }
 }
 
+// Inner output pixels [ow, ow + count), 2 <= count <= 7, in one tile (tile_stride1_avx2's).
+__attribute__((target("avx2,fma"))) void inner_pixels_avx2(int64_t count, const float* image, const float* packed,
+                                                           const float* bias, float* out, const Geometry& g,
+                                                           int64_t ih0, int64_t ow, int64_t i_begin, int64_t i_end) {
+  switch (count) {
+    case 7: return pixels_avx2<7, false>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
+    case 6: return pixels_avx2<6, false>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
+    case 5: return pixels_avx2<5, false>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
+    case 4: return pixels_avx2<4, false>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
+    case 3: return pixels_avx2<3, false>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
+    default: return pixels_avx2<2, false>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
+  }
+}
+
 // Output row `oh` of one image, (out_w, c) at `out`, in groups of output pixels. With `prefetch`,
 // while it computes each group it asks for the input rows the next output row adds, over the
 // columns that group reads, into the core's L2.
@@ -168,11 +182,11 @@ __attribute__((target("avx2,fma"))) void row_avx2(const float* image, const floa
                         : std::max<int64_t>(inner_begin, std::min<int64_t>(g.out_w, (g.w + g.pw - g.kw) / g.sw + 1));
   const int64_t new_rows = prefetch && oh + 1 < g.out_h ? std::min<int64_t>(g.sh, g.h - (ih0 + g.kh)) : 0;
   const float* next_rows = new_rows > 0 ? image + (ih0 + g.kh) * g.w * g.c : image;
-  // The columns left of the inner ones one by one, the inner ones in groups of eight (`wide`) or
-  // four, the rest (a few inner ones, those right of them) one by one. A pixel alone runs only its
-  // taps inside the image; in a group, each pixel checks each tap column, which costs more than it
-  // saves unless most columns are at an edge: where fewer than four are inner, groups of up to four
-  // from the first column.
+  // The columns left of the inner ones one by one, the inner ones in groups of eight (`wide`; the
+  // last few in one group) or four, the rest (a few inner ones, those right of them) one by one.
+  // A pixel alone runs only its taps inside the image; in a group, each pixel checks each tap
+  // column, which costs more than it saves unless most columns are at an edge: where fewer than
+  // four are inner, groups of up to four from the first column.
   const auto ask = [&](int64_t ow, int64_t count) {
     const int64_t from = std::max<int64_t>(0, ow * g.sw - g.pw) * g.c;
     const int64_t to = std::min<int64_t>(g.w, (ow + count) * g.sw - g.pw + g.kw) * g.c;
@@ -198,6 +212,10 @@ __attribute__((target("avx2,fma"))) void row_avx2(const float* image, const floa
     } else if (wide && ow + 2 * T <= inner_end) {
       pixels_avx2<2 * T, false>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
       ow += 2 * T;
+    } else if (wide && ow + 2 <= inner_end) {  // the last 2 to 7 inner columns, in one tile
+      const int64_t count = inner_end - ow;
+      inner_pixels_avx2(count, image, packed, bias, out, g, ih0, ow, i_begin, i_end);
+      ow += count;
     } else if (ow + T <= inner_end) {
       pixels_avx2<T, false>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
       ow += T;
