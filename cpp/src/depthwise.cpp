@@ -141,29 +141,19 @@ __attribute__((target("avx2,fma"))) inline void pixels_avx2(const float* image, 
   if (c0 < g.c) tile_avx2<1, T, Edge>(image, packed, bias, out, g, ih0, ow, c0, i_begin, i_end);
 }
 
+// Output pixels [ow, ow + count), 1 <= count <= 7, in one tile: pixels_avx2<count, Edge>.
 template <bool Edge>
 __attribute__((target("avx2,fma"))) void some_pixels_avx2(int64_t count, const float* image, const float* packed,
                                                           const float* bias, float* out, const Geometry& g,
                                                           int64_t ih0, int64_t ow, int64_t i_begin, int64_t i_end) {
   switch (count) {
+    case 7: return pixels_avx2<7, Edge>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
+    case 6: return pixels_avx2<6, Edge>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
+    case 5: return pixels_avx2<5, Edge>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
     case 4: return pixels_avx2<4, Edge>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
     case 3: return pixels_avx2<3, Edge>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
     case 2: return pixels_avx2<2, Edge>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
     default: return pixels_avx2<1, Edge>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
-  }
-}
-
-// Inner output pixels [ow, ow + count), 2 <= count <= 7, in one tile (tile_stride1_avx2's).
-__attribute__((target("avx2,fma"))) void inner_pixels_avx2(int64_t count, const float* image, const float* packed,
-                                                           const float* bias, float* out, const Geometry& g,
-                                                           int64_t ih0, int64_t ow, int64_t i_begin, int64_t i_end) {
-  switch (count) {
-    case 7: return pixels_avx2<7, false>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
-    case 6: return pixels_avx2<6, false>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
-    case 5: return pixels_avx2<5, false>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
-    case 4: return pixels_avx2<4, false>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
-    case 3: return pixels_avx2<3, false>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
-    default: return pixels_avx2<2, false>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
   }
 }
 
@@ -214,7 +204,7 @@ __attribute__((target("avx2,fma"))) void row_avx2(const float* image, const floa
       ow += 2 * T;
     } else if (wide && ow + 2 <= inner_end) {  // the last 2 to 7 inner columns, in one tile
       const int64_t count = inner_end - ow;
-      inner_pixels_avx2(count, image, packed, bias, out, g, ih0, ow, i_begin, i_end);
+      some_pixels_avx2<false>(count, image, packed, bias, out, g, ih0, ow, i_begin, i_end);
       ow += count;
     } else if (ow + T <= inner_end) {
       pixels_avx2<T, false>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
