@@ -89,6 +89,9 @@ __attribute__((target("avx2,fma"), always_inline)) inline void tile_avx2(const f
     for (int v = 0; v < V; ++v) _mm256_storeu_ps(out + (ow + t) * g.c + c0 + 8 * v, acc[t][v]);
 }
 
+// Whether tile_stride1_avx2 takes this convolution's inner pixels: stride 1, 3 or 5 tap columns.
+inline bool stride1_tiles(const Geometry& g) { return g.sw == 1 && (g.kw == 3 || g.kw == 5); }
+
 // tile_avx2<1, T, false> for stride 1 and KW tap columns: neighbouring pixels share input columns
 // (pixel t's tap j reads column t + j), so each tap row loads its T + KW - 1 input columns and its
 // KW weights once, not T x KW inputs. Each output still adds its taps in row-major order.
@@ -128,7 +131,7 @@ __attribute__((target("avx2,fma"))) inline void pixels_avx2(const float* image, 
                                                             const float* bias, float* out, const Geometry& g,
                                                             int64_t ih0, int64_t ow, int64_t i_begin, int64_t i_end) {
   if constexpr (!Edge && T > 1) {
-    if (g.sw == 1 && (g.kw == 3 || g.kw == 5)) {
+    if (stride1_tiles(g)) {
       for (int64_t c0 = 0; c0 < g.c; c0 += 8) {
         if (g.kw == 3) tile_stride1_avx2<T, 3>(image, packed, bias, out, g, ih0, ow, c0, i_begin, i_end);
         else tile_stride1_avx2<T, 5>(image, packed, bias, out, g, ih0, ow, c0, i_begin, i_end);
@@ -193,7 +196,7 @@ __attribute__((target("avx2,fma"))) void row_avx2(const float* image, const floa
     }
     return;
   }
-  const bool wide = g.sw == 1 && (g.kw == 3 || g.kw == 5);  // tile_stride1_avx2 takes eight pixels
+  const bool wide = stride1_tiles(g);  // tile_stride1_avx2 takes eight pixels
   for (; ow < g.out_w;) {
     if (new_rows > 0) ask(ow, ow >= inner_begin && ow + T <= inner_end ? (wide ? 2 * T : T) : 1);
     if (ow < inner_begin || ow >= inner_end) {
