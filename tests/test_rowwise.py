@@ -69,9 +69,9 @@ def test_what_the_kernel_does_not_take_is_aten_linear_exactly():
 
 
 @needs_kernel
-# the row kernel; then the packed GEMM on 20 rows, which two threads split by panel, and on 49 (a
-# last tile of one row), 200 and, with 40 outputs (three panels), 200 again, which they split by rows
-# (one thread runs them block by block, each block panel by panel)
+# the packed GEMM on 3 and 20 rows, which two threads split by panel, and on 49 (a last tile of one
+# row), 200 and, with 40 outputs (three panels), 200 again, which they split by rows (one thread
+# runs them block by block, each block panel by panel)
 @pytest.mark.parametrize("rows,outputs", [(3, 1000), (20, 1000), (49, 1000), (200, 1000), (200, 40)])
 def test_the_kernels_give_the_same_bits_at_any_thread_count(rows, outputs):
     generator = torch.Generator().manual_seed(2)
@@ -90,12 +90,12 @@ def test_the_kernels_give_the_same_bits_at_any_thread_count(rows, outputs):
 
 @needs_kernel
 @pytest.mark.parametrize("bias", [True, False])
-def test_the_packed_kernel_matches_linear_past_the_rowwise_rows(bias):
+def test_the_packed_kernel_matches_linear_from_one_row(bias):
     generator = torch.Generator().manual_seed(3)
     # 37 outputs: a last panel of 5; 1029 inputs: slices of 256 along K and a tail of 5
     w = torch.randn(37, 1029, generator=generator)
     b = torch.randn(37, generator=generator) if bias else None
-    for rows in (_C.ROWWISE_MAX_ROWS + 1, 23, 32, 97, _C.PACKED_MAX_ROWS):  # tiles of 6 rows, blocks of 96
+    for rows in (1, 3, _C.ROWWISE_MAX_ROWS + 1, 23, 32, 97, _C.PACKED_MAX_ROWS):  # tiles of 6 rows, blocks of 96
         x = torch.randn(rows, 1029, generator=generator)
         y = packed_linear(x, w, b)
         assert y.shape == (rows, 37) and y.dtype == torch.float32
@@ -111,10 +111,6 @@ def test_what_the_packed_kernel_does_not_take_is_aten_linear_exactly():
     generator = torch.Generator().manual_seed(5)
     w, b = torch.randn(24, 64, generator=generator), torch.randn(24, generator=generator)
     packed = torch.ops.torchbridge.pack_linear_weight(w)
-    few = torch.randn(3, 64, generator=generator)
-    assert torch.equal(
-        torch.ops.torchbridge.packed_linear(few, w, packed, b), torch.ops.torchbridge.rowwise_linear(few, w, b)
-    )
     many = torch.randn(_C.PACKED_MAX_ROWS + 1, 64, generator=generator)
     assert torch.equal(torch.ops.torchbridge.packed_linear(many, w, packed, b), torch.nn.functional.linear(many, w, b))
     rows = torch.randn(40, 64, generator=generator)
