@@ -215,6 +215,9 @@ def test_the_lstm_kernel_matches_the_frozen_lstm(config):
     frozen = torch.jit.freeze(torch.jit.trace(model, x).eval())
     rewritten = torch.jit.freeze(torch.jit.trace(model, x).eval())
     assert rewrite_rowwise(rewritten.graph) == 1
+    (node,) = rewritten.graph.findAllNodes("torchbridge::rowwise_lstm")
+    packed = list(node.inputs())[-1].toIValue()  # each layer's and direction's two weights, packed
+    assert len(packed) == 2 * config.get("num_layers", 1) * (2 if config.get("bidirectional") else 1)
     with torch.inference_mode():
         expected, actual = lstm_outputs(frozen, x), lstm_outputs(rewritten, x)
         for a, e in zip(actual, expected):

@@ -530,16 +530,20 @@ bool lstm_takes(const at::Tensor& input, at::TensorList hx, at::TensorList param
 }
 
 // aten::lstm.input for a batch of up to kPackedMaxRows sequences: each layer's input projection
-// for every step at once (at::linear), then per step the recurrent product and the cell update; the
-// layer's output feeds the next. Up to kRowwiseMaxRows sequences the product runs the row-wise
-// kernel (input projection and recurrent bias added there); past that the packed GEMM on the
-// recurrent weight packed once a call (the recurrent bias folded into the projection, added in the
-// cell update), the cell update split among ATen's threads by sequence. Anything else (training,
-// proj_size, other dtypes, larger batches, no kernel on this CPU) is at::lstm.
+// for every step at once, then per step the recurrent product and the cell update; the layer's
+// output feeds the next. Up to kRowwiseMaxRows sequences the product runs the row-wise kernel
+// (input projection and recurrent bias added there); past that the packed GEMM on the recurrent
+// weight (the recurrent bias folded into the projection, added in the cell update), the cell update
+// split among ATen's threads by sequence. `packed`: each layer's and direction's input and recurrent
+// weights as pack_linear_weight makes them, put in the graph once by the pass; with them the
+// projection runs the packed GEMM (up to kPackedMaxRows rows of it, at::linear past that), and the
+// packed steps use the packed recurrent weight; without them (an empty list, or tensors of other
+// shapes) the projection is at::linear and the recurrent weight is packed once a call. Anything
+// else (training, proj_size, other dtypes, larger batches, no kernel on this CPU) is at::lstm.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rowwise_lstm(const at::Tensor& input, at::TensorList hx,
                                                            at::TensorList params, bool has_biases, int64_t num_layers,
                                                            double dropout, bool train, bool bidirectional,
-                                                           bool batch_first) {
+                                                           bool batch_first, at::TensorList packed) {
   if (!lstm_takes(input, hx, params, has_biases, num_layers, train, bidirectional, batch_first))
     return at::lstm(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first);
 #ifdef TORCHBRIDGE_ROWWISE_X86
@@ -562,10 +566,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rowwise_lstm(const at::Tensor& in
       const int64_t index = layer * directions + d;
       const at::Tensor* p = &params[index * per_layer];
       const bool packed_steps = batch > kRowwiseMaxRows;
-      at::Tensor projection =
-          (has_biases ? at::linear(layer_input, p[0], p[2]) : at::linear(layer_input, p[0])).contiguous();
+      // The pass's packed weights, where they are what this layer's weights pack to.
+      const int64_t in_features = layer_input.size(2);
+      const bool prepacked = static_cast<int64_t>(packed.size()) == 2 * num_layers * directions &&
+                             packed_for(packed[2 * index], 4 * hidden, in_features) &&
+                             packed_for(packed[2 * index + 1], 4 * hidden, hidden);
+      at::Tensor projection;
+      if (prepacked && batch * steps <= kPackedMaxRows) {  // past that MKL's GEMM, which blocks, is as fast
+        const at::Tensor x = layer_input.contiguous();
+        projection = at::empty({batch * steps, 4 * hidden}, input.options());
+        packed_gemm(x.const_data_ptr<float>(), packed[2 * index].const_data_ptr<float>(),
+                    has_biases ? p[2].const_data_ptr<float>() : nullptr, projection.mutable_data_ptr<float>(),
+                    batch * steps, 4 * hidden, in_features);
+      } else {
+        projection = (has_biases ? at::linear(layer_input, p[0], p[2]) : at::linear(layer_input, p[0])).contiguous();
+      }
       if (packed_steps && has_biases) projection.add_(p[3]);
-      const at::Tensor packed_w_hh = packed_steps ? pack_linear_weight(p[1]) : at::Tensor();
+      const at::Tensor packed_w_hh =
+          packed_steps ? (prepacked ? packed[2 * index + 1] : pack_linear_weight(p[1])) : at::Tensor();
       const float* projection_data = projection.const_data_ptr<float>();
       const float* w_hh = p[1].const_data_ptr<float>();
       const float* b_hh = has_biases ? p[3].const_data_ptr<float>() : nullptr;
@@ -832,6 +850,29 @@ bool packed_linear_takes(torch::jit::Node* node) {
          constant_float(node->input(1), 2) && (constant_none(node->input(2)) || constant_float(node->input(2), 1));
 }
 
+// For an aten::lstm node (lstm.input) of constant parameters: each layer's and direction's input and
+// recurrent weights, packed (pack_linear_weight), in that order; empty where the parameters are not
+// float matrices in the layout lstm_takes accepts (proj_size, other dtypes: the kernel gives those
+// to at::lstm anyway).
+c10::List<at::Tensor> packed_lstm_weights(torch::jit::Node* node) {
+  c10::List<at::Tensor> packed;
+  const std::optional<c10::IValue> params = torch::jit::toIValue(node->input(2));
+  const std::optional<c10::IValue> has_biases = torch::jit::toIValue(node->input(3));
+  if (!params || !params->isTensorList() || !has_biases || !has_biases->isBool()) return packed;
+  const c10::List<at::Tensor> tensors = params->toTensorList();
+  const size_t per_layer = has_biases->toBool() ? 4 : 2;
+  if (tensors.size() % per_layer != 0) return packed;
+  for (size_t i = 0; i < tensors.size(); i += per_layer) {
+    const at::Tensor w_ih = tensors[i], w_hh = tensors[i + 1];
+    if (!plain_float(w_ih) || !plain_float(w_hh) || w_ih.dim() != 2 || w_hh.dim() != 2 ||
+        w_ih.size(0) != w_hh.size(0) || w_hh.size(0) != 4 * w_hh.size(1))
+      return c10::List<at::Tensor>();
+    packed.push_back(pack_linear_weight(w_ih.contiguous()));
+    packed.push_back(pack_linear_weight(w_hh.contiguous()));
+  }
+  return packed;
+}
+
 std::optional<c10::Symbol> activation_for(const torch::jit::Node* node) {
   for (const auto& [kind, inputs, replacement] : activations())
     if (node->kind() == kind && node->inputs().size() == inputs && node->outputs().size() == 1) return replacement;
@@ -919,10 +960,22 @@ int rewrite_rowwise(torch::jit::Graph& graph) {
     }
   }
   for (const auto& [node, kind] : found) {
-    if (kind == packed_linear_op)
+    if (kind == packed_linear_op) {
       replace_with_packed(graph, node, kind);
-    else
+    } else if (kind == rowwise_lstm_op) {  // the same operands, and the weights packed
+      torch::jit::WithInsertPoint guard(node);
+      std::vector<torch::jit::Value*> inputs(node->inputs().begin(), node->inputs().end());
+      inputs.push_back(graph.insertConstant(packed_lstm_weights(node)));
+      torch::jit::Node* replacement = graph.create(kind, inputs, node->outputs().size());
+      replacement->insertBefore(node);
+      for (size_t i = 0; i < node->outputs().size(); ++i) {
+        replacement->output(i)->setType(node->output(i)->type());
+        node->output(i)->replaceAllUsesWith(replacement->output(i));
+      }
+      node->destroy();
+    } else {
       replace_node(graph, node, kind);
+    }
   }
   return static_cast<int>(found.size());
 }
@@ -935,7 +988,7 @@ TORCH_LIBRARY(torchbridge, m) {
   m.def("pack_linear_weight(Tensor weight) -> Tensor");
   m.def(
       "rowwise_lstm(Tensor input, Tensor[] hx, Tensor[] params, bool has_biases, int num_layers, float dropout, "
-      "bool train, bool bidirectional, bool batch_first) -> (Tensor, Tensor, Tensor)");
+      "bool train, bool bidirectional, bool batch_first, Tensor[] packed) -> (Tensor, Tensor, Tensor)");
   m.def(
       "layer_norm(Tensor input, int[] normalized_shape, Tensor? weight=None, Tensor? bias=None, float eps=1e-05, "
       "bool cudnn_enable=True) -> Tensor");

@@ -281,9 +281,56 @@ def rewrite_rowwise(graph) -> int:
     for node, kind in found:
         if kind == "torchbridge::packed_linear":
             _replace_with_packed(graph, node, kind)
+        elif kind == "torchbridge::rowwise_lstm":
+            _replace_lstm(graph, node)
         else:
             _replace(graph, node, kind)
     return len(found)
+
+
+def _packed_lstm_weights(node) -> list[torch.Tensor]:
+    """packed_lstm_weights in rowwise.cpp: for an aten::lstm node of constant parameters, each layer's
+    and direction's input and recurrent weights packed, in that order; empty where they are not
+    float matrices in the layout the kernel takes."""
+    inputs = list(node.inputs())
+    params, has_biases = _constant(inputs[2]), _constant(inputs[3])
+    if not isinstance(params, list) or not isinstance(has_biases, bool):
+        return []
+    per_layer = 4 if has_biases else 2
+    if len(params) % per_layer:
+        return []
+    packed = []
+    for i in range(0, len(params), per_layer):
+        w_ih, w_hh = params[i], params[i + 1]
+        plain = all(
+            isinstance(w, torch.Tensor) and w.dtype == torch.float32 and w.layout == torch.strided
+            and w.device.type == "cpu" and not w.requires_grad and w.dim() == 2
+            for w in (w_ih, w_hh)
+        )
+        if not plain or w_ih.shape[0] != w_hh.shape[0] or w_hh.shape[0] != 4 * w_hh.shape[1]:
+            return []
+        packed += [torch.ops.torchbridge.pack_linear_weight(w.contiguous()) for w in (w_ih, w_hh)]
+    return packed
+
+
+def _replace_lstm(graph, node) -> None:
+    """`node` (aten::lstm.input) becomes torchbridge::rowwise_lstm of the same operands and its
+    weights packed, a new constant."""
+    weights = _packed_lstm_weights(node)
+    if weights:
+        with graph.insert_point_guard(node):
+            packed = graph.insertConstant(weights)
+    else:  # an empty list of tensors: a constant would not know its type
+        empty = graph.create("prim::ListConstruct", [], 1)
+        empty.output().setType(torch._C.ListType(torch._C.TensorType.get()))
+        empty.insertBefore(node)
+        packed = empty.output()
+    replacement = graph.create("torchbridge::rowwise_lstm", [*node.inputs(), packed], node.outputsSize())
+    replacement.insertBefore(node)
+    for old, new in zip(node.outputs(), replacement.outputs()):
+        new.setType(old.type())
+        old.replaceAllUsesWith(new)
+    node.destroy()
 
 
 def has_rowwise_ops(module) -> bool:
