@@ -29,11 +29,29 @@ __attribute__((target("avx2,fma"))) inline __m256 exp_avx2(__m256 x) {
   return _mm256_mul_ps(y, _mm256_castsi256_ps(power));
 }
 
-// SiLU of 8 values, x / (1 + exp(-x)) as ATen computes it. exp_avx2 clamps its argument, so
-// x = -inf, whose SiLU is -inf / inf = NaN in ATen, is set apart.
+// SiLU of 8 values, x * logistic(x), the logistic function as a rational function of x clamped to
+// [-18, 18] (an odd numerator of degree 9 over an even denominator of degree 10, plus 1/2: the
+// approximation Eigen uses, and onnxruntime's MLAS after it). It costs about three quarters of
+// x / (1 + exp(-x)) through exp_avx2 (no range reduction, no integer steps). The logistic comes
+// within about 1.5e-7 of its value, so SiLU within 1-2 ulp where x > -1 and within 2.5e-6 in
+// absolute terms below (where SiLU is under 0.28 in magnitude); below -18, where SiLU is under 3e-7
+// in magnitude, it is 0. NaN passes through (min and max return their second operand when either
+// is NaN); x = -inf, whose SiLU is -inf / inf = NaN in ATen, is set apart.
 __attribute__((target("avx2,fma"))) inline __m256 silu8(__m256 v) {
-  const __m256 one = _mm256_set1_ps(1.0f);
-  const __m256 y = _mm256_div_ps(v, _mm256_add_ps(one, exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), v))));
+  const __m256 x = _mm256_max_ps(_mm256_set1_ps(-18.0f), _mm256_min_ps(_mm256_set1_ps(18.0f), v));
+  const __m256 x2 = _mm256_mul_ps(x, x);
+  __m256 p = _mm256_fmadd_ps(x2, _mm256_set1_ps(4.37031012579801e-11f), _mm256_set1_ps(1.15627324459942e-07f));
+  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(6.08574864600143e-05f));
+  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(8.51377133304701e-03f));
+  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(2.48287947061529e-01f));
+  p = _mm256_mul_ps(p, x);
+  __m256 q = _mm256_fmadd_ps(x2, _mm256_set1_ps(6.10247389755681e-13f), _mm256_set1_ps(5.76102136993427e-09f));
+  q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(6.29106785017040e-06f));
+  q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(1.70198817374094e-03f));
+  q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(1.16817656904453e-01f));
+  q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(9.93151921023180e-01f));
+  __m256 y = _mm256_mul_ps(v, _mm256_add_ps(_mm256_div_ps(p, q), _mm256_set1_ps(0.5f)));
+  y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(v, _mm256_set1_ps(-18.0f), _CMP_LT_OQ));
   return _mm256_blendv_ps(y, _mm256_set1_ps(NAN), _mm256_cmp_ps(v, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ));
 }
 
