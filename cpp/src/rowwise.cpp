@@ -44,6 +44,10 @@
 #define TORCHBRIDGE_ROWWISE_X86 1
 #endif
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
@@ -179,11 +183,14 @@ inline float sigmoid_scalar(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
 // One LSTM step's cell update for `rows` rows of `gates` (rows x 4H: input, forget, cell, output
 // gates, PyTorch's order): c = f * c + i * g, h = o * tanh(c); h is written to `h_out` (row stride
-// h_stride) too.
+// h_stride) too. Only hidden units [j_begin, j_end) (j_end < 0: to the last), j_begin a multiple
+// of 8, when no `addend` is given; each value comes out the same whatever the range.
 __attribute__((target("avx2,fma"))) void lstm_cell_avx2(float* gates, float* c, float* h, float* h_out,
                                                         int64_t h_stride, int64_t rows, int64_t hidden,
-                                                        const float* addend = nullptr, int64_t addend_stride = 0) {
-  const int64_t vec = hidden - hidden % 8;
+                                                        const float* addend = nullptr, int64_t addend_stride = 0,
+                                                        int64_t j_begin = 0, int64_t j_end = -1) {
+  if (j_end < 0) j_end = hidden;
+  const int64_t vec = j_begin + (j_end - j_begin) - (j_end - j_begin) % 8;
   for (int64_t m = 0; m < rows; ++m) {
     float* g = gates + m * 4 * hidden;
     if (addend) {  // the gates so far plus this row of the addend, in place
@@ -196,7 +203,7 @@ __attribute__((target("avx2,fma"))) void lstm_cell_avx2(float* gates, float* c, 
     float* cm = c + m * hidden;
     float* hm = h + m * hidden;
     float* om = h_out + m * h_stride;
-    for (int64_t j = 0; j < vec; j += 8) {
+    for (int64_t j = j_begin; j < vec; j += 8) {
       const __m256 i = sigmoid_avx2(_mm256_loadu_ps(g + j));
       const __m256 f = sigmoid_avx2(_mm256_loadu_ps(g + hidden + j));
       const __m256 z = tanh_avx2(_mm256_loadu_ps(g + 2 * hidden + j));
@@ -207,7 +214,7 @@ __attribute__((target("avx2,fma"))) void lstm_cell_avx2(float* gates, float* c, 
       _mm256_storeu_ps(hm + j, out);
       _mm256_storeu_ps(om + j, out);
     }
-    for (int64_t j = vec; j < hidden; ++j) {
+    for (int64_t j = vec; j < j_end; ++j) {
       const float i = sigmoid_scalar(g[j]), f = sigmoid_scalar(g[hidden + j]);
       const float z = std::tanh(g[2 * hidden + j]), o = sigmoid_scalar(g[3 * hidden + j]);
       cm[j] = f * cm[j] + i * z;
@@ -529,6 +536,61 @@ bool lstm_takes(const at::Tensor& input, at::TensorList hx, at::TensorList param
   return true;
 }
 
+// Threads for lstm_steps_in_team: ATen's, where this build has OpenMP and no parallel region is
+// running, at most one per 8 hidden units; 1 means the steps run as a loop of parallel calls.
+int64_t lstm_team_threads(int64_t hidden) {
+#ifdef _OPENMP
+  if (omp_in_parallel()) return 1;
+  return std::min<int64_t>(at::get_num_threads(), hidden / 8);
+#else
+  (void)hidden;
+  return 1;
+#endif
+}
+
+// One direction of one layer on up to kRowwiseMaxRows sequences, each step's recurrent product and
+// cell update split among a team of threads kept for the whole sequence: each thread owns a slice
+// of the hidden units (a multiple of 8), computes the four gates' rows of the product for it and
+// then its cell update, which needs no other thread's gates; the hidden state alternates between
+// `h` and `h_spare` (read one, write the other), so the threads meet once per step, at a barrier,
+// where a parallel call per step (rows_parallel, then the cell update) starts and joins its
+// threads. The final hidden state ends up in `h`.
+void lstm_steps_in_team(at::Tensor& h, at::Tensor& h_spare, float* c_data, float* gates_data, const float* w_hh,
+                        const float* b_hh, const float* projection_data, float* out_data, int64_t batch, int64_t steps,
+                        int64_t hidden, int64_t directions, int64_t d, bool batch_first) {
+#ifdef _OPENMP
+  float* buffers[2] = {h.mutable_data_ptr<float>(), h_spare.mutable_data_ptr<float>()};
+  const int64_t stride = batch_first ? steps : 1;
+  const int threads = static_cast<int>(lstm_team_threads(hidden));
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t team = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t per = (hidden / 8 + team - 1) / team * 8;  // whole vectors per thread, the tail to the last
+    const int64_t j_begin = std::min(hidden, t * per);
+    const int64_t j_end = t == team - 1 ? hidden : std::min(hidden, j_begin + per);
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t step = d == 0 ? s : steps - 1 - s;
+      const int64_t row0 = batch_first ? step : step * batch;  // row (0, step)
+      const float* h_read = buffers[s % 2];
+      float* h_write = buffers[(s + 1) % 2];
+      if (j_begin < j_end) {
+        for (int64_t gate = 0; gate < 4; ++gate)
+          rows_avx2(h_read, w_hh, b_hh, projection_data + row0 * 4 * hidden, stride * 4 * hidden, gates_data, batch,
+                    4 * hidden, hidden, gate * hidden + j_begin, gate * hidden + j_end);
+        lstm_cell_avx2(gates_data, c_data, h_write, out_data + row0 * directions * hidden + d * hidden,
+                       stride * directions * hidden, batch, hidden, nullptr, 0, j_begin, j_end);
+      }
+#pragma omp barrier
+    }
+  }
+  if (steps % 2 == 1) h.copy_(h_spare);
+#else
+  (void)h, (void)h_spare, (void)c_data, (void)gates_data, (void)w_hh, (void)b_hh, (void)projection_data;
+  (void)out_data, (void)batch, (void)steps, (void)hidden, (void)directions, (void)d, (void)batch_first;
+  TORCH_CHECK(false, "lstm_steps_in_team: this build has no OpenMP");
+#endif
+}
+
 // aten::lstm.input for a batch of up to kPackedMaxRows sequences: each layer's input projection
 // for every step at once, then per step the recurrent product and the cell update; the layer's
 // output feeds the next. Up to kRowwiseMaxRows sequences the product runs the row-wise kernel
@@ -556,6 +618,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rowwise_lstm(const at::Tensor& in
   at::Tensor layer_input = input, output;
   at::Tensor gates = at::empty({batch, 4 * hidden}, input.options());
   at::Tensor h = at::empty({batch, hidden}, input.options());
+  at::Tensor h_spare = at::empty({batch, hidden}, input.options());
   float* gates_data = gates.mutable_data_ptr<float>();
   float* h_data = h.mutable_data_ptr<float>();
   for (int64_t layer = 0; layer < num_layers; ++layer) {
@@ -591,6 +654,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rowwise_lstm(const at::Tensor& in
       at::Tensor c = c_n[index];
       c.copy_(hx[1][index]);
       float* c_data = c.mutable_data_ptr<float>();
+      // The row kernel's steps on several threads: one team for the whole sequence (see
+      // lstm_steps_in_team), not a fork and join per step.
+      if (!packed_steps && lstm_team_threads(hidden) > 1) {
+        lstm_steps_in_team(h, h_spare, c_data, gates_data, w_hh, b_hh, projection_data, out_data, batch, steps, hidden,
+                           directions, d, batch_first);
+        h_n[index].copy_(h);
+        continue;
+      }
       for (int64_t s = 0; s < steps; ++s) {
         const int64_t t = d == 0 ? s : steps - 1 - s;
         // The rows of one step are evenly spaced in both layouts: row(b, t) = row(0, t) + b * stride.

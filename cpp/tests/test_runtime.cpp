@@ -664,7 +664,7 @@ TEST(depthwise_conv_matches_conv2d_on_channels_last_input_and_is_conv2d_for_what
                     at::conv2d(x, weight, bias, {1, 1}, {3, 3}, {1, 1}, 24)));
 }
 
-TEST(packed_linear_matches_linear_past_the_rowwise_rows_and_passes_on_what_it_does_not_take) {
+TEST(packed_linear_matches_linear_from_one_row_and_passes_on_what_it_does_not_take) {
   auto& dispatcher = c10::Dispatcher::singleton();
   const auto op = dispatcher.findSchemaOrThrow("torchbridge::packed_linear", "")
                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
@@ -681,7 +681,7 @@ TEST(packed_linear_matches_linear_past_the_rowwise_rows_and_passes_on_what_it_do
   const auto off = [](const at::Tensor& actual, const at::Tensor& reference) {
     return (actual.to(at::kDouble) - reference).abs().max().item<double>() / reference.abs().max().item<double>();
   };
-  for (const int64_t rows : {int64_t{1}, torchbridge::kRowwiseMaxRows + 1, int64_t{19}, int64_t{20}, int64_t{21},
+  for (const int64_t rows : {int64_t{1}, int64_t{3}, torchbridge::kRowwiseMaxRows + 1, int64_t{19}, int64_t{20}, int64_t{21},
                              int64_t{22}, int64_t{23}, int64_t{97}, int64_t{200}, torchbridge::kPackedMaxRows}) {
     const at::Tensor x = at::randn({rows, 1029});
     const at::Tensor expected = at::linear(x.to(at::kDouble), weight.to(at::kDouble), bias.to(at::kDouble));
@@ -689,10 +689,6 @@ TEST(packed_linear_matches_linear_past_the_rowwise_rows_and_passes_on_what_it_do
     REQUIRE(off(op.call(x, weight, packed, std::nullopt), at::linear(x.to(at::kDouble), weight.to(at::kDouble))) <=
             1e-5);
   }
-  const at::Tensor few = at::randn({3, 1029});  // up to kRowwiseMaxRows rows: rowwise_linear's kernel
-  const auto rowwise = dispatcher.findSchemaOrThrow("torchbridge::rowwise_linear", "")
-                           .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&)>();
-  REQUIRE(at::equal(op.call(few, weight, packed, bias), rowwise.call(few, weight, bias)));
   const at::Tensor many = at::randn({torchbridge::kPackedMaxRows + 1, 1029});
   REQUIRE(at::equal(op.call(many, weight, packed, bias), at::linear(many, weight, bias)));
   const at::Tensor doubles = at::randn({40, 1029}, at::kDouble);
@@ -711,37 +707,47 @@ TEST(packed_linear_matches_linear_past_the_rowwise_rows_and_passes_on_what_it_do
 }
 
 TEST(rowwise_lstm_matches_lstm_and_passes_on_what_its_kernel_does_not_take) {
+  auto& dispatcher = c10::Dispatcher::singleton();
   const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("torchbridge::rowwise_lstm", "")
+      dispatcher.findSchemaOrThrow("torchbridge::rowwise_lstm", "")
           .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, at::TensorList, at::TensorList, bool,
-                                                                int64_t, double, bool, bool, bool)>();
+                                                                int64_t, double, bool, bool, bool, at::TensorList)>();
+  const auto pack =
+      dispatcher.findSchemaOrThrow("torchbridge::pack_linear_weight", "").typed<at::Tensor(const at::Tensor&)>();
   at::manual_seed(0);
-  // Two layers, both directions, hidden 9 (the cell update's tail past 8 lanes), time-major.
-  const int64_t hidden = 9, batch = 3, steps = 4, input_size = 5;
-  std::vector<at::Tensor> params;
-  for (int64_t layer = 0; layer < 2; ++layer)
-    for (int64_t direction = 0; direction < 2; ++direction) {
-      params.push_back(at::randn({4 * hidden, layer == 0 ? input_size : 2 * hidden}) * 0.3);
-      params.push_back(at::randn({4 * hidden, hidden}) * 0.3);
-      params.push_back(at::randn({4 * hidden}) * 0.1);
-      params.push_back(at::randn({4 * hidden}) * 0.1);
-    }
-  // The row kernel, the packed GEMM per step, and past its rows at::lstm.
-  for (const int64_t rows : {batch, torchbridge::kRowwiseMaxRows + 1, torchbridge::kPackedMaxRows + 1}) {
-    const at::Tensor x = at::randn({steps, rows, input_size});
-    const std::vector<at::Tensor> h0 = {at::randn({4, rows, hidden}), at::randn({4, rows, hidden})};
-    const auto actual = op.call(x, h0, params, true, 2, 0.0, false, true, false);
-    const auto expected = at::lstm(x, h0, params, true, 2, 0.0, false, true, false);
-    for (const auto& [a, e] : {std::pair{std::get<0>(actual), std::get<0>(expected)},
-                               std::pair{std::get<1>(actual), std::get<1>(expected)},
-                               std::pair{std::get<2>(actual), std::get<2>(expected)}}) {
-      REQUIRE(a.sizes() == e.sizes());
-      if (rows > torchbridge::kPackedMaxRows)
-        REQUIRE(at::equal(a, e));  // at::lstm itself
-      else
-        REQUIRE((a - e).abs().max().item<double>() <= 1e-5 * e.abs().max().item<double>());
-    }
+  // Two layers, both directions, time-major; hidden 9 (the cell update's tail past 8 lanes) and 20
+  // (at two threads or more, slices of the hidden units for the row kernel's steps, the last with a
+  // tail); the weights packed by the pass, or not given.
+  const int64_t batch = 3, steps = 4, input_size = 5;
+  for (const int64_t hidden : {int64_t{9}, int64_t{20}}) {
+    std::vector<at::Tensor> params, packed;
+    for (int64_t layer = 0; layer < 2; ++layer)
+      for (int64_t direction = 0; direction < 2; ++direction) {
+        params.push_back(at::randn({4 * hidden, layer == 0 ? input_size : 2 * hidden}) * 0.3);
+        params.push_back(at::randn({4 * hidden, hidden}) * 0.3);
+        params.push_back(at::randn({4 * hidden}) * 0.1);
+        params.push_back(at::randn({4 * hidden}) * 0.1);
+        packed.push_back(pack.call(params[params.size() - 4]));
+        packed.push_back(pack.call(params[params.size() - 3]));
+      }
+    // The row kernel, the packed GEMM per step, and past its rows at::lstm.
+    for (const int64_t rows : {batch, torchbridge::kRowwiseMaxRows + 1, torchbridge::kPackedMaxRows + 1})
+      for (const bool given : {true, false}) {
+        const at::Tensor x = at::randn({steps, rows, input_size});
+        const std::vector<at::Tensor> h0 = {at::randn({4, rows, hidden}), at::randn({4, rows, hidden})};
+        const auto actual =
+            op.call(x, h0, params, true, 2, 0.0, false, true, false, given ? packed : std::vector<at::Tensor>{});
+        const auto expected = at::lstm(x, h0, params, true, 2, 0.0, false, true, false);
+        for (const auto& [a, e] : {std::pair{std::get<0>(actual), std::get<0>(expected)},
+                                   std::pair{std::get<1>(actual), std::get<1>(expected)},
+                                   std::pair{std::get<2>(actual), std::get<2>(expected)}}) {
+          REQUIRE(a.sizes() == e.sizes());
+          if (rows > torchbridge::kPackedMaxRows)
+            REQUIRE(at::equal(a, e));  // at::lstm itself
+          else
+            REQUIRE((a - e).abs().max().item<double>() <= 1e-5 * e.abs().max().item<double>());
+        }
+      }
   }
 }
 
