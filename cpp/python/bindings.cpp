@@ -151,8 +151,8 @@ PYBIND11_MODULE(_C, m) {
   // rows (torchbridge::rowwise_linear and rowwise_lstm are aten's operators otherwise).
   m.def("rowwise_available", &torchbridge::rowwise_kernels_available);
   m.attr("ROWWISE_MAX_ROWS") = torchbridge::kRowwiseMaxRows;
-  // Past ROWWISE_MAX_ROWS, up to this many rows, linear layers run torchbridge's GEMM on a weight
-  // packed at load (torchbridge::packed_linear is aten::linear past it).
+  // Up to this many rows, linear layers run torchbridge's GEMM on a weight packed at load
+  // (torchbridge::packed_linear is aten::linear past it).
   m.attr("PACKED_MAX_ROWS") = torchbridge::kPackedMaxRows;
   // 1x1 convolutions of channels-last inputs (torchbridge::pointwise_conv) run it up to this many
   // pixels on this CPU (conv2d past it).

@@ -2,7 +2,9 @@
 // panels of 16 output columns, each panel's K rows of 16 values side by side, and a 6x16 register
 // tile (AVX2 and FMA) run over them. MKL and oneDNN pack the weight again on every call for a small
 // input; with the packing paid once, the product of a few dozen rows runs near the core's FMA rate.
-// Used by the "rowwise" variant (rowwise.cpp) for linear layers on more than kRowwiseMaxRows rows.
+// Used for the variants' linear layers of constant weights (torchbridge::packed_linear, up to
+// kPackedMaxRows rows), 1x1 convolutions (pointwise_conv) and an LSTM's input projection and, past
+// kRowwiseMaxRows sequences, its steps (rowwise.cpp).
 #pragma once
 
 #include <ATen/ATen.h>

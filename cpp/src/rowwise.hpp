@@ -13,9 +13,10 @@
 
 namespace torchbridge {
 
-/// Inputs of more rows (the product of all but a linear input's last dimension; an LSTM's batch)
-/// go to the aten operator; in the variant's graph a linear layer's go to the packed GEMM first
-/// (torchbridge::packed_linear, packed_gemm.hpp), up to kPackedMaxRows.
+/// torchbridge::rowwise_linear's limit (more rows, the product of all but the input's last
+/// dimension, go to aten::linear), and the LSTM's for its steps through the row kernel (past it the
+/// packed GEMM per step). In the variant's graph linear layers run torchbridge::packed_linear
+/// (packed_gemm.hpp) at any number of rows up to kPackedMaxRows.
 constexpr int64_t kRowwiseMaxRows = 16;
 
 /// The same variant replaces aten::layer_norm, aten::gelu and aten::scaled_dot_product_attention by
