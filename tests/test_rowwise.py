@@ -69,10 +69,12 @@ def test_what_the_kernel_does_not_take_is_aten_linear_exactly():
 
 
 @needs_kernel
-# the packed GEMM on 3 and 20 rows, which two threads split by panel, and on 49 (a last tile of one
-# row), 200 and, with 40 outputs (three panels), 200 again, which they split by rows (one thread
-# runs them block by block, each block panel by panel)
-@pytest.mark.parametrize("rows,outputs", [(3, 1000), (20, 1000), (49, 1000), (200, 1000), (200, 40)])
+# the packed GEMM on one row (panels in pairs) and on 3 and 20 rows, which two threads split by
+# panel, and on 49 (a last tile of one row), 200 and, with 40 outputs (three panels), 200 again,
+# which they split by rows (one thread runs them block by block, each block panel by panel)
+@pytest.mark.parametrize(
+    "rows,outputs", [(1, 1000), (1, 40), (3, 1000), (20, 1000), (49, 1000), (200, 1000), (200, 40)]
+)
 def test_the_kernels_give_the_same_bits_at_any_thread_count(rows, outputs):
     generator = torch.Generator().manual_seed(2)
     w, b = torch.randn(outputs, 700, generator=generator), torch.randn(outputs, generator=generator)

@@ -30,8 +30,10 @@ constexpr int64_t kPointwiseMaxPixels = 16384;
 at::Tensor pack_linear_weight(const at::Tensor& weight);
 
 /// out[m * n_out + n] = bias[n] (where given) + sum_k in[m * k_in + k] * weight[n][k], for k_in >= 1;
-/// `packed` is pack_linear_weight's. ATen's threads split the rows where each gets two tiles of them
-/// (kTileRows in packed_gemm.cpp), else the output columns by panel; each output is summed the same
+/// `packed` is pack_linear_weight's. One row (a matrix-vector product) runs the panels in pairs, each
+/// input value broadcast once for two, split among ATen's threads by pair. Otherwise ATen's threads
+/// split the rows where each gets two tiles of them (kTileRows in packed_gemm.cpp), else the output
+/// columns by panel; each output is summed the same
 /// way at any thread count. Only on a CPU with AVX2 and FMA
 /// (rowwise_kernels_available()).
 /// `recurrent`: the same weight runs again right after (an LSTM's steps), so threads split the
