@@ -112,58 +112,48 @@ __attribute__((target("avx2,fma"))) void tile_avx2<1>(const float* a, int64_t, c
   _mm256_storeu_ps(c + 8, _mm256_add_ps(_mm256_add_ps(c1, d1), _mm256_add_ps(e1, f1)));
 }
 
-// One input row against two panels (32 output columns; `b1` null: one panel), over the whole of K:
-// each input value broadcast once for both panels, the panels read as two sequential runs. Each
+// One input row against two panels (32 output columns; Two false: `b0` alone), over the whole of
+// K: each input value broadcast once for both panels, the panels read as two sequential runs. Each
 // panel's sums in two k phases that meet at the end, the same for a panel alone, so an output does
 // not depend on which panel it was paired with.
+template <bool Two>
 __attribute__((target("avx2,fma"))) void gemv_pair_avx2(const float* a, const float* b0, const float* b1,
                                                         int64_t depth, const float* init0, const float* init1,
                                                         float* c0, float* c1) {
   __m256 p00 = _mm256_loadu_ps(init0), p01 = _mm256_loadu_ps(init0 + 8);
-  __m256 q00 = _mm256_setzero_ps(), q01 = q00;
-  __m256 p10 = q00, p11 = q00, q10 = q00, q11 = q00;
-  if (b1) p10 = _mm256_loadu_ps(init1), p11 = _mm256_loadu_ps(init1 + 8);
+  __m256 q00 = _mm256_setzero_ps(), q01 = q00, p10 = q00, p11 = q00, q10 = q00, q11 = q00;
+  if constexpr (Two) p10 = _mm256_loadu_ps(init1), p11 = _mm256_loadu_ps(init1 + 8);
   int64_t k = 0;
-  if (b1) {
-    for (; k + 2 <= depth; k += 2) {
-      const float* x0 = b0 + k * kPackedPanel;
+  for (; k + 2 <= depth; k += 2) {
+    const float* x0 = b0 + k * kPackedPanel;
+    const __m256 v = _mm256_broadcast_ss(a + k), w = _mm256_broadcast_ss(a + k + 1);
+    p00 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x0), p00);
+    p01 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x0 + 8), p01);
+    q00 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + 16), q00);
+    q01 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + 24), q01);
+    if constexpr (Two) {
       const float* x1 = b1 + k * kPackedPanel;
-      const __m256 v = _mm256_broadcast_ss(a + k), w = _mm256_broadcast_ss(a + k + 1);
-      p00 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x0), p00);
-      p01 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x0 + 8), p01);
       p10 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x1), p10);
       p11 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x1 + 8), p11);
-      q00 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + 16), q00);
-      q01 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + 24), q01);
       q10 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x1 + 16), q10);
       q11 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x1 + 24), q11);
     }
-    if (k < depth) {
-      const __m256 v = _mm256_broadcast_ss(a + k);
-      p00 = _mm256_fmadd_ps(v, _mm256_loadu_ps(b0 + k * kPackedPanel), p00);
-      p01 = _mm256_fmadd_ps(v, _mm256_loadu_ps(b0 + k * kPackedPanel + 8), p01);
+  }
+  if (k < depth) {
+    const __m256 v = _mm256_broadcast_ss(a + k);
+    p00 = _mm256_fmadd_ps(v, _mm256_loadu_ps(b0 + k * kPackedPanel), p00);
+    p01 = _mm256_fmadd_ps(v, _mm256_loadu_ps(b0 + k * kPackedPanel + 8), p01);
+    if constexpr (Two) {
       p10 = _mm256_fmadd_ps(v, _mm256_loadu_ps(b1 + k * kPackedPanel), p10);
       p11 = _mm256_fmadd_ps(v, _mm256_loadu_ps(b1 + k * kPackedPanel + 8), p11);
-    }
-    _mm256_storeu_ps(c1, _mm256_add_ps(p10, q10));
-    _mm256_storeu_ps(c1 + 8, _mm256_add_ps(p11, q11));
-  } else {
-    for (; k + 2 <= depth; k += 2) {
-      const float* x0 = b0 + k * kPackedPanel;
-      const __m256 v = _mm256_broadcast_ss(a + k), w = _mm256_broadcast_ss(a + k + 1);
-      p00 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x0), p00);
-      p01 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x0 + 8), p01);
-      q00 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + 16), q00);
-      q01 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + 24), q01);
-    }
-    if (k < depth) {
-      const __m256 v = _mm256_broadcast_ss(a + k);
-      p00 = _mm256_fmadd_ps(v, _mm256_loadu_ps(b0 + k * kPackedPanel), p00);
-      p01 = _mm256_fmadd_ps(v, _mm256_loadu_ps(b0 + k * kPackedPanel + 8), p01);
     }
   }
   _mm256_storeu_ps(c0, _mm256_add_ps(p00, q00));
   _mm256_storeu_ps(c0 + 8, _mm256_add_ps(p01, q01));
+  if constexpr (Two) {
+    _mm256_storeu_ps(c1, _mm256_add_ps(p10, q10));
+    _mm256_storeu_ps(c1 + 8, _mm256_add_ps(p11, q11));
+  }
 }
 
 using TileKernel = void (*)(const float*, int64_t, const float*, int64_t, const float*, float*, int64_t);
@@ -234,8 +224,11 @@ void packed_gemm(const float* in, const float* packed, const float* bias, float*
           c[i] = columns == kPackedPanel ? out + n0 : spare[i];
         }
         const bool two = 2 * q + 1 < panels;
-        gemv_pair_avx2(in, packed + 2 * q * k_in * kPackedPanel, two ? packed + (2 * q + 1) * k_in * kPackedPanel : nullptr,
-                       k_in, start[0], start[1], c[0], c[1]);
+        const float* b0 = packed + 2 * q * k_in * kPackedPanel;
+        if (two)
+          gemv_pair_avx2<true>(in, b0, b0 + k_in * kPackedPanel, k_in, start[0], start[1], c[0], c[1]);
+        else
+          gemv_pair_avx2<false>(in, b0, nullptr, k_in, start[0], nullptr, c[0], nullptr);
         for (int64_t i = 0; i < (two ? 2 : 1); ++i) {
           const int64_t p = 2 * q + i, n0 = p * kPackedPanel;
           if (c[i] == spare[i]) std::copy_n(spare[i], n_out - n0, out + n0);
