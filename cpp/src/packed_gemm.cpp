@@ -23,10 +23,11 @@ constexpr int64_t kBlockRows = 96;
 
 #ifdef TORCHBRIDGE_PACKED_X86
 // c[r * ldc + 0..16) = (init ? init[0..16) : c[r * ldc + 0..16)) + sum over k < depth of
-// a[r * lda + k] * b[k][0..16), for R rows; twelve accumulators for six rows.
+// a[r * lda + k] * b[k][0..16), for R rows; twelve accumulators for six rows. `next`, where not
+// null, is the same slice of the next panel, asked into L2 a line per k (see packed_gemm).
 template <int R>
 __attribute__((target("avx2,fma"))) void tile_avx2(const float* a, int64_t lda, const float* b, int64_t depth,
-                                                   const float* init, float* c, int64_t ldc) {
+                                                   const float* init, float* c, int64_t ldc, const float* next) {
   const float* from = init ? init : c;  // every row starts from init, or from what c holds
   const int64_t step = init ? 0 : ldc;
   __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
@@ -44,6 +45,7 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const float* a, int64_t lda, 
   const float* a4 = a + 4 * lda;
   const float* a5 = a + 5 * lda;
   for (int64_t k = 0; k < depth; ++k) {
+    if (next) _mm_prefetch(reinterpret_cast<const char*>(next + k * kPackedPanel), _MM_HINT_T1);
     const __m256 b0 = _mm256_loadu_ps(b + k * kPackedPanel), b1 = _mm256_loadu_ps(b + k * kPackedPanel + 8);
     __m256 v = _mm256_broadcast_ss(a0 + k);
     c00 = _mm256_fmadd_ps(v, b0, c00);
@@ -88,7 +90,7 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const float* a, int64_t lda, 
 // k phases sum apart and meet at the end.
 template <>
 __attribute__((target("avx2,fma"))) void tile_avx2<1>(const float* a, int64_t, const float* b, int64_t depth,
-                                                      const float* init, float* c, int64_t) {
+                                                      const float* init, float* c, int64_t, const float*) {
   __m256 c0 = _mm256_loadu_ps(init ? init : c);
   __m256 c1 = _mm256_loadu_ps((init ? init : c) + 8);
   __m256 d0 = _mm256_setzero_ps(), d1 = d0, e0 = d0, e1 = d0, f0 = d0, f1 = d0;
@@ -156,7 +158,7 @@ __attribute__((target("avx2,fma"))) void gemv_pair_avx2(const float* a, const fl
   }
 }
 
-using TileKernel = void (*)(const float*, int64_t, const float*, int64_t, const float*, float*, int64_t);
+using TileKernel = void (*)(const float*, int64_t, const float*, int64_t, const float*, float*, int64_t, const float*);
 constexpr TileKernel kTiles[kTileRows + 1] = {nullptr,        tile_avx2<1>, tile_avx2<2>, tile_avx2<3>,
                                               tile_avx2<4>, tile_avx2<5>, tile_avx2<6>};
 #endif
@@ -178,7 +180,11 @@ void packed_gemm(const float* in, const float* packed, const float* bias, float*
   const int64_t panels = (n_out + kPackedPanel - 1) / kPackedPanel;
   const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
   // One panel's outputs for rows [block, block_end), at most kBlockRows of them. A full panel's
-  // tiles go straight to the output; the last panel, when narrower, to `spare`.
+  // tiles go straight to the output; the last panel, when narrower, to `spare`. A layer's weight
+  // comes from L3 or memory (the layers before push it out of L2), and the core's prefetchers,
+  // seeing a panel read in a burst by its first tile and then not at all while the other tiles
+  // reuse it, do not run ahead far enough: the first tile on each slice of a panel also asks for
+  // the same slice of the next panel.
   const auto run = [&](int64_t block, int64_t block_end, int64_t p, float* spare) {
     alignas(32) float start[kPackedPanel];
     const float* panel = packed + p * k_in * kPackedPanel;
@@ -191,8 +197,9 @@ void packed_gemm(const float* in, const float* packed, const float* bias, float*
       const int64_t depth = std::min(kDepth, k_in - k0);
       for (int64_t m = block; m < block_end; m += kTileRows) {
         const int64_t r = std::min(kTileRows, block_end - m);
+        const float* next = m == block && p + 1 < panels ? panel + (k_in + k0) * kPackedPanel : nullptr;
         kTiles[r](in + m * k_in + k0, k_in, panel + k0 * kPackedPanel, depth, k0 == 0 ? start : nullptr,
-                  c + (m - block) * ldc, ldc);
+                  c + (m - block) * ldc, ldc, next);
       }
     }
     if (!full)
