@@ -24,7 +24,8 @@
 
 namespace torchbridge {
 
-// A pool carves blocks out of segments taken from the system, best fit, splitting a larger free
+// A pool carves blocks out of segments taken from the system (of the free blocks that fit within
+// twice the size asked, the one freed last; else the smallest that fits), splitting a larger free
 // block and merging a freed one with its free neighbours (as PyTorch's CUDA caching allocator and
 // onnxruntime's arena do): the activations of one layer can then reuse the memory of another's of a
 // different size, and the pool stays within the peak a forward has in use.
@@ -37,6 +38,7 @@ struct Block {
   Block* prev = nullptr;  // neighbours in the segment, by address
   Block* next = nullptr;
   Segment* segment = nullptr;
+  uint64_t freed = 0;  // PoolState::frees when it was last given back
 };
 
 struct Segment {
@@ -52,6 +54,7 @@ struct PoolState {
   size_t peak = 0;
   int64_t hits = 0;
   int64_t misses = 0;
+  uint64_t frees = 0;
   bool closed = false;  // the Runtime is gone: segments go back to the system as they empty
 };
 
@@ -113,6 +116,7 @@ void* drop_segment(PoolState& pool, Block* block) {
 // Marks a block free and merges it with free neighbours; returns the merged block (in pool.free).
 Block* give_back(PoolState& pool, Block* block) {
   block->free = true;
+  block->freed = ++pool.frees;
   pool.in_use -= block->size;
   poison(block->data, block->size);
   if (block->next != nullptr && block->next->free) {
@@ -127,6 +131,7 @@ Block* give_back(PoolState& pool, Block* block) {
     Block* prev = block->prev;
     pool.free.erase({prev->size, prev});
     prev->size += block->size;
+    prev->freed = block->freed;
     prev->next = block->next;
     if (prev->next != nullptr) prev->next->prev = prev;
     delete block;
@@ -164,6 +169,11 @@ void* acquire(const std::shared_ptr<PoolState>& state, size_t nbytes) {
     std::lock_guard<std::mutex> lock(g.mutex);
     PoolState& pool = *state;
     auto it = pool.free.lower_bound({want, nullptr});
+    // Of the blocks that fit without wasting more than they use, the one given back last: its
+    // memory is the likeliest to be in the caches still, so the forward's writes to it do not
+    // read it from memory first.
+    for (auto other = it; other != pool.free.end() && other->first <= 2 * want; ++other)
+      if (other->second->freed > it->second->freed) it = other;
     if (it != pool.free.end()) {
       Block* block = it->second;
       pool.free.erase(it);
