@@ -529,9 +529,10 @@ def depthwise(x, conv: nn.Conv2d, bias=True):
 
 
 # (channels, image height, width, kernel, stride, padding): 24 channels run a block of 16 and one of
-# 8; images smaller than the kernel's reach, with edge columns only, and wide enough for tiles of four
-# (of eight at stride 1 with 3 or 5 tap columns, then one of the 1 to 7 left); the last, at batch 3
-# (9.2 MB), large enough that the kernel prefetches the input rows ahead.
+# 8 (in AVX-512 at stride 1, a full register and a masked one); images smaller than the kernel's
+# reach, with edge columns only, and wide enough for tiles of four (of eight at stride 1 with 3 or
+# 5 tap columns, then one of the 1 to 7 left); the last, at batch 3 (9.2 MB), large enough that the
+# kernel prefetches the input rows ahead.
 DEPTHWISE_CASES = [
     (24, 14, 14, 3, 1, 1),
     (8, 7, 9, 5, 2, 2),

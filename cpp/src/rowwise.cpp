@@ -842,6 +842,16 @@ at::Tensor small_attention(const at::Tensor& query, const at::Tensor& key, const
 
 bool rowwise_kernels_available() { return cpu_has_kernel(); }
 
+bool avx512_kernels_available() {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const bool has =
+      cpu_has_kernel() && __builtin_cpu_supports("avx512f") && at::get_cpu_capability() == "AVX512";
+  return has;
+#else
+  return false;
+#endif
+}
+
 int64_t pointwise_max_pixels() { return kPointwiseMaxPixels; }
 
 namespace {

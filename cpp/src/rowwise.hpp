@@ -44,6 +44,10 @@ bool plain_float(const at::Tensor& t);
 /// operators are aten's.
 bool rowwise_kernels_available();
 
+/// Whether the kernels that have an AVX-512 form run it: the CPU has AVX-512F and ATen runs its own
+/// AVX-512 kernels (so ATEN_CPU_CAPABILITY=avx2 caps these as it caps ATen's).
+bool avx512_kernels_available();
+
 /// Replaces each aten::linear of `graph` whose weight (and bias, if any) is a float constant (by
 /// torchbridge::packed_linear, given the weight and its packed form as a new constant), each
 /// aten::lstm whose parameters are constants (a frozen graph's), and each aten::layer_norm, gelu and
