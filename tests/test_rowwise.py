@@ -531,10 +531,16 @@ def depthwise(x, conv: nn.Conv2d, bias=True):
 # (channels, image height, width, kernel, stride, padding): 24 channels run a block of 16 and one of
 # 8 (in AVX-512 at stride 1, a full register and a masked one); images smaller than the kernel's
 # reach, with edge columns only, and wide enough for tiles of four (of eight at stride 1 with 3 or
-# 5 tap columns, then one of the 1 to 7 left); the last, at batch 3 (9.2 MB), large enough that the
-# kernel prefetches the input rows ahead.
+# 5 tap columns, then one of the 1 to 7 left); stride 1 with 5 tap columns on images of up to 400
+# pixels with their padding (copied into a zero-bordered block: 7x7, 14x14, 6x29) and of more (row
+# by row: 19x21); the last, at batch 3 (9.2 MB), large enough that the kernel prefetches the input
+# rows ahead.
 DEPTHWISE_CASES = [
     (24, 14, 14, 3, 1, 1),
+    (24, 7, 7, 5, 1, 2),
+    (40, 14, 14, 5, 1, 2),
+    (24, 20, 23, 3, 1, 1),
+    (16, 19, 21, 5, 1, 2),
     (8, 7, 9, 5, 2, 2),
     (48, 3, 3, 5, 1, 2),
     (16, 1, 1, 3, 1, 1),
@@ -598,6 +604,17 @@ def test_what_the_depthwise_conv_does_not_take_is_conv2d_exactly():
             assert torch.equal(depthwise(inputs, module), module(inputs))
     grad = torch.randn(1, 24, 5, 5, requires_grad=True).contiguous(memory_format=torch.channels_last)
     assert torch.equal(depthwise(grad, conv), conv(grad))
+
+
+def test_a_depthwise_weight_that_is_not_finite_stays_with_conv2d():
+    # The kernel may add a tap in the padding as zero times its weight: inf there would make NaN.
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 8, 5, padding=2, groups=8)).eval()
+    with torch.no_grad():
+        model[1].weight[3, 0, 0, 0] = float("inf")
+    graph = torch.jit.freeze(torch.jit.script(model)).graph
+    assert rewrite_channels_last(graph) == 1
+    kinds = [node.kind() for node in graph.nodes()]
+    assert kinds.count("torchbridge::depthwise_conv") == 1 and kinds.count("aten::conv2d") == 1
 
 
 class SiLUNet(nn.Module):

@@ -93,26 +93,38 @@ __attribute__((target("avx2,fma"), always_inline)) inline void tile_avx2(const f
 // Whether tile_stride1_avx2 takes this convolution's inner pixels: stride 1, 3 or 5 tap columns.
 inline bool stride1_tiles(const Geometry& g) { return g.sw == 1 && (g.kw == 3 || g.kw == 5); }
 
+// Where a stride-1 tile reads and writes: `in` is the input of its first tap row at its first
+// pixel's tap column 0 and its first channel, `rows` tap rows of `in_row` floats apart, pixels
+// `in_pixel` apart; `taps` the packed weight of its first tap row and channel (tap columns `c`
+// apart, tap rows KW c); `bias` (or null) and `out` at its first channel and pixel, output pixels
+// `c` apart.
+struct Stride1 {
+  const float* in;
+  int64_t in_row, in_pixel;
+  const float* taps;
+  const float* bias;
+  float* out;
+  int64_t c, rows;
+};
+
 // tile_avx2<1, T, false> for stride 1 and KW tap columns: neighbouring pixels share input columns
 // (pixel t's tap j reads column t + j), so each tap row loads its T + KW - 1 input columns and its
 // KW weights once, not T x KW inputs. Each output still adds its taps in row-major order.
 template <int T, int KW>
-__attribute__((target("avx2,fma"), always_inline)) inline void tile_stride1_avx2(
-    const float* image, const float* packed, const float* bias, float* out, const Geometry& g, int64_t ih0,
-    int64_t ow, int64_t c0, int64_t i_begin, int64_t i_end) {
+__attribute__((target("avx2,fma"), always_inline)) inline void tile_stride1_avx2(const Stride1& a) {
   __m256 acc[T];
-  const __m256 start = bias ? _mm256_loadu_ps(bias + c0) : _mm256_setzero_ps();
+  const __m256 start = a.bias ? _mm256_loadu_ps(a.bias) : _mm256_setzero_ps();
 #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) acc[t] = start;
-  for (int64_t i = i_begin; i < i_end; ++i) {
-    const float* row = image + (ih0 + i) * g.w * g.c + (ow - g.pw) * g.c + c0;
-    const float* taps = packed + i * KW * g.c + c0;
+  for (int64_t i = 0; i < a.rows; ++i) {
+    const float* row = a.in + i * a.in_row;
+    const float* taps = a.taps + i * KW * a.c;
     __m256 weight[KW];
 #pragma GCC unroll 8
-    for (int j = 0; j < KW; ++j) weight[j] = _mm256_loadu_ps(taps + j * g.c);
+    for (int j = 0; j < KW; ++j) weight[j] = _mm256_loadu_ps(taps + j * a.c);
 #pragma GCC unroll 16
     for (int column = 0; column < T + KW - 1; ++column) {
-      const __m256 x = _mm256_loadu_ps(row + column * g.c);
+      const __m256 x = _mm256_loadu_ps(row + column * a.in_pixel);
       // Pixel t = column - j; j rising, so each pixel's taps come in order.
 #pragma GCC unroll 8
       for (int j = KW - 1; j >= 0; --j) {
@@ -122,7 +134,7 @@ __attribute__((target("avx2,fma"), always_inline)) inline void tile_stride1_avx2
     }
   }
 #pragma GCC unroll 8
-  for (int t = 0; t < T; ++t) _mm256_storeu_ps(out + (ow + t) * g.c + c0, acc[t]);
+  for (int t = 0; t < T; ++t) _mm256_storeu_ps(a.out + t * a.c, acc[t]);
 }
 
 // tile_stride1_avx2 in AVX-512: 16 channels (`mask`: those of them that exist) in each register.
@@ -130,22 +142,21 @@ __attribute__((target("avx2,fma"), always_inline)) inline void tile_stride1_avx2
 // each accumulator's chain of dependent multiply-adds (a pixel's taps, in order) no longer sets
 // the pace where the CPU runs fewer AVX-512 multiply-adds per cycle than AVX2 ones (AMD Zen 4).
 template <int T, int KW>
-__attribute__((target("avx512f"), always_inline)) inline void tile_stride1_avx512(
-    const float* image, const float* packed, const float* bias, float* out, const Geometry& g, int64_t ih0,
-    int64_t ow, int64_t c0, int64_t i_begin, int64_t i_end, __mmask16 mask) {
+__attribute__((target("avx512f"), always_inline)) inline void tile_stride1_avx512(const Stride1& a,
+                                                                                  __mmask16 mask) {
   __m512 acc[T];
-  const __m512 start = bias ? _mm512_maskz_loadu_ps(mask, bias + c0) : _mm512_setzero_ps();
+  const __m512 start = a.bias ? _mm512_maskz_loadu_ps(mask, a.bias) : _mm512_setzero_ps();
 #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) acc[t] = start;
-  for (int64_t i = i_begin; i < i_end; ++i) {
-    const float* row = image + (ih0 + i) * g.w * g.c + (ow - g.pw) * g.c + c0;
-    const float* taps = packed + i * KW * g.c + c0;
+  for (int64_t i = 0; i < a.rows; ++i) {
+    const float* row = a.in + i * a.in_row;
+    const float* taps = a.taps + i * KW * a.c;
     __m512 weight[KW];
 #pragma GCC unroll 8
-    for (int j = 0; j < KW; ++j) weight[j] = _mm512_maskz_loadu_ps(mask, taps + j * g.c);
+    for (int j = 0; j < KW; ++j) weight[j] = _mm512_maskz_loadu_ps(mask, taps + j * a.c);
 #pragma GCC unroll 16
     for (int column = 0; column < T + KW - 1; ++column) {
-      const __m512 x = _mm512_maskz_loadu_ps(mask, row + column * g.c);
+      const __m512 x = _mm512_maskz_loadu_ps(mask, row + column * a.in_pixel);
 #pragma GCC unroll 8
       for (int j = KW - 1; j >= 0; --j) {
         const int t = column - j;
@@ -154,7 +165,24 @@ __attribute__((target("avx512f"), always_inline)) inline void tile_stride1_avx51
     }
   }
 #pragma GCC unroll 8
-  for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(out + (ow + t) * g.c + c0, mask, acc[t]);
+  for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(a.out + t * a.c, mask, acc[t]);
+}
+
+// The tile at image pixel (ih0 + i_begin, ow), channel c0, of an unpadded channels-last image.
+inline Stride1 stride1_at(const float* image, const float* packed, const float* bias, float* out, const Geometry& g,
+                          int64_t ih0, int64_t ow, int64_t c0, int64_t i_begin, int64_t i_end) {
+  return {image + (ih0 + i_begin) * g.w * g.c + (ow - g.pw) * g.c + c0,
+          g.w * g.c,
+          g.c,
+          packed + i_begin * g.kw * g.c + c0,
+          bias ? bias + c0 : nullptr,
+          out + ow * g.c + c0,
+          g.c,
+          i_end - i_begin};
+}
+
+inline __mmask16 channel_mask(int64_t left) {
+  return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
 }
 
 // Output pixels [ow, ow + T) of one output row, all channels, by tile_stride1_avx512.
@@ -164,9 +192,9 @@ __attribute__((target("avx512f"))) void stride1_pixels_avx512(const float* image
                                                               int64_t ih0, int64_t ow, int64_t i_begin,
                                                               int64_t i_end) {
   for (int64_t c0 = 0; c0 < g.c; c0 += 16) {
-    const __mmask16 mask = g.c - c0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (g.c - c0)) - 1);
-    if (g.kw == 3) tile_stride1_avx512<T, 3>(image, packed, bias, out, g, ih0, ow, c0, i_begin, i_end, mask);
-    else tile_stride1_avx512<T, 5>(image, packed, bias, out, g, ih0, ow, c0, i_begin, i_end, mask);
+    const Stride1 a = stride1_at(image, packed, bias, out, g, ih0, ow, c0, i_begin, i_end);
+    if (g.kw == 3) tile_stride1_avx512<T, 3>(a, channel_mask(g.c - c0));
+    else tile_stride1_avx512<T, 5>(a, channel_mask(g.c - c0));
   }
 }
 
@@ -180,8 +208,9 @@ __attribute__((target("avx2,fma"))) inline void pixels_avx2(const float* image, 
     if (stride1_tiles(g)) {
       if (g.avx512) return stride1_pixels_avx512<T>(image, packed, bias, out, g, ih0, ow, i_begin, i_end);
       for (int64_t c0 = 0; c0 < g.c; c0 += 8) {
-        if (g.kw == 3) tile_stride1_avx2<T, 3>(image, packed, bias, out, g, ih0, ow, c0, i_begin, i_end);
-        else tile_stride1_avx2<T, 5>(image, packed, bias, out, g, ih0, ow, c0, i_begin, i_end);
+        const Stride1 a = stride1_at(image, packed, bias, out, g, ih0, ow, c0, i_begin, i_end);
+        if (g.kw == 3) tile_stride1_avx2<T, 3>(a);
+        else tile_stride1_avx2<T, 5>(a);
       }
       return;
     }
@@ -265,6 +294,94 @@ __attribute__((target("avx2,fma"))) void row_avx2(const float* image, const floa
     }
   }
 }
+
+// Images whose padded form has at most this many pixels run padded (runs_padded): a block of 16
+// channels of it, 25.6 KB, stays in L1 while its output is computed.
+constexpr int64_t kPaddedMaxPixels = 400;
+
+// A stride-1 convolution with 5 tap columns of a small image (EfficientNet's and MobileNetV3's 7x7
+// and 14x14). There a large share of the pixels are at an edge, where the row-wise path checks tap
+// by tap, and fewer than eight are inner on a 7x7 image; instead each block of channels is copied
+// into the middle of a zero-bordered image and all its pixels run the stride-1 tiles. The taps in
+// the border add zero: the same sums as the row-wise path (the graph pass takes only finite
+// weights, so a zero input times a weight stays zero). With 3 tap columns the copy costs more than
+// the edges.
+inline bool runs_padded(const Geometry& g) {
+  return g.sh == 1 && g.sw == 1 && g.kw == 5 && (g.h + 2 * g.ph) * (g.w + 2 * g.pw) <= kPaddedMaxPixels;
+}
+
+// One output row of a padded block, from `a`'s pixel 0: tiles of eight pixels, then the rest in one.
+template <int KW>
+__attribute__((target("avx2,fma"))) void padded_row_avx2(Stride1 a, int64_t out_w) {
+  int64_t ow = 0;
+  for (; ow + 8 <= out_w; ow += 8, a.in += 8 * a.in_pixel, a.out += 8 * a.c) tile_stride1_avx2<8, KW>(a);
+  switch (out_w - ow) {
+    case 7: return tile_stride1_avx2<7, KW>(a);
+    case 6: return tile_stride1_avx2<6, KW>(a);
+    case 5: return tile_stride1_avx2<5, KW>(a);
+    case 4: return tile_stride1_avx2<4, KW>(a);
+    case 3: return tile_stride1_avx2<3, KW>(a);
+    case 2: return tile_stride1_avx2<2, KW>(a);
+    case 1: return tile_stride1_avx2<1, KW>(a);
+    default: return;
+  }
+}
+
+template <int KW>
+__attribute__((target("avx512f"))) void padded_row_avx512(Stride1 a, int64_t out_w, __mmask16 mask) {
+  int64_t ow = 0;
+  for (; ow + 8 <= out_w; ow += 8, a.in += 8 * a.in_pixel, a.out += 8 * a.c) tile_stride1_avx512<8, KW>(a, mask);
+  switch (out_w - ow) {
+    case 7: return tile_stride1_avx512<7, KW>(a, mask);
+    case 6: return tile_stride1_avx512<6, KW>(a, mask);
+    case 5: return tile_stride1_avx512<5, KW>(a, mask);
+    case 4: return tile_stride1_avx512<4, KW>(a, mask);
+    case 3: return tile_stride1_avx512<3, KW>(a, mask);
+    case 2: return tile_stride1_avx512<2, KW>(a, mask);
+    case 1: return tile_stride1_avx512<1, KW>(a, mask);
+    default: return;
+  }
+}
+
+// The first output row's tile of a padded block of `block` channels at `buf`, starting at channel c0.
+inline Stride1 padded_at(const float* buf, int64_t block, const float* packed, const float* bias, float* out,
+                         const Geometry& g, int64_t c0) {
+  const int64_t wp = g.w + 2 * g.pw;
+  return {buf, wp * block, block, packed + c0, bias ? bias + c0 : nullptr, out + c0, g.c, g.kh};
+}
+
+// Channels [c0, c0 + 8) of one image (`image`, (h, w, c); `out`, (out_h, out_w, c)), through `buf`,
+// a (h + 2 ph, w + 2 pw, 8) image whose border is zero: the block is copied into its middle.
+__attribute__((target("avx2,fma"))) void padded_block_avx2(const float* image, const float* packed,
+                                                           const float* bias, float* out, const Geometry& g,
+                                                           int64_t c0, float* buf) {
+  constexpr int64_t B = 8;
+  const int64_t wp = g.w + 2 * g.pw;
+  for (int64_t y = 0; y < g.h; ++y)
+    for (int64_t x = 0; x < g.w; ++x)
+      _mm256_storeu_ps(buf + ((y + g.ph) * wp + x + g.pw) * B, _mm256_loadu_ps(image + (y * g.w + x) * g.c + c0));
+  Stride1 a = padded_at(buf, B, packed, bias, out, g, c0);
+  for (int64_t oh = 0; oh < g.out_h; ++oh, a.in += a.in_row, a.out += g.out_w * g.c) {
+    padded_row_avx2<5>(a, g.out_w);
+  }
+}
+
+// padded_block_avx2 for 16 channels (the last block: 8 or 16) in AVX-512; `buf` has 16 a pixel.
+__attribute__((target("avx512f"))) void padded_block_avx512(const float* image, const float* packed,
+                                                            const float* bias, float* out, const Geometry& g,
+                                                            int64_t c0, float* buf) {
+  constexpr int64_t B = 16;
+  const __mmask16 mask = channel_mask(g.c - c0);
+  const int64_t wp = g.w + 2 * g.pw;
+  for (int64_t y = 0; y < g.h; ++y)
+    for (int64_t x = 0; x < g.w; ++x)
+      _mm512_storeu_ps(buf + ((y + g.ph) * wp + x + g.pw) * B,
+                       _mm512_maskz_loadu_ps(mask, image + (y * g.w + x) * g.c + c0));
+  Stride1 a = padded_at(buf, B, packed, bias, out, g, c0);
+  for (int64_t oh = 0; oh < g.out_h; ++oh, a.in += a.in_row, a.out += g.out_w * g.c) {
+    padded_row_avx512<5>(a, g.out_w, mask);
+  }
+}
 #endif
 
 }  // namespace
@@ -304,6 +421,23 @@ at::Tensor depthwise_conv(const at::Tensor& input, const at::Tensor& weight, con
   const float* packed_data = packed.const_data_ptr<float>();
   const float* bias_data = has_bias ? bias->const_data_ptr<float>() : nullptr;
   float* out_data = out.mutable_data_ptr<float>();
+  if (runs_padded(g)) {
+    const int64_t block = g.avx512 ? 16 : 8, blocks = (c + block - 1) / block;
+    const int64_t block_work = g.out_h * g.out_w * block * g.kh * g.kw;  // multiply-adds per block
+    at::parallel_for(0, n * blocks, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, block_work)),
+                     [&](int64_t first, int64_t last) {
+                       alignas(64) float buf[kPaddedMaxPixels * 16];
+                       std::fill_n(buf, (g.h + 2 * g.ph) * (g.w + 2 * g.pw) * block, 0.0f);
+                       for (int64_t task = first; task < last; ++task) {
+                         const int64_t b = task / blocks, c0 = task % blocks * block;
+                         const float* image = in_data + b * g.h * g.w * c;
+                         float* out_image = out_data + b * g.out_h * g.out_w * c;
+                         if (g.avx512) padded_block_avx512(image, packed_data, bias_data, out_image, g, c0, buf);
+                         else padded_block_avx2(image, packed_data, bias_data, out_image, g, c0, buf);
+                       }
+                     });
+    return out.permute({0, 3, 1, 2});
+  }
   const int64_t row_work = g.out_w * c * g.kh * g.kw;  // multiply-adds per output row
   const bool prefetch = input.numel() * static_cast<int64_t>(sizeof(float)) > kPrefetchInputBytes;
   at::parallel_for(0, n * g.out_h, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, row_work)),

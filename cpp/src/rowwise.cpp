@@ -904,8 +904,9 @@ void replace_with_packed(torch::jit::Graph& graph, torch::jit::Node* node, c10::
 }
 
 // Whether an aten::conv2d node (7 inputs) is what torchbridge::depthwise_conv takes: a depthwise
-// convolution (groups = channels, one filter each, a multiple of 8) of a constant float weight and
-// bias (or none), constant stride and padding, no dilation.
+// convolution (groups = channels, one filter each, a multiple of 8) of a constant float weight of
+// finite values (the kernel may add a tap in the padding as zero times the weight) and bias (or
+// none), constant stride and padding, no dilation.
 bool depthwise_conv_takes(torch::jit::Node* node) {
   torch::jit::Value* weight = node->input(1);
   if (!constant_float(weight, 4) || !(constant_float(node->input(2), 1) || constant_none(node->input(2)))) return false;
@@ -920,7 +921,7 @@ bool depthwise_conv_takes(torch::jit::Node* node) {
   };
   return tensor.size(1) == 1 && tensor.size(0) % 8 == 0 && pair(values[0]) && pair(values[1]) && pair(values[2]) &&
          values[2]->toIntVector() == std::vector<int64_t>{1, 1} && values[3] && values[3]->isInt() &&
-         values[3]->toInt() == tensor.size(0);
+         values[3]->toInt() == tensor.size(0) && at::isfinite(tensor).all().item<bool>();
 }
 
 // Whether an aten::linear node is what torchbridge::packed_linear takes with its weight packed once:

@@ -183,8 +183,8 @@ def _pointwise_conv(node) -> bool:
 
 def _depthwise_conv(node) -> bool:
     """Whether an aten::conv2d node is a depthwise convolution (groups = channels, a multiple of 8,
-    one filter each) of a constant float weight and a constant bias or none, with constant stride
-    and padding and no dilation: what torchbridge::depthwise_conv takes."""
+    one filter each) of a constant float weight of finite values and a constant bias or none, with
+    constant stride and padding and no dilation: what torchbridge::depthwise_conv takes."""
     inputs = list(node.inputs())
     if node.kind() != "aten::conv2d" or len(inputs) != 7 or node.outputsSize() != 1:
         return False
@@ -194,7 +194,10 @@ def _depthwise_conv(node) -> bool:
     channels, per_group = weight.toIValue().shape[:2]
     stride, padding, dilation, groups = (_constant(value) for value in inputs[3:])
     pairs = all(isinstance(v, list) and len(v) == 2 for v in (stride, padding, dilation))
-    return per_group == 1 and channels % 8 == 0 and pairs and dilation == [1, 1] and groups == channels
+    return (
+        per_group == 1 and channels % 8 == 0 and pairs and dilation == [1, 1] and groups == channels
+        and bool(torch.isfinite(weight.toIValue()).all())
+    )
 
 
 def _replace_depthwise(graph, node) -> None:
