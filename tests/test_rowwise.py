@@ -617,6 +617,78 @@ def test_a_depthwise_weight_that_is_not_finite_stays_with_conv2d():
     assert kinds.count("torchbridge::depthwise_conv") == 1 and kinds.count("aten::conv2d") == 1
 
 
+# (out channels, in channels, kernel, stride, padding, height, width): EfficientNet's and
+# MobileNetV3's first convolutions (one panel of 16 and two), a last panel of 8 or 4 columns, one
+# channel, stride 1, images where every pixel or none has a tap in the padding, and four channels
+# at stride 3 (more taps than the pass gives it, the operator takes any).
+STEM_CASES = [
+    (32, 3, 3, 2, 1, 30, 31),
+    (16, 3, 3, 2, 1, 17, 16),
+    (24, 3, 3, 2, 1, 9, 9),
+    (20, 1, 3, 1, 1, 8, 8),
+    (8, 3, 3, 1, 0, 3, 20),
+    (16, 2, 3, 2, 2, 4, 4),
+    (40, 4, 5, 3, 2, 17, 13),
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", STEM_CASES, ids=str)
+def test_the_stem_conv_matches_conv2d_in_either_layout(case):
+    out_channels, channels, kernel, stride, padding, h, w = case
+    generator = torch.Generator().manual_seed(12)
+    weight = torch.randn(out_channels, channels, kernel, kernel, generator=generator)
+    bias = torch.randn(out_channels, generator=generator)
+    packed = torch.ops.torchbridge.pack_stem_weight(weight)
+    for batch in (1, 3):
+        x = torch.randn(batch, channels, h, w, generator=generator)
+        for layout in (x, x.contiguous(memory_format=torch.channels_last), x[:, :, :, : w - 1]):
+            for b in (bias, None):
+                with torch.inference_mode():
+                    y = torch.ops.torchbridge.stem_conv(layout, weight, packed, b, [stride] * 2, [padding] * 2)
+                expected = torch.nn.functional.conv2d(
+                    layout.double(), weight.double(), b.double() if b is not None else None, stride, padding
+                )
+                assert y.shape == expected.shape and y.is_contiguous(memory_format=torch.channels_last)
+                assert max_errors(y.double(), expected)[1] <= 1e-5
+    # each output summed the same way at any thread count; NaN goes where conv2d's goes
+    poisoned = torch.randn(2, channels, h, w, generator=generator)
+    poisoned[1, 0, h // 2, w // 2] = float("nan")
+    before = torch.get_num_threads()
+    with torch.inference_mode():
+        try:
+            torch.set_num_threads(1)
+            one = torch.ops.torchbridge.stem_conv(poisoned, weight, packed, bias, [stride] * 2, [padding] * 2)
+            torch.set_num_threads(2)
+            two = torch.ops.torchbridge.stem_conv(poisoned, weight, packed, bias, [stride] * 2, [padding] * 2)
+        finally:
+            torch.set_num_threads(before)
+        assert torch.equal(one.isnan(), torch.nn.functional.conv2d(poisoned, weight, bias, stride, padding).isnan())
+    assert torch.equal(one.nan_to_num(), two.nan_to_num()) and torch.equal(one.isnan(), two.isnan())
+
+
+def test_the_channels_last_pass_gives_stem_conv_only_a_first_convolution_of_few_taps():
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1),  # EfficientNet's: stem_conv
+        nn.Conv2d(16, 8, 3, padding=1),  # 16 input channels: conv2d
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),  # depthwise
+    ).eval()
+    wide = nn.Sequential(nn.Conv2d(3, 64, 7, stride=2, padding=3)).eval()  # ResNet's: 147 taps, oneDNN's
+    dilated = nn.Sequential(nn.Conv2d(3, 16, 3, dilation=2)).eval()
+    counts = []
+    for module in (model, wide, dilated):
+        scripted = torch.jit.script(module)
+        for parameter in scripted.parameters():  # as the variant has them
+            if parameter.dim() == 4:
+                parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
+        graph = torch.jit.freeze(scripted).graph
+        rewrite_channels_last(graph)
+        kinds = [node.kind() for node in graph.nodes()]
+        counts.append((kinds.count("torchbridge::stem_conv"), kinds.count("aten::conv2d")))
+    assert counts == [(1, 1), (0, 1), (0, 1)]
+    assert (_C.STEM_MAX_CHANNELS, _C.STEM_MAX_TAPS) == (4, 36)
+
+
 class SiLUNet(nn.Module):
     """Convolutions with SiLU in place (as torchvision's EfficientNet has them) and not, a depthwise
     and a 1x1 convolution, and a linear head."""
@@ -641,12 +713,12 @@ def test_the_channels_last_variant_runs_its_kernels_and_matches_its_mirror(tmp_p
     assert runtime.optimization.startswith("freeze+channels_last (variant order measured at export)")
     graph = torch.jit.freeze(torch.jit.load(path).eval()).graph
     before = [node.kind() for node in graph.nodes()]
-    assert rewrite_channels_last(graph) == 5, before
+    assert rewrite_channels_last(graph) == 6, before
     kinds = [node.kind() for node in graph.nodes()]
     assert kinds.count("torchbridge::silu_") == kinds.count("torchbridge::silu") == 1
     assert kinds.count("torchbridge::pointwise_conv") == kinds.count("torchbridge::depthwise_conv") == 1
     assert kinds.count("torchbridge::packed_linear") == 1 and "aten::linear" not in kinds  # the head
-    assert kinds.count("aten::conv2d") == 1
+    assert kinds.count("torchbridge::stem_conv") == 1 and "aten::conv2d" not in kinds  # the first, of 1 channel
     assert "aten::silu" not in kinds and "aten::silu_" not in kinds
     rowwise = torch.jit.freeze(torch.jit.load(path).eval()).graph
     assert rewrite_rowwise(rowwise) == 1  # the linear head; "rowwise" leaves the SiLUs to ATen

@@ -11,6 +11,7 @@
 #include "memory_pool.hpp"
 #include "packed_gemm.hpp"
 #include "rowwise.hpp"
+#include "stem_conv.hpp"
 #include "torchbridge/runtime.hpp"
 
 namespace py = pybind11;
@@ -157,6 +158,10 @@ PYBIND11_MODULE(_C, m) {
   // 1x1 convolutions of channels-last inputs (torchbridge::pointwise_conv) run it up to this many
   // pixels on this CPU (conv2d past it).
   m.attr("POINTWISE_MAX_PIXELS") = torchbridge::pointwise_max_pixels();
+  // The first convolution the "channels_last" variant gives torchbridge::stem_conv: up to this many
+  // input channels, and taps (kh x kw x C_in).
+  m.attr("STEM_MAX_CHANNELS") = torchbridge::kStemMaxChannels;
+  m.attr("STEM_MAX_TAPS") = torchbridge::kStemMaxTaps;
   // Its small-input kernels' limits (torchbridge::gelu and attention are aten's operators past them).
   m.attr("SMALL_GELU_ELEMENTS") = torchbridge::kSmallGeluElements;
   m.attr("SMALL_ATTENTION_KEYS") = torchbridge::kSmallAttentionKeys;

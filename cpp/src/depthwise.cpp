@@ -6,9 +6,11 @@
 // (two AVX2 vectors) of four neighbouring output pixels at a time, each weight tap loaded once for
 // the four; at stride 1 with 3 or 5 tap columns, 8 channels of eight pixels, each input column
 // loaded once for the taps that read it (16 channels in AVX-512, where ATen runs its AVX-512
-// kernels). Groups whose taps all fall inside the image run without bounds checks; the columns at an edge run one by one, skipping the taps in the padding, or, on
-// an image with fewer than four inner columns (7x7 with a 5x5 kernel), in groups of four where
-// each pixel checks each tap column. An input too large to stay in the caches between layers (a
+// kernels). Groups whose taps all fall inside the image run without bounds checks; the columns at
+// an edge run one by one, skipping the taps in the padding, or, on an image with fewer than four
+// inner columns, in groups of four where each pixel checks each tap column. A small image with 5
+// tap columns at stride 1 runs padded instead (runs_padded), every pixel through the stride-1
+// tiles. An input too large to stay in the caches between layers (a
 // batch of 32) comes from memory, where the core's prefetchers, following a few rows read
 // piecewise, keep too little in flight: each group of output pixels then also asks for the part
 // of the input rows that the next output row adds (kPrefetchInputBytes). Every output is the bias

@@ -9,9 +9,9 @@
 // MemoryPoolScope is open on a thread, that thread's CPU allocations of kMinPooledBytes and more come
 // from its pool; everything else, and every thread without a scope, goes to the allocator that was
 // there before, unchanged. The pool carves blocks out of segments it takes from the system (the
-// block freed last of those that fit closely, else the best fit; split, merged again when freed), and returns empty segments to make room rather than hold
-// more than the most its forwards have had in use at once; the rest goes back to the system when the
-// Runtime is destroyed.
+// block freed last of those that fit closely, else the best fit; split, merged again when freed),
+// and returns empty segments to make room rather than hold more than the most its forwards have
+// had in use at once; the rest goes back to the system when the Runtime is destroyed.
 #pragma once
 
 #include <cstddef>

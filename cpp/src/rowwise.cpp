@@ -25,13 +25,15 @@
 // larger or other inputs to ATen. torchbridge::silu (and silu_) takes any size: ATen's SiLU costs
 // about twice its time per value, which a depthwise CNN pays on every activation, so the
 // "channels_last" variant runs it, with its 1x1 convolutions through the packed GEMM
-// (torchbridge::pointwise_conv) and its depthwise ones through torchbridge::depthwise_conv
-// (depthwise.cpp; rewrite_channels_last).
+// (torchbridge::pointwise_conv), its depthwise ones through torchbridge::depthwise_conv
+// (depthwise.cpp) and its first, of an image's few channels, through torchbridge::stem_conv
+// (stem_conv.cpp; rewrite_channels_last).
 #include "rowwise.hpp"
 
 #include "avx2_math.hpp"
 #include "depthwise.hpp"
 #include "packed_gemm.hpp"
+#include "stem_conv.hpp"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -924,6 +926,34 @@ bool depthwise_conv_takes(torch::jit::Node* node) {
          values[3]->toInt() == tensor.size(0) && at::isfinite(tensor).all().item<bool>();
 }
 
+// Whether an aten::conv2d node (7 inputs) is what the channels-last pass gives torchbridge::stem_conv:
+// a convolution (groups 1) of up to kStemMaxChannels input channels and kStemMaxTaps taps, of a
+// constant float weight (in any layout) and bias (or none), constant stride and padding, no
+// dilation.
+bool stem_conv_takes(torch::jit::Node* node) {
+  // The weight in any layout (the variant made it channels-last): the pass packs a copy.
+  torch::jit::Value* weight = node->input(1);
+  if (weight->node()->kind() != c10::prim::Constant || !torch::jit::toIValue(weight)->isTensor() ||
+      !(constant_float(node->input(2), 1) || constant_none(node->input(2))))
+    return false;
+  const at::Tensor tensor = torch::jit::toIValue(weight)->toTensor();
+  if (!tensor.device().is_cpu() || tensor.scalar_type() != at::kFloat || tensor.dim() != 4 ||
+      tensor.layout() != at::kStrided)
+    return false;
+  std::optional<c10::IValue> values[4];
+  for (int i = 0; i < 4; ++i) {
+    if (node->input(3 + i)->node()->kind() != c10::prim::Constant) return false;
+    values[i] = torch::jit::toIValue(node->input(3 + i));
+  }
+  const auto pair = [](const std::optional<c10::IValue>& value) {
+    return value && value->isIntList() && value->toIntVector().size() == 2;
+  };
+  return tensor.size(1) <= kStemMaxChannels && tensor.size(1) * tensor.size(2) * tensor.size(3) <= kStemMaxTaps &&
+         pair(values[0]) && pair(values[1]) && pair(values[2]) &&
+         values[2]->toIntVector() == std::vector<int64_t>{1, 1} && values[3] && values[3]->isInt() &&
+         values[3]->toInt() == 1;
+}
+
 // Whether an aten::linear node is what torchbridge::packed_linear takes with its weight packed once:
 // a float constant weight, and a float constant bias or none.
 bool packed_linear_takes(torch::jit::Node* node) {
@@ -966,6 +996,7 @@ int rewrite_channels_last(torch::jit::Graph& graph) {
   static const c10::Symbol conv2d = c10::Symbol::fromQualString("aten::conv2d");
   static const c10::Symbol pointwise = c10::Symbol::fromQualString("torchbridge::pointwise_conv");
   static const c10::Symbol depthwise = c10::Symbol::fromQualString("torchbridge::depthwise_conv");
+  static const c10::Symbol stem = c10::Symbol::fromQualString("torchbridge::stem_conv");
   static const c10::Symbol packed_linear_op = c10::Symbol::fromQualString("torchbridge::packed_linear");
   const auto constant = [](torch::jit::Value* value) -> std::optional<c10::IValue> {
     if (value->node()->kind() != c10::prim::Constant) return std::nullopt;
@@ -994,15 +1025,18 @@ int rewrite_channels_last(torch::jit::Graph& graph) {
         found.emplace_back(node, pointwise);
       else if (depthwise_conv_takes(node))
         found.emplace_back(node, depthwise);
+      else if (stem_conv_takes(node))
+        found.emplace_back(node, stem);
     }
   }
   for (const auto& [node, kind] : found) {
     if (kind == pointwise || kind == packed_linear_op) {
       replace_with_packed(graph, node, kind);
-    } else if (kind == depthwise) {  // (input, weight, packed, bias, stride, padding)
+    } else if (kind == depthwise || kind == stem) {  // (input, weight, packed, bias, stride, padding)
       torch::jit::WithInsertPoint guard(node);
+      const at::Tensor weight = torch::jit::toIValue(node->input(1))->toTensor();
       torch::jit::Value* packed =
-          graph.insertConstant(pack_depthwise_weight(torch::jit::toIValue(node->input(1))->toTensor()));
+          graph.insertConstant(kind == depthwise ? pack_depthwise_weight(weight) : pack_stem_weight(weight));
       torch::jit::Node* replacement = graph.create(
           kind, {node->input(0), node->input(1), packed, node->input(2), node->input(3), node->input(4)}, 1);
       replacement->insertBefore(node);

@@ -171,9 +171,9 @@ constexpr char kAsLoaded[] = "as_loaded";
 // oneDNN Graph for one input shape; CPU), "optimize_for_inference" (freeze +
 // torch::jit::optimize_for_inference; CPU fp32 and CUDA, with a CUDA graph there), "frozen" (freeze
 // alone; CPU); where export's measured order names them, also "channels_last" (frozen with
-// channels-last weights and inputs, SiLUs, 1x1 and depthwise convolutions and linear layers through
-// torchbridge's kernels) and "rowwise" (frozen, linear layers and LSTMs on a few rows, and small
-// layer norms, GELUs and attention, through torchbridge's own kernels, rowwise.hpp). None is
+// channels-last weights and inputs, SiLUs, first, 1x1 and depthwise convolutions and linear layers
+// through torchbridge's kernels) and "rowwise" (frozen, linear layers and LSTMs on a few rows, and
+// small layer norms, GELUs and attention, through torchbridge's own kernels, rowwise.hpp). None is
 // trusted blindly: on the first
 // call at an input shape each is run there in turn and kept for that shape only if it runs and
 // matches the module as loaded on the same inputs; otherwise the next is tried, down to the module

@@ -200,13 +200,41 @@ def _depthwise_conv(node) -> bool:
     )
 
 
-def _replace_depthwise(graph, node) -> None:
-    """`node` (input, weight, bias, stride, padding, ...) becomes torchbridge::depthwise_conv(input,
-    weight, packed, bias, stride, padding), `packed` a new constant: the weight as (kh, kw, C)."""
+def _stem_conv(node) -> bool:
+    """Whether an aten::conv2d node is a CNN's first convolution (groups 1, up to STEM_MAX_CHANNELS
+    input channels and STEM_MAX_TAPS taps, kh x kw x C_in) of a constant float weight (any layout)
+    and a constant bias or none, with constant stride and padding and no dilation: what the pass gives
+    torchbridge::stem_conv."""
+    from torchbridge import _C
+
     inputs = list(node.inputs())
+    if node.kind() != "aten::conv2d" or len(inputs) != 7 or node.outputsSize() != 1:
+        return False
+    weight, bias = inputs[1], inputs[2]
+    if not (_constant_none(bias) or _float_constant(bias, 1)) or weight.node().kind() != "prim::Constant":
+        return False
+    tensor = weight.toIValue()  # in any layout (the variant made it channels-last): the pass packs a copy
+    if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu" or tensor.dtype != torch.float32:
+        return False
+    if tensor.dim() != 4 or tensor.layout != torch.strided:
+        return False
+    _, channels, kh, kw = tensor.shape
+    stride, padding, dilation, groups = (_constant(value) for value in inputs[3:])
+    pairs = all(isinstance(v, list) and len(v) == 2 for v in (stride, padding, dilation))
+    small = channels <= _C.STEM_MAX_CHANNELS and channels * kh * kw <= _C.STEM_MAX_TAPS
+    return small and pairs and dilation == [1, 1] and groups == 1
+
+
+def _replace_depthwise(graph, node, kind: str = "torchbridge::depthwise_conv") -> None:
+    """`node` (input, weight, bias, stride, padding, ...) becomes `kind`(input, weight, packed, bias,
+    stride, padding), `packed` a new constant: for torchbridge::depthwise_conv the weight as (kh,
+    kw, C), for torchbridge::stem_conv as pack_stem_weight packs it."""
+    inputs = list(node.inputs())
+    ops = torch.ops.torchbridge
+    pack = ops.pack_depthwise_weight if kind == "torchbridge::depthwise_conv" else ops.pack_stem_weight
     with graph.insert_point_guard(node):
-        packed = graph.insertConstant(torch.ops.torchbridge.pack_depthwise_weight(inputs[1].toIValue()))
-    replacement = graph.create("torchbridge::depthwise_conv", [inputs[0], inputs[1], packed, *inputs[2:5]], 1)
+        packed = graph.insertConstant(pack(inputs[1].toIValue()))
+    replacement = graph.create(kind, [inputs[0], inputs[1], packed, *inputs[2:5]], 1)
     replacement.insertBefore(node)
     replacement.output().setType(node.output().type())
     node.output().replaceAllUsesWith(replacement.output())
@@ -233,7 +261,8 @@ def rewrite_channels_last(graph) -> int:
     graph: each operator of ACTIVATIONS becomes its torchbridge counterpart, each 1x1 convolution
     of a constant float weight torchbridge::pointwise_conv, given that weight packed once as a
     (C_out, C) matrix, each depthwise convolution that _depthwise_conv accepts
-    torchbridge::depthwise_conv, given its weight packed as (kh, kw, C), and each linear layer of a
+    torchbridge::depthwise_conv, given its weight packed as (kh, kw, C), each convolution that
+    _stem_conv accepts (a CNN's first) torchbridge::stem_conv, and each linear layer of a
     float constant weight (the classifier head) torchbridge::packed_linear, as rewrite_rowwise does.
     Returns how many."""
     from torchbridge import _C  # noqa: F401  (registers the torchbridge operators)
@@ -248,11 +277,13 @@ def rewrite_channels_last(graph) -> int:
             found.append((node, "torchbridge::pointwise_conv"))
         elif _depthwise_conv(node):
             found.append((node, "torchbridge::depthwise_conv"))
+        elif _stem_conv(node):
+            found.append((node, "torchbridge::stem_conv"))
     for node, kind in found:
         if kind in ("torchbridge::pointwise_conv", "torchbridge::packed_linear"):
             _replace_with_packed(graph, node, kind)
-        elif kind == "torchbridge::depthwise_conv":
-            _replace_depthwise(graph, node)
+        elif kind in ("torchbridge::depthwise_conv", "torchbridge::stem_conv"):
+            _replace_depthwise(graph, node, kind)
         else:
             _replace(graph, node, kind)
     return len(found)
@@ -360,7 +391,7 @@ class RuntimeMirror:
     its first two calls, through the runtime's own OneDnnFusionScope; the first _C.FUSED_SHAPES
     shapes only, none with fuse=False), "optimize_for_inference" (freeze + optimize_for_inference),
     "frozen". "channels_last" (freeze with channels-last weights, 4-d inputs in channels-last,
-    SiLUs, 1x1 and depthwise convolutions and linear layers through torchbridge's kernels) runs
+    SiLUs, first, 1x1 and depthwise convolutions and linear layers through torchbridge's kernels) runs
     only where the order names it. `large`
     (runtime.large_batches, {"from": N, "variants": [...]}): batches of N or more follow that order
     instead. With a `runtime`, the variant is the one the runtime chose at that shape, so both run
