@@ -905,6 +905,25 @@ void replace_with_packed(torch::jit::Graph& graph, torch::jit::Node* node, c10::
   node->destroy();
 }
 
+// An aten::conv2d node's stride, padding and dilation (pairs) and groups, where all four are
+// constants of those types; nullopt otherwise.
+struct ConvConstants {
+  std::vector<int64_t> stride, padding, dilation;
+  int64_t groups;
+};
+std::optional<ConvConstants> conv_constants(torch::jit::Node* node) {
+  std::optional<c10::IValue> values[4];
+  for (int i = 0; i < 4; ++i) {
+    if (node->input(3 + i)->node()->kind() != c10::prim::Constant) return std::nullopt;
+    values[i] = torch::jit::toIValue(node->input(3 + i));
+  }
+  for (int i = 0; i < 3; ++i)
+    if (!values[i] || !values[i]->isIntList() || values[i]->toIntVector().size() != 2) return std::nullopt;
+  if (!values[3] || !values[3]->isInt()) return std::nullopt;
+  return ConvConstants{values[0]->toIntVector(), values[1]->toIntVector(), values[2]->toIntVector(),
+                       values[3]->toInt()};
+}
+
 // Whether an aten::conv2d node (7 inputs) is what torchbridge::depthwise_conv takes: a depthwise
 // convolution (groups = channels, one filter each, a multiple of 8) of a constant float weight of
 // finite values (the kernel may add a tap in the padding as zero times the weight) and bias (or
@@ -913,17 +932,9 @@ bool depthwise_conv_takes(torch::jit::Node* node) {
   torch::jit::Value* weight = node->input(1);
   if (!constant_float(weight, 4) || !(constant_float(node->input(2), 1) || constant_none(node->input(2)))) return false;
   const at::Tensor tensor = torch::jit::toIValue(weight)->toTensor();
-  std::optional<c10::IValue> values[4];
-  for (int i = 0; i < 4; ++i) {
-    if (node->input(3 + i)->node()->kind() != c10::prim::Constant) return false;
-    values[i] = torch::jit::toIValue(node->input(3 + i));
-  }
-  const auto pair = [](const std::optional<c10::IValue>& value) {
-    return value && value->isIntList() && value->toIntVector().size() == 2;
-  };
-  return tensor.size(1) == 1 && tensor.size(0) % 8 == 0 && pair(values[0]) && pair(values[1]) && pair(values[2]) &&
-         values[2]->toIntVector() == std::vector<int64_t>{1, 1} && values[3] && values[3]->isInt() &&
-         values[3]->toInt() == tensor.size(0) && at::isfinite(tensor).all().item<bool>();
+  const std::optional<ConvConstants> conv = conv_constants(node);
+  return conv && tensor.size(1) == 1 && tensor.size(0) % 8 == 0 && conv->dilation == std::vector<int64_t>{1, 1} &&
+         conv->groups == tensor.size(0) && at::isfinite(tensor).all().item<bool>();
 }
 
 // Whether an aten::conv2d node (7 inputs) is what the channels-last pass gives torchbridge::stem_conv:
@@ -940,18 +951,10 @@ bool stem_conv_takes(torch::jit::Node* node) {
   if (!tensor.device().is_cpu() || tensor.scalar_type() != at::kFloat || tensor.dim() != 4 ||
       tensor.layout() != at::kStrided)
     return false;
-  std::optional<c10::IValue> values[4];
-  for (int i = 0; i < 4; ++i) {
-    if (node->input(3 + i)->node()->kind() != c10::prim::Constant) return false;
-    values[i] = torch::jit::toIValue(node->input(3 + i));
-  }
-  const auto pair = [](const std::optional<c10::IValue>& value) {
-    return value && value->isIntList() && value->toIntVector().size() == 2;
-  };
-  return tensor.size(1) <= kStemMaxChannels && tensor.size(1) * tensor.size(2) * tensor.size(3) <= kStemMaxTaps &&
-         pair(values[0]) && pair(values[1]) && pair(values[2]) &&
-         values[2]->toIntVector() == std::vector<int64_t>{1, 1} && values[3] && values[3]->isInt() &&
-         values[3]->toInt() == 1;
+  const std::optional<ConvConstants> conv = conv_constants(node);
+  return conv && tensor.size(1) <= kStemMaxChannels &&
+         tensor.size(1) * tensor.size(2) * tensor.size(3) <= kStemMaxTaps &&
+         conv->dilation == std::vector<int64_t>{1, 1} && conv->groups == 1;
 }
 
 // Whether an aten::linear node is what torchbridge::packed_linear takes with its weight packed once:
