@@ -530,11 +530,11 @@ def depthwise(x, conv: nn.Conv2d, bias=True):
 
 # (channels, image height, width, kernel, stride, padding): 24 channels run a block of 16 and one of
 # 8 (in AVX-512 at stride 1, a full register and a masked one); images smaller than the kernel's
-# reach, with edge columns only, and wide enough for tiles of four (of eight at stride 1 with 3 or
-# 5 tap columns, then one of the 1 to 7 left); stride 1 with 5 tap columns on images of up to 400
+# reach, with edge columns only, and wide enough for tiles of four (of eight at stride 1 with 3 or 5
+# tap columns, then one of the 1 to 7 left); stride 1 with 5 tap columns on images of up to 400
 # pixels with their padding (copied into a zero-bordered block: 7x7, 14x14, 6x29) and of more (row
-# by row: 19x21); the last, at batch 3 (9.2 MB), large enough that the kernel prefetches the input
-# rows ahead.
+# by row: 19x21; and 20x23 with 3 tap columns, row by row at any size); the last, at batch 3 (9.2
+# MB), large enough that the kernel prefetches the input rows ahead.
 DEPTHWISE_CASES = [
     (24, 14, 14, 3, 1, 1),
     (24, 7, 7, 5, 1, 2),

@@ -181,21 +181,32 @@ def _pointwise_conv(node) -> bool:
     )
 
 
+def _conv2d_constants(node):
+    """An aten::conv2d node's (weight value, stride, padding, dilation, groups) where it has one
+    output, a constant float bias or none, stride, padding and dilation constant pairs and groups a
+    constant int (conv_constants in rowwise.cpp); None otherwise."""
+    inputs = list(node.inputs())
+    if node.kind() != "aten::conv2d" or len(inputs) != 7 or node.outputsSize() != 1:
+        return None
+    if not (_constant_none(inputs[2]) or _float_constant(inputs[2], 1)):
+        return None
+    stride, padding, dilation, groups = (_constant(value) for value in inputs[3:])
+    if not all(isinstance(v, list) and len(v) == 2 for v in (stride, padding, dilation)) or not isinstance(groups, int):
+        return None
+    return inputs[1], stride, padding, dilation, groups
+
+
 def _depthwise_conv(node) -> bool:
     """Whether an aten::conv2d node is a depthwise convolution (groups = channels, a multiple of 8,
     one filter each) of a constant float weight of finite values and a constant bias or none, with
     constant stride and padding and no dilation: what torchbridge::depthwise_conv takes."""
-    inputs = list(node.inputs())
-    if node.kind() != "aten::conv2d" or len(inputs) != 7 or node.outputsSize() != 1:
+    conv = _conv2d_constants(node)
+    if conv is None or not _float_constant(conv[0], 4):
         return False
-    weight, bias = inputs[1], inputs[2]
-    if not _float_constant(weight, 4) or not (_constant_none(bias) or _float_constant(bias, 1)):
-        return False
+    weight, _, _, dilation, groups = conv
     channels, per_group = weight.toIValue().shape[:2]
-    stride, padding, dilation, groups = (_constant(value) for value in inputs[3:])
-    pairs = all(isinstance(v, list) and len(v) == 2 for v in (stride, padding, dilation))
     return (
-        per_group == 1 and channels % 8 == 0 and pairs and dilation == [1, 1] and groups == channels
+        per_group == 1 and channels % 8 == 0 and dilation == [1, 1] and groups == channels
         and bool(torch.isfinite(weight.toIValue()).all())
     )
 
@@ -207,22 +218,18 @@ def _stem_conv(node) -> bool:
     torchbridge::stem_conv."""
     from torchbridge import _C
 
-    inputs = list(node.inputs())
-    if node.kind() != "aten::conv2d" or len(inputs) != 7 or node.outputsSize() != 1:
+    conv = _conv2d_constants(node)
+    if conv is None or conv[0].node().kind() != "prim::Constant":
         return False
-    weight, bias = inputs[1], inputs[2]
-    if not (_constant_none(bias) or _float_constant(bias, 1)) or weight.node().kind() != "prim::Constant":
-        return False
+    weight, _, _, dilation, groups = conv
     tensor = weight.toIValue()  # in any layout (the variant made it channels-last): the pass packs a copy
     if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu" or tensor.dtype != torch.float32:
         return False
     if tensor.dim() != 4 or tensor.layout != torch.strided:
         return False
     _, channels, kh, kw = tensor.shape
-    stride, padding, dilation, groups = (_constant(value) for value in inputs[3:])
-    pairs = all(isinstance(v, list) and len(v) == 2 for v in (stride, padding, dilation))
     small = channels <= _C.STEM_MAX_CHANNELS and channels * kh * kw <= _C.STEM_MAX_TAPS
-    return small and pairs and dilation == [1, 1] and groups == 1
+    return small and dilation == [1, 1] and groups == 1
 
 
 def _replace_depthwise(graph, node, kind: str = "torchbridge::depthwise_conv") -> None:
