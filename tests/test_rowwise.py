@@ -21,7 +21,8 @@ from conftest import THREADS, digits, seeded
 from test_tune import export_with_order
 from torchbridge import _C
 from torchbridge.compare import max_errors
-from torchbridge.mirror import CPU_VARIANTS, has_rowwise_ops, load_in_python, rewrite_channels_last, rewrite_rowwise
+from torchbridge.graph_passes import has_rowwise_ops, rewrite_channels_last, rewrite_rowwise
+from torchbridge.mirror import CPU_VARIANTS, load_in_python
 
 needs_kernel = pytest.mark.skipif(not _C.rowwise_available(), reason="the CPU has no AVX2+FMA kernel")
 

@@ -370,7 +370,8 @@ def _selects_by_value(path: Path) -> str:
 
 def _measured_order(module, golden, dynamic_dims, fuse: bool, rtol: float) -> dict[str, Any]:
     from torchbridge import _C
-    from torchbridge.mirror import CPU_VARIANTS, has_rowwise_ops
+    from torchbridge.graph_passes import has_rowwise_ops
+    from torchbridge.mirror import CPU_VARIANTS
     from torchbridge.timing import time_ranking
 
     buffer = io.BytesIO()
