@@ -21,7 +21,7 @@ from conftest import THREADS, digits, seeded
 from test_tune import export_with_order
 from torchbridge import _C
 from torchbridge.compare import max_errors
-from torchbridge.graph_passes import has_rowwise_ops, rewrite_channels_last, rewrite_rowwise
+from torchbridge.graph_passes import fold_encoder_layer_weights, has_rowwise_ops, rewrite_channels_last, rewrite_rowwise
 from torchbridge.mirror import CPU_VARIANTS, load_in_python
 
 needs_kernel = pytest.mark.skipif(not _C.rowwise_available(), reason="the CPU has no AVX2+FMA kernel")
@@ -434,6 +434,97 @@ def test_the_runtime_runs_a_small_transformer_through_the_variant_and_matches_it
             assert runtime.variant_at(*x) == "rowwise"
             assert torch.equal(y, mirror(*x)), f"batch {batch}"
             assert max_errors(y, model(*x))[1] <= 1e-5
+    assert tb.verify(model, path, threads=THREADS, fresh=1).passed
+
+
+def encoder(norm_first=False, activation="relu", layers=2, width=32):
+    """nn.TransformerEncoder as its fast path takes it (batch first, eval): its layers trace to
+    aten::_transformer_encoder_layer_fwd."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(
+        width, 4, dim_feedforward=2 * width, batch_first=True, norm_first=norm_first, activation=activation
+    )
+    model = nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False).eval()
+    with torch.no_grad():  # layers that differ, and norms that are not the identity
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape) * 0.1)
+    return model
+
+
+def encoder_layer_operands(layer, x, mask=None):
+    attention = layer.self_attn
+    return (
+        x, attention.embed_dim, attention.num_heads, attention.in_proj_weight, attention.in_proj_bias,
+        attention.out_proj.weight, attention.out_proj.bias, layer.activation_relu_or_gelu == 2, layer.norm_first,
+        layer.norm1.eps, layer.norm1.weight, layer.norm1.bias, layer.norm2.weight, layer.norm2.bias,
+        layer.linear1.weight, layer.linear1.bias, layer.linear2.weight, layer.linear2.bias,
+        mask, None if mask is None else 0,
+    )
+
+
+@needs_kernel
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("shape", [(1, 12), (3, 70)])  # attention through the small kernel, and ATen's past 64 keys
+def test_the_encoder_layer_kernel_matches_atens_fused_layer(norm_first, activation, shape):
+    layer = encoder(norm_first, activation).layers[0]
+    x = torch.randn(*shape, 32, generator=torch.Generator().manual_seed(3))
+    operands = encoder_layer_operands(layer, x)
+    packed = [torch.ops.torchbridge.pack_linear_weight(operands[i]) for i in (3, 5, 14, 16)]
+    with torch.inference_mode():
+        expected = torch._transformer_encoder_layer_fwd(*operands)
+        got = torch.ops.torchbridge.encoder_layer(*operands, packed)
+    assert got.shape == expected.shape
+    assert max_errors(got, expected)[1] <= 1e-5
+
+
+@needs_kernel
+def test_what_the_encoder_layer_kernel_does_not_take_is_atens_fused_layer_exactly():
+    layer = encoder().layers[0]
+    x = torch.randn(2, 9, 32)
+    mask = torch.zeros(9, 9, dtype=torch.bool)
+    mask[:, 7:] = True  # the last two keys hidden from every query
+    double = tuple(
+        o.double() if isinstance(o, torch.Tensor) else o for o in encoder_layer_operands(layer, x)
+    )
+    packed = [torch.ops.torchbridge.pack_linear_weight(encoder_layer_operands(layer, x)[i]) for i in (3, 5, 14, 16)]
+    with torch.inference_mode():
+        for operands in (encoder_layer_operands(layer, x, mask), double):
+            expected = torch._transformer_encoder_layer_fwd(*operands)
+            assert torch.equal(torch.ops.torchbridge.encoder_layer(*operands, packed), expected)
+        with pytest.raises(RuntimeError, match="expected 3-D `query`"):  # ATen's refusal, as ATen words it
+            torch.ops.torchbridge.encoder_layer(*encoder_layer_operands(layer, x[0]), packed)
+
+
+@pytest.mark.parametrize("variant", ["rowwise", "channels_last"])
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_the_runtime_runs_a_transformer_encoder_through_the_encoder_layer_kernel(tmp_path, monkeypatch, variant,
+                                                                                  norm_first):
+    model = encoder(norm_first, "gelu" if norm_first else "relu")
+    path = tmp_path / "encoder.pt"
+    generator = torch.Generator().manual_seed(8)
+    export_with_order(model, (torch.randn(2, 10, 32, generator=generator),), path, [variant, "as_loaded"],
+                      monkeypatch, export_options={"dynamic_dims": [[0, 1]]})
+    runtime = tb.Runtime(path, threads=THREADS)
+    # Scripted, the fast path is a branch of the layer's checks: the passes look inside branches too.
+    # Freezing leaves the attention's in_proj_weight and in_proj_bias attributes: the fold makes them
+    # constants.
+    frozen = torch.jit.freeze(torch.jit.load(path).eval())
+    graph = frozen.graph
+    assert len(graph.findAllNodes("aten::_transformer_encoder_layer_fwd")) == 2
+    assert not graph.findNode("aten::_transformer_encoder_layer_fwd", recurse=False)
+    assert fold_encoder_layer_weights(frozen) == 2 * 2
+    (rewrite_rowwise if variant == "rowwise" else rewrite_channels_last)(graph)
+    assert len(graph.findAllNodes("torchbridge::encoder_layer")) == 2
+    assert not graph.findAllNodes("aten::_transformer_encoder_layer_fwd")
+    _, mirror = load_in_python(path, runtime.optimized_from_batch)
+    with torch.inference_mode():
+        for batch, length in ((1, 10), (3, 10), (2, 80)):
+            x = torch.randn(batch, length, 32, generator=generator)
+            y = runtime(x)
+            assert runtime.variant_at(x) == variant
+            assert torch.equal(y, mirror(x)), f"batch {batch}, length {length}"
+            assert max_errors(y, model(x))[1] <= 1e-5
     assert tb.verify(model, path, threads=THREADS, fresh=1).passed
 
 

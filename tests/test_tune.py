@@ -20,15 +20,15 @@ from torchbridge.compare import max_errors
 from torchbridge.mirror import CPU_VARIANTS, load_in_python
 
 
-def export_with_order(model, example, path, order, monkeypatch, **fields):
+def export_with_order(model, example, path, order, monkeypatch, export_options=None, **fields):
     """Export with the measurement replaced by a fixed order (and other runtime `fields`), from
     batch 1 (what the runtime does with an order is under test here, not which variant this machine
-    finds fastest)."""
+    finds fastest); `export_options` go to tb.export."""
     module = sys.modules["torchbridge.export"]
     measured = {"variants": order, "measured": {}, **fields}
     monkeypatch.setattr(module, "_measure_variants", lambda *a, **k: measured)
     monkeypatch.setattr(module, "_optimize_from_batch", lambda *a, **k: 1)  # every batch size runs the order
-    artifact = tb.export(model, example, path)
+    artifact = tb.export(model, example, path, **(export_options or {}))
     monkeypatch.undo()
     return artifact
 

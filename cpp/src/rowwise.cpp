@@ -39,6 +39,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
 #include <torch/csrc/jit/ir/ir.h>
+#include <torch/csrc/jit/runtime/graph_iterator.h>
 #include <torch/library.h>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -456,6 +457,8 @@ bool packed_for(const at::Tensor& packed, int64_t n_out, int64_t k_in) {
          packed.sizes() == at::IntArrayRef{(n_out + kPackedPanel - 1) / kPackedPanel, k_in, kPackedPanel};
 }
 
+}  // namespace
+
 // aten::linear(input, weight, bias), given also the weight in pack_linear_weight's form (the
 // "rowwise" variant's rewrite packs each constant weight once): up to kPackedMaxRows rows
 // torchbridge's GEMM on the packed weight, and at::linear for anything else (other dtypes, more
@@ -482,6 +485,8 @@ at::Tensor packed_linear(const at::Tensor& input, const at::Tensor& weight, cons
               rows, weight.size(0), weight.size(1));
   return out;
 }
+
+namespace {
 
 // A 1x1 convolution (stride 1, no padding, one group) of a channels-last input is a linear layer on
 // its pixels: the (N x H x W, C) rows of the input times the weight as a (C_out, C) matrix, whose
@@ -694,6 +699,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rowwise_lstm(const at::Tensor& in
 #endif
 }
 
+}  // namespace
+
 // aten::layer_norm over the last dimension of a contiguous float input (any number of rows, split
 // among ATen's threads); anything else is at::layer_norm.
 at::Tensor small_layer_norm(const at::Tensor& input, at::IntArrayRef normalized_shape,
@@ -739,6 +746,8 @@ at::Tensor small_gelu(const at::Tensor& input, c10::string_view approximate) {
 #endif
 }
 
+namespace {
+
 // aten::silu and aten::silu_ on a float input whose elements are dense in memory in any order
 // (contiguous or channels-last), split among ATen's threads; anything else is ATen's.
 bool silu_takes(const at::Tensor& input) {
@@ -767,6 +776,8 @@ at::Tensor& silu_(at::Tensor& input) {
   silu_into(input, input);
   return input;
 }
+
+}  // namespace
 
 // aten::scaled_dot_product_attention for 4-d float query, key and value of the same batch and
 // heads, at most kSmallAttentionKeys keys and kSmallAttentionHead values per head, no dropout, a bool
@@ -839,8 +850,6 @@ at::Tensor small_attention(const at::Tensor& query, const at::Tensor& key, const
   return aten();
 #endif
 }
-
-}  // namespace
 
 bool rowwise_kernels_available() { return cpu_has_kernel(); }
 
@@ -988,6 +997,45 @@ c10::List<at::Tensor> packed_lstm_weights(torch::jit::Node* node) {
   return packed;
 }
 
+// Whether a node is the aten::_transformer_encoder_layer_fwd that torchbridge::encoder_layer takes
+// with its weights packed once: the four weights float constants. (A mask, which a scripted model
+// computes, goes to ATen's operator at run time.)
+bool encoder_layer_takes(torch::jit::Node* node) {
+  static const c10::Symbol fused = c10::Symbol::fromQualString("aten::_transformer_encoder_layer_fwd");
+  if (node->kind() != fused || node->inputs().size() != 20 || node->outputs().size() != 1) return false;
+  for (const size_t weight : {3, 5, 14, 16})
+    if (!constant_float(node->input(weight), 2)) return false;
+  return true;
+}
+
+// Replaces such a node by torchbridge::encoder_layer of the same operands and its four weights
+// (in_proj, out_proj, linear1, linear2) packed, a new constant list.
+void replace_encoder_layer(torch::jit::Graph& graph, torch::jit::Node* node) {
+  static const c10::Symbol kind = c10::Symbol::fromQualString("torchbridge::encoder_layer");
+  torch::jit::WithInsertPoint guard(node);
+  c10::List<at::Tensor> packed;
+  for (const size_t weight : {3, 5, 14, 16})
+    packed.push_back(pack_linear_weight(torch::jit::toIValue(node->input(weight))->toTensor()));
+  std::vector<torch::jit::Value*> inputs(node->inputs().begin(), node->inputs().end());
+  inputs.push_back(graph.insertConstant(packed));
+  torch::jit::Node* replacement = graph.create(kind, inputs, 1);
+  replacement->insertBefore(node);
+  replacement->output()->setType(node->output()->type());
+  node->output()->replaceAllUsesWith(replacement->output());
+  node->destroy();
+}
+
+// Every node of a graph, those in the blocks of control flow too (a scripted model keeps
+// nn.TransformerEncoderLayer's fast path, and others' layers, inside the branches of its checks):
+// the passes collect them first and then replace them, each in its own block.
+std::vector<torch::jit::Node*> all_nodes(torch::jit::Graph& graph) {
+  std::vector<torch::jit::Node*> nodes;
+  std::shared_ptr<torch::jit::Graph> shared = graph.shared_from_this();
+  torch::jit::DepthFirstGraphNodeIterator it(shared);
+  for (torch::jit::Node* node = it.next(); node != nullptr; node = it.next()) nodes.push_back(node);
+  return nodes;
+}
+
 std::optional<c10::Symbol> activation_for(const torch::jit::Node* node) {
   for (const auto& [kind, inputs, replacement] : activations())
     if (node->kind() == kind && node->inputs().size() == inputs && node->outputs().size() == 1) return replacement;
@@ -995,12 +1043,47 @@ std::optional<c10::Symbol> activation_for(const torch::jit::Node* node) {
 }
 }  // namespace
 
+int fold_encoder_layer_weights(torch::jit::Module& module) {
+  static const c10::Symbol fused = c10::Symbol::fromQualString("aten::_transformer_encoder_layer_fwd");
+  const std::shared_ptr<torch::jit::Graph> graph = module.get_method("forward").graph();
+  torch::jit::Value* self = graph->inputs().empty() ? nullptr : graph->inputs()[0];
+  // The attribute a chain of prim::GetAttr from `self` names, where it is one.
+  const auto resolve = [&](torch::jit::Value* value) -> std::optional<c10::IValue> {
+    std::vector<std::string> names;
+    while (value != self && value->node()->kind() == c10::prim::GetAttr && value->node()->inputs().size() == 1) {
+      names.push_back(value->node()->s(c10::attr::name));
+      value = value->node()->input(0);
+    }
+    if (value != self || names.empty()) return std::nullopt;
+    c10::IValue current = module._ivalue();
+    for (auto name = names.rbegin(); name != names.rend(); ++name) {
+      if (!current.isObject() || !current.toObjectRef().type()->hasAttribute(*name)) return std::nullopt;
+      current = current.toObjectRef().getAttr(*name);
+    }
+    return current;
+  };
+  int folded = 0;
+  for (torch::jit::Node* node : all_nodes(*graph)) {
+    if (node->kind() != fused || node->inputs().size() != 20) continue;
+    for (size_t i = 3; i < 18; ++i) {
+      if (node->input(i)->node()->kind() != c10::prim::GetAttr) continue;
+      const std::optional<c10::IValue> attribute = resolve(node->input(i));
+      if (!attribute || !attribute->isTensor()) continue;
+      torch::jit::WithInsertPoint guard(node);
+      node->replaceInput(i, graph->insertConstant(attribute->toTensor().detach()));  // as freezing folds one
+      ++folded;
+    }
+  }
+  return folded;
+}
+
 int rewrite_channels_last(torch::jit::Graph& graph) {
   static const c10::Symbol conv2d = c10::Symbol::fromQualString("aten::conv2d");
   static const c10::Symbol pointwise = c10::Symbol::fromQualString("torchbridge::pointwise_conv");
   static const c10::Symbol depthwise = c10::Symbol::fromQualString("torchbridge::depthwise_conv");
   static const c10::Symbol stem = c10::Symbol::fromQualString("torchbridge::stem_conv");
   static const c10::Symbol packed_linear_op = c10::Symbol::fromQualString("torchbridge::packed_linear");
+  static const c10::Symbol encoder_layer_op = c10::Symbol::fromQualString("torchbridge::encoder_layer");
   const auto constant = [](torch::jit::Value* value) -> std::optional<c10::IValue> {
     if (value->node()->kind() != c10::prim::Constant) return std::nullopt;
     return torch::jit::toIValue(value);
@@ -1012,11 +1095,13 @@ int rewrite_channels_last(torch::jit::Graph& graph) {
     return values.size() == 2 && values[0] == expected && values[1] == expected;
   };
   std::vector<std::pair<torch::jit::Node*, c10::Symbol>> found;
-  for (torch::jit::Node* node : graph.nodes()) {
+  for (torch::jit::Node* node : all_nodes(graph)) {
     if (const auto replacement = activation_for(node)) {
       found.emplace_back(node, *replacement);
     } else if (packed_linear_takes(node)) {  // the classifier head; ATen's GEMV does not split it
       found.emplace_back(node, packed_linear_op);
+    } else if (encoder_layer_takes(node)) {
+      found.emplace_back(node, encoder_layer_op);
     } else if (node->kind() == conv2d && node->inputs().size() == 7 && node->outputs().size() == 1) {
       const std::optional<c10::IValue> groups = constant(node->input(6));
       torch::jit::Value* weight = node->input(1);
@@ -1035,6 +1120,8 @@ int rewrite_channels_last(torch::jit::Graph& graph) {
   for (const auto& [node, kind] : found) {
     if (kind == pointwise || kind == packed_linear_op) {
       replace_with_packed(graph, node, kind);
+    } else if (kind == encoder_layer_op) {
+      replace_encoder_layer(graph, node);
     } else if (kind == depthwise || kind == stem) {  // (input, weight, packed, bias, stride, padding)
       torch::jit::WithInsertPoint guard(node);
       const at::Tensor weight = torch::jit::toIValue(node->input(1))->toTensor();
@@ -1057,6 +1144,7 @@ int rewrite_rowwise(torch::jit::Graph& graph) {
   static const c10::Symbol packed_linear_op = c10::Symbol::fromQualString("torchbridge::packed_linear");
   static const c10::Symbol lstm = c10::Symbol::fromQualString("aten::lstm");
   static const c10::Symbol rowwise_lstm_op = c10::Symbol::fromQualString("torchbridge::rowwise_lstm");
+  static const c10::Symbol encoder_layer_op = c10::Symbol::fromQualString("torchbridge::encoder_layer");
   // Operators replaced whatever their operands: same schema, the kernel where it applies.
   static const std::vector<std::tuple<c10::Symbol, size_t, c10::Symbol>> same_schema = {
       {c10::Symbol::fromQualString("aten::layer_norm"), 6, c10::Symbol::fromQualString("torchbridge::layer_norm")},
@@ -1065,9 +1153,11 @@ int rewrite_rowwise(torch::jit::Graph& graph) {
        c10::Symbol::fromQualString("torchbridge::attention")},
   };
   std::vector<std::pair<torch::jit::Node*, c10::Symbol>> found;
-  for (torch::jit::Node* node : graph.nodes()) {  // frozen and inlined: these calls are top level
+  for (torch::jit::Node* node : all_nodes(graph)) {
     if (packed_linear_takes(node)) {
       found.emplace_back(node, packed_linear_op);  // with the weight packed once, a constant of its own
+    } else if (encoder_layer_takes(node)) {
+      found.emplace_back(node, encoder_layer_op);
     } else if (node->kind() == lstm && node->inputs().size() == 9 && node->outputs().size() == 3 &&
                node->input(1)->type()->kind() == c10::TypeKind::ListType &&  // lstm.input, not lstm.data
                node->input(2)->node()->kind() == c10::prim::Constant) {
@@ -1081,6 +1171,8 @@ int rewrite_rowwise(torch::jit::Graph& graph) {
   for (const auto& [node, kind] : found) {
     if (kind == packed_linear_op) {
       replace_with_packed(graph, node, kind);
+    } else if (kind == encoder_layer_op) {
+      replace_encoder_layer(graph, node);
     } else if (kind == rowwise_lstm_op) {  // the same operands, and the weights packed
       torch::jit::WithInsertPoint guard(node);
       std::vector<torch::jit::Value*> inputs(node->inputs().begin(), node->inputs().end());

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <torch/csrc/jit/api/module.h>
 #include <torch/csrc/jit/ir/ir.h>
 
 #include <cstdint>
@@ -48,19 +49,41 @@ bool rowwise_kernels_available();
 /// AVX-512 kernels (so ATEN_CPU_CAPABILITY=avx2 caps these as it caps ATen's).
 bool avx512_kernels_available();
 
+/// The variants' operators that other kernels compose (encoder_layer.cpp): torchbridge::packed_linear
+/// (aten::linear given also the weight as pack_linear_weight packs it), layer_norm, gelu and
+/// attention, each the aten operator exactly for what its kernel does not take.
+at::Tensor packed_linear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& packed,
+                         const std::optional<at::Tensor>& bias);
+at::Tensor small_layer_norm(const at::Tensor& input, at::IntArrayRef normalized_shape,
+                            const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps,
+                            bool cudnn_enable);
+at::Tensor small_gelu(const at::Tensor& input, c10::string_view approximate);
+at::Tensor small_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                           const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
+                           std::optional<double> scale, bool enable_gqa);
+
 /// Replaces each aten::linear of `graph` whose weight (and bias, if any) is a float constant (by
 /// torchbridge::packed_linear, given the weight and its packed form as a new constant), each
-/// aten::lstm whose parameters are constants (a frozen graph's), and each aten::layer_norm, gelu and
-/// scaled_dot_product_attention by torchbridge's operator; returns how many.
+/// aten::lstm whose parameters are constants (a frozen graph's), each aten::layer_norm, gelu and
+/// scaled_dot_product_attention by torchbridge's operator, and each
+/// aten::_transformer_encoder_layer_fwd of constant weights by torchbridge::encoder_layer
+/// (encoder_layer.hpp), given them packed; in any block of the graph. Returns how many.
 int rewrite_rowwise(torch::jit::Graph& graph);
+
+/// Freezing leaves nn.MultiheadAttention's in_proj_weight and in_proj_bias as attributes of a
+/// scripted module: in each aten::_transformer_encoder_layer_fwd of `module`'s forward (in any
+/// block), makes each tensor operand that is such an attribute a constant of its value, so that the
+/// passes below can pack it. Returns how many operands it folded.
+int fold_encoder_layer_weights(torch::jit::Module& module);
 
 /// The "channels_last" variant's pass: replaces each aten::silu and aten::silu_ of `graph` by
 /// torchbridge's, each 1x1 convolution (stride 1, no padding, one group) of a constant float weight
 /// by torchbridge::pointwise_conv, the packed GEMM on the channels-last input's pixels, and each
 /// depthwise convolution of a constant float weight (a multiple of 8 channels, no dilation) by
 /// torchbridge::depthwise_conv (depthwise.hpp), given that weight packed once, and each linear layer
-/// of a float constant weight (the classifier head) by torchbridge::packed_linear, as
-/// rewrite_rowwise does; returns how many.
+/// of a float constant weight (the classifier head) by torchbridge::packed_linear and each
+/// transformer encoder layer by torchbridge::encoder_layer, as rewrite_rowwise does; in any block
+/// of the graph. Returns how many.
 int rewrite_channels_last(torch::jit::Graph& graph);
 
 }  // namespace torchbridge

@@ -176,6 +176,85 @@ def _replace_with_packed(graph, node, kind: str) -> None:
     node.destroy()
 
 
+#: aten::_transformer_encoder_layer_fwd's weights (in_proj, out_proj, linear1, linear2), by operand.
+ENCODER_LAYER_WEIGHTS = (3, 5, 14, 16)
+
+
+def _encoder_layer(node) -> bool:
+    """Whether a node is the aten::_transformer_encoder_layer_fwd (nn.TransformerEncoderLayer's fast
+    path) that torchbridge::encoder_layer takes with its weights packed once: the four weights float
+    constants (a mask, which a scripted model computes, goes to ATen's operator at run time)."""
+    inputs = list(node.inputs())
+    return (
+        node.kind() == "aten::_transformer_encoder_layer_fwd"
+        and len(inputs) == 20
+        and node.outputsSize() == 1
+        and all(_float_constant(inputs[i], 2) for i in ENCODER_LAYER_WEIGHTS)
+    )
+
+
+def _replace_encoder_layer(graph, node) -> None:
+    """`node` becomes torchbridge::encoder_layer of the same operands and its four weights packed,
+    a new constant list."""
+    inputs = list(node.inputs())
+    with graph.insert_point_guard(node):
+        packed = graph.insertConstant(
+            [torch.ops.torchbridge.pack_linear_weight(inputs[i].toIValue()) for i in ENCODER_LAYER_WEIGHTS]
+        )
+    replacement = graph.create("torchbridge::encoder_layer", [*inputs, packed], 1)
+    replacement.insertBefore(node)
+    replacement.output().setType(node.output().type())
+    node.output().replaceAllUsesWith(replacement.output())
+    node.destroy()
+
+
+def _all_nodes(block):
+    """Every node of a block, those in the blocks of control flow too (all_nodes in rowwise.cpp)."""
+    for node in block.nodes():
+        yield node
+        for inner in node.blocks():
+            yield from _all_nodes(inner)
+
+
+def fold_encoder_layer_weights(module) -> int:
+    """fold_encoder_layer_weights in rowwise.cpp: freezing leaves nn.MultiheadAttention's
+    in_proj_weight and in_proj_bias as attributes of a scripted module; in each
+    aten::_transformer_encoder_layer_fwd of `module`'s forward (in any block), each tensor operand
+    that is such an attribute becomes a constant of its value, so that the passes can pack it.
+    Returns how many operands it folded."""
+    graph = module.graph
+    inputs = list(graph.inputs())
+    self = inputs[0] if inputs else None
+
+    def resolve(value):
+        names = []
+        while value is not self and value.node().kind() == "prim::GetAttr" and value.node().inputsSize() == 1:
+            names.append(value.node().s("name"))
+            value = value.node().inputsAt(0)
+        if value is not self or not names:
+            return None
+        current = module._c
+        for name in reversed(names):
+            if not isinstance(current, torch._C.ScriptModule) or not current.hasattr(name):
+                return None
+            current = current.getattr(name)
+        return current
+
+    folded = 0
+    for node in list(_all_nodes(graph.block())):
+        if node.kind() != "aten::_transformer_encoder_layer_fwd" or node.inputsSize() != 20:
+            continue
+        for i in range(3, 18):
+            if node.inputsAt(i).node().kind() != "prim::GetAttr":
+                continue
+            attribute = resolve(node.inputsAt(i))
+            if isinstance(attribute, torch.Tensor):
+                with graph.insert_point_guard(node):
+                    node.replaceInput(i, graph.insertConstant(attribute.detach()))
+                folded += 1
+    return folded
+
+
 def rewrite_channels_last(graph) -> int:
     """The runtime's pass for "channels_last" (rewrite_channels_last in rowwise.cpp), on a frozen
     graph: each operator of ACTIVATIONS becomes its torchbridge counterpart, each 1x1 convolution
@@ -183,16 +262,18 @@ def rewrite_channels_last(graph) -> int:
     (C_out, C) matrix, each depthwise convolution that _depthwise_conv accepts
     torchbridge::depthwise_conv, given its weight packed as (kh, kw, C), each convolution that
     _stem_conv accepts (a CNN's first) torchbridge::stem_conv, and each linear layer of a
-    float constant weight (the classifier head) torchbridge::packed_linear, as rewrite_rowwise does.
-    Returns how many."""
+    float constant weight (the classifier head) torchbridge::packed_linear and each encoder layer
+    torchbridge::encoder_layer, as rewrite_rowwise does; in any block of the graph. Returns how many."""
     from torchbridge import _C  # noqa: F401  (registers the torchbridge operators)
 
     found = []
-    for node in graph.nodes():
+    for node in _all_nodes(graph.block()):
         if kind := _activation(node):
             found.append((node, kind))
         elif _packed_linear(node):
             found.append((node, "torchbridge::packed_linear"))
+        elif _encoder_layer(node):
+            found.append((node, "torchbridge::encoder_layer"))
         elif _pointwise_conv(node):
             found.append((node, "torchbridge::pointwise_conv"))
         elif _depthwise_conv(node):
@@ -202,6 +283,8 @@ def rewrite_channels_last(graph) -> int:
     for node, kind in found:
         if kind in ("torchbridge::pointwise_conv", "torchbridge::packed_linear"):
             _replace_with_packed(graph, node, kind)
+        elif kind == "torchbridge::encoder_layer":
+            _replace_encoder_layer(graph, node)
         elif kind in ("torchbridge::depthwise_conv", "torchbridge::stem_conv"):
             _replace_depthwise(graph, node, kind)
         else:
@@ -213,15 +296,18 @@ def rewrite_rowwise(graph) -> int:
     """The runtime's pass for "rowwise" (rewrite_rowwise in rowwise.cpp), on a frozen graph: each
     aten::linear whose weight (and bias, if any) is a float constant becomes
     torchbridge::packed_linear on that weight packed once (pack_linear_weight), each aten::lstm
-    with constant parameters torchbridge::rowwise_lstm, and the operators of SAME_SCHEMA their
-    torchbridge counterparts. Returns how many."""
+    with constant parameters torchbridge::rowwise_lstm, each aten::_transformer_encoder_layer_fwd
+    of constant weights torchbridge::encoder_layer, given them packed, and the operators of
+    SAME_SCHEMA their torchbridge counterparts; in any block of the graph. Returns how many."""
     from torchbridge import _C  # noqa: F401  (registers the torchbridge operators)
 
     found = []
-    for node in graph.nodes():
+    for node in _all_nodes(graph.block()):
         inputs = list(node.inputs())
         if _packed_linear(node):
             found.append((node, "torchbridge::packed_linear"))  # with the weight packed once
+        elif _encoder_layer(node):
+            found.append((node, "torchbridge::encoder_layer"))
         elif (
             node.kind() == "aten::lstm"
             and len(inputs) == 9
@@ -235,6 +321,8 @@ def rewrite_rowwise(graph) -> int:
     for node, kind in found:
         if kind == "torchbridge::packed_linear":
             _replace_with_packed(graph, node, kind)
+        elif kind == "torchbridge::encoder_layer":
+            _replace_encoder_layer(graph, node)
         elif kind == "torchbridge::rowwise_lstm":
             _replace_lstm(graph, node)
         else:
