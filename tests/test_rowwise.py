@@ -21,7 +21,7 @@ from conftest import THREADS, digits, seeded
 from test_tune import export_with_order
 from torchbridge import _C
 from torchbridge.compare import max_errors
-from torchbridge.graph_passes import fold_encoder_layer_weights, has_rowwise_ops, rewrite_channels_last, rewrite_rowwise
+from torchbridge.graph_passes import fold_fused_layer_weights, has_rowwise_ops, rewrite_channels_last, rewrite_rowwise
 from torchbridge.mirror import CPU_VARIANTS, load_in_python
 
 needs_kernel = pytest.mark.skipif(not _C.rowwise_available(), reason="the CPU has no AVX2+FMA kernel")
@@ -513,10 +513,91 @@ def test_the_runtime_runs_a_transformer_encoder_through_the_encoder_layer_kernel
     graph = frozen.graph
     assert len(graph.findAllNodes("aten::_transformer_encoder_layer_fwd")) == 2
     assert not graph.findNode("aten::_transformer_encoder_layer_fwd", recurse=False)
-    assert fold_encoder_layer_weights(frozen) == 2 * 2
+    assert fold_fused_layer_weights(frozen) == 2 * (2 + 2)  # also in the attention's fast path of the other branch
     (rewrite_rowwise if variant == "rowwise" else rewrite_channels_last)(graph)
     assert len(graph.findAllNodes("torchbridge::encoder_layer")) == 2
     assert not graph.findAllNodes("aten::_transformer_encoder_layer_fwd")
+    _, mirror = load_in_python(path, runtime.optimized_from_batch)
+    with torch.inference_mode():
+        for batch, length in ((1, 10), (3, 10), (2, 80)):
+            x = torch.randn(batch, length, 32, generator=generator)
+            y = runtime(x)
+            assert runtime.variant_at(x) == variant
+            assert torch.equal(y, mirror(x)), f"batch {batch}, length {length}"
+            assert max_errors(y, model(x))[1] <= 1e-5
+    assert tb.verify(model, path, threads=THREADS, fresh=1).passed
+
+
+def attention_operands(attention, query, key=None, mask=None, need_weights=False):
+    key = query if key is None else key
+    return (
+        query, key, key, attention.embed_dim, attention.num_heads, attention.in_proj_weight, attention.in_proj_bias,
+        attention.out_proj.weight, attention.out_proj.bias, mask, need_weights, True, None if mask is None else 0,
+    )
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [(1, 12), (3, 70)])
+def test_the_attention_block_kernel_matches_atens_fused_attention(shape):
+    attention = encoder().layers[0].self_attn
+    x = torch.randn(*shape, 32, generator=torch.Generator().manual_seed(4))
+    operands = attention_operands(attention, x)
+    packed = [torch.ops.torchbridge.pack_linear_weight(operands[i]) for i in (5, 7)]
+    with torch.inference_mode():
+        expected, expected_weights = torch._native_multi_head_attention(*operands)
+        got, weights = torch.ops.torchbridge.multi_head_attention(*operands, packed)
+    assert got.shape == expected.shape and max_errors(got, expected)[1] <= 1e-5
+    assert weights is None and expected_weights is None  # none asked for: ATen's empty answer
+
+
+@needs_kernel
+def test_what_the_attention_block_kernel_does_not_take_is_atens_fused_attention_exactly():
+    attention = encoder().layers[0].self_attn
+    x, other = torch.randn(2, 9, 32), torch.randn(2, 9, 32)
+    mask = torch.zeros(9, 9, dtype=torch.bool)
+    mask[:, 7:] = True
+    weights = (attention.in_proj_weight, attention.out_proj.weight)
+    packed = [torch.ops.torchbridge.pack_linear_weight(w) for w in weights]
+    cases = [
+        attention_operands(attention, x, need_weights=True),  # the weights asked for
+        attention_operands(attention, x, key=other),  # not self-attention
+        attention_operands(attention, x, mask=mask),
+    ]
+    with torch.inference_mode():
+        for operands in cases:
+            expected = torch._native_multi_head_attention(*operands)
+            got = torch.ops.torchbridge.multi_head_attention(*operands, packed)
+            assert all(
+                (e is None and g is None) or torch.equal(g, e) for g, e in zip(got, expected, strict=True)
+            )
+
+
+class SelfAttention(nn.Module):
+    """nn.MultiheadAttention as its fast path takes it (batch first, self-attention, no weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.attention = encoder().layers[0].self_attn
+        self.norm = nn.LayerNorm(32)
+
+    def forward(self, x):
+        return self.norm(x + self.attention(x, x, x, need_weights=False)[0])
+
+
+@pytest.mark.parametrize("variant", ["rowwise", "channels_last"])
+def test_the_runtime_runs_multi_head_attention_through_the_attention_block_kernel(tmp_path, monkeypatch, variant):
+    model = SelfAttention().eval()
+    path = tmp_path / "attention.pt"
+    generator = torch.Generator().manual_seed(9)
+    export_with_order(model, (torch.randn(2, 10, 32, generator=generator),), path, [variant, "as_loaded"],
+                      monkeypatch, export_options={"dynamic_dims": [[0, 1]]})
+    runtime = tb.Runtime(path, threads=THREADS)
+    frozen = torch.jit.freeze(torch.jit.load(path).eval())
+    assert len(frozen.graph.findAllNodes("aten::_native_multi_head_attention")) == 1
+    assert fold_fused_layer_weights(frozen) == 2  # in_proj_weight and in_proj_bias
+    (rewrite_rowwise if variant == "rowwise" else rewrite_channels_last)(frozen.graph)
+    assert len(frozen.graph.findAllNodes("torchbridge::multi_head_attention")) == 1
+    assert not frozen.graph.findAllNodes("aten::_native_multi_head_attention")
     _, mirror = load_in_python(path, runtime.optimized_from_batch)
     with torch.inference_mode():
         for batch, length in ((1, 10), (3, 10), (2, 80)):

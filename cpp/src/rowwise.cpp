@@ -51,6 +51,7 @@
 #include <omp.h>
 #endif
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
@@ -997,31 +998,55 @@ c10::List<at::Tensor> packed_lstm_weights(torch::jit::Node* node) {
   return packed;
 }
 
-// Whether a node is the aten::_transformer_encoder_layer_fwd that torchbridge::encoder_layer takes
-// with its weights packed once: the four weights float constants. (A mask, which a scripted model
-// computes, goes to ATen's operator at run time.)
-bool encoder_layer_takes(torch::jit::Node* node) {
-  static const c10::Symbol fused = c10::Symbol::fromQualString("aten::_transformer_encoder_layer_fwd");
-  if (node->kind() != fused || node->inputs().size() != 20 || node->outputs().size() != 1) return false;
-  for (const size_t weight : {3, 5, 14, 16})
-    if (!constant_float(node->input(weight), 2)) return false;
-  return true;
+// ATen's fused operators for a whole transformer layer or attention block (nn.TransformerEncoderLayer's
+// and nn.MultiheadAttention's inference fast paths) and torchbridge's (encoder_layer.hpp), which take
+// the same operands and the weights packed.
+struct FusedLayer {
+  c10::Symbol aten, replacement;
+  size_t inputs, outputs;
+  std::vector<size_t> weights;  // the linear layers' weights, by operand
+  size_t first_tensor, end_tensor;  // the operands that are the module's tensors: [first, end)
+};
+
+const std::vector<FusedLayer>& fused_layers() {
+  static const std::vector<FusedLayer> table = {
+      {c10::Symbol::fromQualString("aten::_transformer_encoder_layer_fwd"),
+       c10::Symbol::fromQualString("torchbridge::encoder_layer"), 20, 1, {3, 5, 14, 16}, 3, 18},
+      {c10::Symbol::fromQualString("aten::_native_multi_head_attention"),
+       c10::Symbol::fromQualString("torchbridge::multi_head_attention"), 13, 2, {5, 7}, 5, 9},
+  };
+  return table;
 }
 
-// Replaces such a node by torchbridge::encoder_layer of the same operands and its four weights
-// (in_proj, out_proj, linear1, linear2) packed, a new constant list.
-void replace_encoder_layer(torch::jit::Graph& graph, torch::jit::Node* node) {
-  static const c10::Symbol kind = c10::Symbol::fromQualString("torchbridge::encoder_layer");
+// The fused operator a node is, where torchbridge's takes it with its weights packed once: the
+// weights float constants. (A mask, which a scripted model computes, goes to ATen's operator at
+// run time.)
+const FusedLayer* fused_layer_takes(torch::jit::Node* node) {
+  for (const FusedLayer& fused : fused_layers()) {
+    if (node->kind() != fused.aten || node->inputs().size() != fused.inputs || node->outputs().size() != fused.outputs)
+      continue;
+    for (const size_t weight : fused.weights)
+      if (!constant_float(node->input(weight), 2)) return nullptr;
+    return &fused;
+  }
+  return nullptr;
+}
+
+// Replaces such a node by torchbridge's operator of the same operands and its weights packed, a new
+// constant list.
+void replace_fused_layer(torch::jit::Graph& graph, torch::jit::Node* node, const FusedLayer& fused) {
   torch::jit::WithInsertPoint guard(node);
   c10::List<at::Tensor> packed;
-  for (const size_t weight : {3, 5, 14, 16})
+  for (const size_t weight : fused.weights)
     packed.push_back(pack_linear_weight(torch::jit::toIValue(node->input(weight))->toTensor()));
   std::vector<torch::jit::Value*> inputs(node->inputs().begin(), node->inputs().end());
   inputs.push_back(graph.insertConstant(packed));
-  torch::jit::Node* replacement = graph.create(kind, inputs, 1);
+  torch::jit::Node* replacement = graph.create(fused.replacement, inputs, fused.outputs);
   replacement->insertBefore(node);
-  replacement->output()->setType(node->output()->type());
-  node->output()->replaceAllUsesWith(replacement->output());
+  for (size_t i = 0; i < fused.outputs; ++i) {
+    replacement->output(i)->setType(node->output(i)->type());
+    node->output(i)->replaceAllUsesWith(replacement->output(i));
+  }
   node->destroy();
 }
 
@@ -1043,8 +1068,7 @@ std::optional<c10::Symbol> activation_for(const torch::jit::Node* node) {
 }
 }  // namespace
 
-int fold_encoder_layer_weights(torch::jit::Module& module) {
-  static const c10::Symbol fused = c10::Symbol::fromQualString("aten::_transformer_encoder_layer_fwd");
+int fold_fused_layer_weights(torch::jit::Module& module) {
   const std::shared_ptr<torch::jit::Graph> graph = module.get_method("forward").graph();
   torch::jit::Value* self = graph->inputs().empty() ? nullptr : graph->inputs()[0];
   // The attribute a chain of prim::GetAttr from `self` names, where it is one.
@@ -1064,8 +1088,11 @@ int fold_encoder_layer_weights(torch::jit::Module& module) {
   };
   int folded = 0;
   for (torch::jit::Node* node : all_nodes(*graph)) {
-    if (node->kind() != fused || node->inputs().size() != 20) continue;
-    for (size_t i = 3; i < 18; ++i) {
+    const auto fused = std::find_if(fused_layers().begin(), fused_layers().end(), [&](const FusedLayer& layer) {
+      return node->kind() == layer.aten && node->inputs().size() == layer.inputs;
+    });
+    if (fused == fused_layers().end()) continue;
+    for (size_t i = fused->first_tensor; i < fused->end_tensor; ++i) {
       if (node->input(i)->node()->kind() != c10::prim::GetAttr) continue;
       const std::optional<c10::IValue> attribute = resolve(node->input(i));
       if (!attribute || !attribute->isTensor()) continue;
@@ -1083,7 +1110,6 @@ int rewrite_channels_last(torch::jit::Graph& graph) {
   static const c10::Symbol depthwise = c10::Symbol::fromQualString("torchbridge::depthwise_conv");
   static const c10::Symbol stem = c10::Symbol::fromQualString("torchbridge::stem_conv");
   static const c10::Symbol packed_linear_op = c10::Symbol::fromQualString("torchbridge::packed_linear");
-  static const c10::Symbol encoder_layer_op = c10::Symbol::fromQualString("torchbridge::encoder_layer");
   const auto constant = [](torch::jit::Value* value) -> std::optional<c10::IValue> {
     if (value->node()->kind() != c10::prim::Constant) return std::nullopt;
     return torch::jit::toIValue(value);
@@ -1100,8 +1126,8 @@ int rewrite_channels_last(torch::jit::Graph& graph) {
       found.emplace_back(node, *replacement);
     } else if (packed_linear_takes(node)) {  // the classifier head; ATen's GEMV does not split it
       found.emplace_back(node, packed_linear_op);
-    } else if (encoder_layer_takes(node)) {
-      found.emplace_back(node, encoder_layer_op);
+    } else if (const FusedLayer* fused = fused_layer_takes(node)) {
+      found.emplace_back(node, fused->replacement);
     } else if (node->kind() == conv2d && node->inputs().size() == 7 && node->outputs().size() == 1) {
       const std::optional<c10::IValue> groups = constant(node->input(6));
       torch::jit::Value* weight = node->input(1);
@@ -1120,8 +1146,8 @@ int rewrite_channels_last(torch::jit::Graph& graph) {
   for (const auto& [node, kind] : found) {
     if (kind == pointwise || kind == packed_linear_op) {
       replace_with_packed(graph, node, kind);
-    } else if (kind == encoder_layer_op) {
-      replace_encoder_layer(graph, node);
+    } else if (const FusedLayer* fused = fused_layer_takes(node)) {
+      replace_fused_layer(graph, node, *fused);
     } else if (kind == depthwise || kind == stem) {  // (input, weight, packed, bias, stride, padding)
       torch::jit::WithInsertPoint guard(node);
       const at::Tensor weight = torch::jit::toIValue(node->input(1))->toTensor();
@@ -1144,7 +1170,6 @@ int rewrite_rowwise(torch::jit::Graph& graph) {
   static const c10::Symbol packed_linear_op = c10::Symbol::fromQualString("torchbridge::packed_linear");
   static const c10::Symbol lstm = c10::Symbol::fromQualString("aten::lstm");
   static const c10::Symbol rowwise_lstm_op = c10::Symbol::fromQualString("torchbridge::rowwise_lstm");
-  static const c10::Symbol encoder_layer_op = c10::Symbol::fromQualString("torchbridge::encoder_layer");
   // Operators replaced whatever their operands: same schema, the kernel where it applies.
   static const std::vector<std::tuple<c10::Symbol, size_t, c10::Symbol>> same_schema = {
       {c10::Symbol::fromQualString("aten::layer_norm"), 6, c10::Symbol::fromQualString("torchbridge::layer_norm")},
@@ -1156,8 +1181,8 @@ int rewrite_rowwise(torch::jit::Graph& graph) {
   for (torch::jit::Node* node : all_nodes(graph)) {
     if (packed_linear_takes(node)) {
       found.emplace_back(node, packed_linear_op);  // with the weight packed once, a constant of its own
-    } else if (encoder_layer_takes(node)) {
-      found.emplace_back(node, encoder_layer_op);
+    } else if (const FusedLayer* fused = fused_layer_takes(node)) {
+      found.emplace_back(node, fused->replacement);
     } else if (node->kind() == lstm && node->inputs().size() == 9 && node->outputs().size() == 3 &&
                node->input(1)->type()->kind() == c10::TypeKind::ListType &&  // lstm.input, not lstm.data
                node->input(2)->node()->kind() == c10::prim::Constant) {
@@ -1171,8 +1196,8 @@ int rewrite_rowwise(torch::jit::Graph& graph) {
   for (const auto& [node, kind] : found) {
     if (kind == packed_linear_op) {
       replace_with_packed(graph, node, kind);
-    } else if (kind == encoder_layer_op) {
-      replace_encoder_layer(graph, node);
+    } else if (const FusedLayer* fused = fused_layer_takes(node)) {
+      replace_fused_layer(graph, node, *fused);
     } else if (kind == rowwise_lstm_op) {  // the same operands, and the weights packed
       torch::jit::WithInsertPoint guard(node);
       std::vector<torch::jit::Value*> inputs(node->inputs().begin(), node->inputs().end());

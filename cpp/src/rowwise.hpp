@@ -66,15 +66,16 @@ at::Tensor small_attention(const at::Tensor& query, const at::Tensor& key, const
 /// torchbridge::packed_linear, given the weight and its packed form as a new constant), each
 /// aten::lstm whose parameters are constants (a frozen graph's), each aten::layer_norm, gelu and
 /// scaled_dot_product_attention by torchbridge's operator, and each
-/// aten::_transformer_encoder_layer_fwd of constant weights by torchbridge::encoder_layer
-/// (encoder_layer.hpp), given them packed; in any block of the graph. Returns how many.
+/// aten::_transformer_encoder_layer_fwd and _native_multi_head_attention of constant weights by
+/// torchbridge::encoder_layer and multi_head_attention (encoder_layer.hpp), given them packed; in any
+/// block of the graph. Returns how many.
 int rewrite_rowwise(torch::jit::Graph& graph);
 
 /// Freezing leaves nn.MultiheadAttention's in_proj_weight and in_proj_bias as attributes of a
-/// scripted module: in each aten::_transformer_encoder_layer_fwd of `module`'s forward (in any
-/// block), makes each tensor operand that is such an attribute a constant of its value, so that the
-/// passes below can pack it. Returns how many operands it folded.
-int fold_encoder_layer_weights(torch::jit::Module& module);
+/// scripted module: in each aten::_transformer_encoder_layer_fwd and _native_multi_head_attention
+/// of `module`'s forward (in any block), makes each tensor operand that is such an attribute a
+/// constant of its value, so that the passes below can pack it. Returns how many operands it folded.
+int fold_fused_layer_weights(torch::jit::Module& module);
 
 /// The "channels_last" variant's pass: replaces each aten::silu and aten::silu_ of `graph` by
 /// torchbridge's, each 1x1 convolution (stride 1, no padding, one group) of a constant float weight

@@ -383,7 +383,7 @@ class TorchScriptBackend final : public TorchScriptModel {
         if (parameter.dim() == 4 && at::isFloatingType(parameter.scalar_type()))
           parameter.set_data(parameter.contiguous(at::MemoryFormat::ChannelsLast));
       channels_last_ = copy._ivalue()->type()->hasAttribute("training") ? torch::jit::freeze(copy) : copy;
-      fold_encoder_layer_weights(*channels_last_);
+      fold_fused_layer_weights(*channels_last_);
       rewrite_channels_last(*channels_last_->get_method("forward").graph());
     }
     return *channels_last_;
@@ -559,7 +559,7 @@ class TorchScriptBackend final : public TorchScriptModel {
     const std::lock_guard<std::mutex> lock(optimized_mutex_);
     if (!rowwise_) {
       torch::jit::Module copy = copy_of(frozen_);
-      fold_encoder_layer_weights(copy);
+      fold_fused_layer_weights(copy);
       rewrite_rowwise(*copy.get_method("forward").graph());
       rowwise_ = copy;
     }

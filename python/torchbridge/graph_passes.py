@@ -176,35 +176,37 @@ def _replace_with_packed(graph, node, kind: str) -> None:
     node.destroy()
 
 
-#: aten::_transformer_encoder_layer_fwd's weights (in_proj, out_proj, linear1, linear2), by operand.
-ENCODER_LAYER_WEIGHTS = (3, 5, 14, 16)
+#: ATen's fused operators for a whole transformer layer or attention block (nn.TransformerEncoderLayer's
+#: and nn.MultiheadAttention's inference fast paths) -> (torchbridge's operator of the same operands
+#: and the weights packed, inputs, outputs, the linear layers' weights by operand, the operands that
+#: are the module's tensors as a range): fused_layers() in rowwise.cpp.
+FUSED_LAYERS = {
+    "aten::_transformer_encoder_layer_fwd": ("torchbridge::encoder_layer", 20, 1, (3, 5, 14, 16), range(3, 18)),
+    "aten::_native_multi_head_attention": ("torchbridge::multi_head_attention", 13, 2, (5, 7), range(5, 9)),
+}
 
 
-def _encoder_layer(node) -> bool:
-    """Whether a node is the aten::_transformer_encoder_layer_fwd (nn.TransformerEncoderLayer's fast
-    path) that torchbridge::encoder_layer takes with its weights packed once: the four weights float
-    constants (a mask, which a scripted model computes, goes to ATen's operator at run time)."""
-    inputs = list(node.inputs())
-    return (
-        node.kind() == "aten::_transformer_encoder_layer_fwd"
-        and len(inputs) == 20
-        and node.outputsSize() == 1
-        and all(_float_constant(inputs[i], 2) for i in ENCODER_LAYER_WEIGHTS)
-    )
+def _fused_layer(node) -> str | None:
+    """torchbridge's operator for a node of FUSED_LAYERS whose weights are float constants (a mask,
+    which a scripted model computes, goes to ATen's operator at run time); None for other nodes."""
+    fused = FUSED_LAYERS.get(node.kind())
+    if fused is None or node.inputsSize() != fused[1] or node.outputsSize() != fused[2]:
+        return None
+    return fused[0] if all(_float_constant(node.inputsAt(i), 2) for i in fused[3]) else None
 
 
-def _replace_encoder_layer(graph, node) -> None:
-    """`node` becomes torchbridge::encoder_layer of the same operands and its four weights packed,
-    a new constant list."""
+def _replace_fused_layer(graph, node) -> None:
+    """`node` becomes torchbridge's operator of the same operands and its weights packed, a new
+    constant list."""
+    kind, _, outputs, weights, _ = FUSED_LAYERS[node.kind()]
     inputs = list(node.inputs())
     with graph.insert_point_guard(node):
-        packed = graph.insertConstant(
-            [torch.ops.torchbridge.pack_linear_weight(inputs[i].toIValue()) for i in ENCODER_LAYER_WEIGHTS]
-        )
-    replacement = graph.create("torchbridge::encoder_layer", [*inputs, packed], 1)
+        packed = graph.insertConstant([torch.ops.torchbridge.pack_linear_weight(inputs[i].toIValue()) for i in weights])
+    replacement = graph.create(kind, [*inputs, packed], outputs)
     replacement.insertBefore(node)
-    replacement.output().setType(node.output().type())
-    node.output().replaceAllUsesWith(replacement.output())
+    for old, new in zip(node.outputs(), replacement.outputs()):
+        new.setType(old.type())
+        old.replaceAllUsesWith(new)
     node.destroy()
 
 
@@ -216,12 +218,12 @@ def _all_nodes(block):
             yield from _all_nodes(inner)
 
 
-def fold_encoder_layer_weights(module) -> int:
-    """fold_encoder_layer_weights in rowwise.cpp: freezing leaves nn.MultiheadAttention's
-    in_proj_weight and in_proj_bias as attributes of a scripted module; in each
-    aten::_transformer_encoder_layer_fwd of `module`'s forward (in any block), each tensor operand
-    that is such an attribute becomes a constant of its value, so that the passes can pack it.
-    Returns how many operands it folded."""
+def fold_fused_layer_weights(module) -> int:
+    """fold_fused_layer_weights in rowwise.cpp: freezing leaves nn.MultiheadAttention's
+    in_proj_weight and in_proj_bias as attributes of a scripted module; in each node of
+    FUSED_LAYERS in `module`'s forward (in any block), each tensor operand that is such an attribute
+    becomes a constant of its value, so that the passes can pack it. Returns how many operands it
+    folded."""
     graph = module.graph
     inputs = list(graph.inputs())
     self = inputs[0] if inputs else None
@@ -242,9 +244,10 @@ def fold_encoder_layer_weights(module) -> int:
 
     folded = 0
     for node in list(_all_nodes(graph.block())):
-        if node.kind() != "aten::_transformer_encoder_layer_fwd" or node.inputsSize() != 20:
+        fused = FUSED_LAYERS.get(node.kind())
+        if fused is None or node.inputsSize() != fused[1]:
             continue
-        for i in range(3, 18):
+        for i in fused[4]:
             if node.inputsAt(i).node().kind() != "prim::GetAttr":
                 continue
             attribute = resolve(node.inputsAt(i))
@@ -263,7 +266,8 @@ def rewrite_channels_last(graph) -> int:
     torchbridge::depthwise_conv, given its weight packed as (kh, kw, C), each convolution that
     _stem_conv accepts (a CNN's first) torchbridge::stem_conv, and each linear layer of a
     float constant weight (the classifier head) torchbridge::packed_linear and each encoder layer
-    torchbridge::encoder_layer, as rewrite_rowwise does; in any block of the graph. Returns how many."""
+    torchbridge::encoder_layer and each attention block torchbridge::multi_head_attention, as
+    rewrite_rowwise does; in any block of the graph. Returns how many."""
     from torchbridge import _C  # noqa: F401  (registers the torchbridge operators)
 
     found = []
@@ -272,8 +276,8 @@ def rewrite_channels_last(graph) -> int:
             found.append((node, kind))
         elif _packed_linear(node):
             found.append((node, "torchbridge::packed_linear"))
-        elif _encoder_layer(node):
-            found.append((node, "torchbridge::encoder_layer"))
+        elif fused := _fused_layer(node):
+            found.append((node, fused))
         elif _pointwise_conv(node):
             found.append((node, "torchbridge::pointwise_conv"))
         elif _depthwise_conv(node):
@@ -283,8 +287,8 @@ def rewrite_channels_last(graph) -> int:
     for node, kind in found:
         if kind in ("torchbridge::pointwise_conv", "torchbridge::packed_linear"):
             _replace_with_packed(graph, node, kind)
-        elif kind == "torchbridge::encoder_layer":
-            _replace_encoder_layer(graph, node)
+        elif kind in ("torchbridge::encoder_layer", "torchbridge::multi_head_attention"):
+            _replace_fused_layer(graph, node)
         elif kind in ("torchbridge::depthwise_conv", "torchbridge::stem_conv"):
             _replace_depthwise(graph, node, kind)
         else:
@@ -296,8 +300,8 @@ def rewrite_rowwise(graph) -> int:
     """The runtime's pass for "rowwise" (rewrite_rowwise in rowwise.cpp), on a frozen graph: each
     aten::linear whose weight (and bias, if any) is a float constant becomes
     torchbridge::packed_linear on that weight packed once (pack_linear_weight), each aten::lstm
-    with constant parameters torchbridge::rowwise_lstm, each aten::_transformer_encoder_layer_fwd
-    of constant weights torchbridge::encoder_layer, given them packed, and the operators of
+    with constant parameters torchbridge::rowwise_lstm, each node of FUSED_LAYERS (of constant
+    weights) torchbridge's operator, given the weights packed, and the operators of
     SAME_SCHEMA their torchbridge counterparts; in any block of the graph. Returns how many."""
     from torchbridge import _C  # noqa: F401  (registers the torchbridge operators)
 
@@ -306,8 +310,8 @@ def rewrite_rowwise(graph) -> int:
         inputs = list(node.inputs())
         if _packed_linear(node):
             found.append((node, "torchbridge::packed_linear"))  # with the weight packed once
-        elif _encoder_layer(node):
-            found.append((node, "torchbridge::encoder_layer"))
+        elif fused := _fused_layer(node):
+            found.append((node, fused))
         elif (
             node.kind() == "aten::lstm"
             and len(inputs) == 9
@@ -321,8 +325,8 @@ def rewrite_rowwise(graph) -> int:
     for node, kind in found:
         if kind == "torchbridge::packed_linear":
             _replace_with_packed(graph, node, kind)
-        elif kind == "torchbridge::encoder_layer":
-            _replace_encoder_layer(graph, node)
+        elif kind in ("torchbridge::encoder_layer", "torchbridge::multi_head_attention"):
+            _replace_fused_layer(graph, node)
         elif kind == "torchbridge::rowwise_lstm":
             _replace_lstm(graph, node)
         else:

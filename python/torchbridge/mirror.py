@@ -13,7 +13,7 @@ import torch
 from torchbridge._warnings import expected_deprecations
 from torchbridge.artifact import artifact_format, load_manifest
 from torchbridge.compare import max_errors, run_module
-from torchbridge.graph_passes import fold_encoder_layer_weights, rewrite_channels_last, rewrite_rowwise
+from torchbridge.graph_passes import fold_fused_layer_weights, rewrite_channels_last, rewrite_rowwise
 
 
 def load_in_python(
@@ -204,7 +204,7 @@ class RuntimeMirror:
                         if parameter.dim() == 4 and parameter.is_floating_point():
                             parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
                     frozen = torch.jit.freeze(module) if module._c.hasattr("training") else module
-                fold_encoder_layer_weights(frozen)
+                fold_fused_layer_weights(frozen)
                 rewrite_channels_last(frozen.graph)
                 self._channels_last_module = ChannelsLast(frozen)
             module = self._channels_last_module
@@ -213,7 +213,7 @@ class RuntimeMirror:
         if variant == "rowwise":
             if self._rowwise_module is None:
                 frozen = self._freeze()  # the runtime clones its frozen module within a call
-                fold_encoder_layer_weights(frozen)
+                fold_fused_layer_weights(frozen)
                 rewrite_rowwise(frozen.graph)
                 self._rowwise_module = frozen
             module = self._rowwise_module
