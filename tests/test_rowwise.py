@@ -496,20 +496,37 @@ def test_what_the_encoder_layer_kernel_does_not_take_is_atens_fused_layer_exactl
             torch.ops.torchbridge.encoder_layer(*encoder_layer_operands(layer, x[0]), packed)
 
 
+def export_sequence_model(model, path, variant, monkeypatch, generator):
+    """`model` (a (batch, sequence, 32) input) exported with `variant` first, batch and sequence
+    dynamic; the runtime, and the frozen module as the runtime's passes find it."""
+    export_with_order(model, (torch.randn(2, 10, 32, generator=generator),), path, [variant, "as_loaded"],
+                      monkeypatch, export_options={"dynamic_dims": [[0, 1]]})
+    return tb.Runtime(path, threads=THREADS), torch.jit.freeze(torch.jit.load(path).eval())
+
+
+def check_runs_variant(model, path, runtime, variant, generator):
+    """The runtime runs `variant` at every shape, bit for bit as its mirror, close to eager."""
+    _, mirror = load_in_python(path, runtime.optimized_from_batch)
+    with torch.inference_mode():
+        for batch, length in ((1, 10), (3, 10), (2, 80)):  # up to 64 keys torchbridge::attention, past it ATen's
+            x = torch.randn(batch, length, 32, generator=generator)
+            y = runtime(x)
+            assert runtime.variant_at(x) == variant
+            assert torch.equal(y, mirror(x)), f"batch {batch}, length {length}"
+            assert max_errors(y, model(x))[1] <= 1e-5
+    assert tb.verify(model, path, threads=THREADS, fresh=1).passed
+
+
 @pytest.mark.parametrize("variant", ["rowwise", "channels_last"])
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_the_runtime_runs_a_transformer_encoder_through_the_encoder_layer_kernel(tmp_path, monkeypatch, variant,
                                                                                   norm_first):
     model = encoder(norm_first, "gelu" if norm_first else "relu")
-    path = tmp_path / "encoder.pt"
     generator = torch.Generator().manual_seed(8)
-    export_with_order(model, (torch.randn(2, 10, 32, generator=generator),), path, [variant, "as_loaded"],
-                      monkeypatch, export_options={"dynamic_dims": [[0, 1]]})
-    runtime = tb.Runtime(path, threads=THREADS)
+    runtime, frozen = export_sequence_model(model, tmp_path / "encoder.pt", variant, monkeypatch, generator)
     # Scripted, the fast path is a branch of the layer's checks: the passes look inside branches too.
     # Freezing leaves the attention's in_proj_weight and in_proj_bias attributes: the fold makes them
     # constants.
-    frozen = torch.jit.freeze(torch.jit.load(path).eval())
     graph = frozen.graph
     assert len(graph.findAllNodes("aten::_transformer_encoder_layer_fwd")) == 2
     assert not graph.findNode("aten::_transformer_encoder_layer_fwd", recurse=False)
@@ -517,15 +534,7 @@ def test_the_runtime_runs_a_transformer_encoder_through_the_encoder_layer_kernel
     (rewrite_rowwise if variant == "rowwise" else rewrite_channels_last)(graph)
     assert len(graph.findAllNodes("torchbridge::encoder_layer")) == 2
     assert not graph.findAllNodes("aten::_transformer_encoder_layer_fwd")
-    _, mirror = load_in_python(path, runtime.optimized_from_batch)
-    with torch.inference_mode():
-        for batch, length in ((1, 10), (3, 10), (2, 80)):
-            x = torch.randn(batch, length, 32, generator=generator)
-            y = runtime(x)
-            assert runtime.variant_at(x) == variant
-            assert torch.equal(y, mirror(x)), f"batch {batch}, length {length}"
-            assert max_errors(y, model(x))[1] <= 1e-5
-    assert tb.verify(model, path, threads=THREADS, fresh=1).passed
+    check_runs_variant(model, tmp_path / "encoder.pt", runtime, variant, generator)
 
 
 def attention_operands(attention, query, key=None, mask=None, need_weights=False):
@@ -587,26 +596,14 @@ class SelfAttention(nn.Module):
 @pytest.mark.parametrize("variant", ["rowwise", "channels_last"])
 def test_the_runtime_runs_multi_head_attention_through_the_attention_block_kernel(tmp_path, monkeypatch, variant):
     model = SelfAttention().eval()
-    path = tmp_path / "attention.pt"
     generator = torch.Generator().manual_seed(9)
-    export_with_order(model, (torch.randn(2, 10, 32, generator=generator),), path, [variant, "as_loaded"],
-                      monkeypatch, export_options={"dynamic_dims": [[0, 1]]})
-    runtime = tb.Runtime(path, threads=THREADS)
-    frozen = torch.jit.freeze(torch.jit.load(path).eval())
+    runtime, frozen = export_sequence_model(model, tmp_path / "attention.pt", variant, monkeypatch, generator)
     assert len(frozen.graph.findAllNodes("aten::_native_multi_head_attention")) == 1
     assert fold_fused_layer_weights(frozen) == 2  # in_proj_weight and in_proj_bias
     (rewrite_rowwise if variant == "rowwise" else rewrite_channels_last)(frozen.graph)
     assert len(frozen.graph.findAllNodes("torchbridge::multi_head_attention")) == 1
     assert not frozen.graph.findAllNodes("aten::_native_multi_head_attention")
-    _, mirror = load_in_python(path, runtime.optimized_from_batch)
-    with torch.inference_mode():
-        for batch, length in ((1, 10), (3, 10), (2, 80)):
-            x = torch.randn(batch, length, 32, generator=generator)
-            y = runtime(x)
-            assert runtime.variant_at(x) == variant
-            assert torch.equal(y, mirror(x)), f"batch {batch}, length {length}"
-            assert max_errors(y, model(x))[1] <= 1e-5
-    assert tb.verify(model, path, threads=THREADS, fresh=1).passed
+    check_runs_variant(model, tmp_path / "attention.pt", runtime, variant, generator)
 
 
 @pytest.mark.parametrize(
