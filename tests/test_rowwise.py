@@ -663,6 +663,45 @@ def test_the_silu_kernel_keeps_atens_special_values_and_passes_on_what_it_does_n
 
 
 @pytest.mark.parametrize(
+    "shape", [(1, 144, 56, 56), (3, 13, 5, 7), (2, 1280, 7, 7), (1, 8, 1, 1), (5, 40, 9, 9), (1, 3, 300, 2)], ids=str
+)
+def test_the_global_average_pool_matches_aten_on_channels_last_input(shape):
+    generator = torch.Generator().manual_seed(11)
+    x = (torch.randn(shape, generator=generator) + 3).contiguous(memory_format=torch.channels_last)
+    expected = torch.nn.functional.adaptive_avg_pool2d(x.double(), 1)
+    before = torch.get_num_threads()
+    try:  # fewer images than threads split the channels: each channel summed alike anyway
+        torch.set_num_threads(1)
+        one = torch.ops.torchbridge.adaptive_avg_pool2d(x, [1, 1])
+        torch.set_num_threads(2)
+        two = torch.ops.torchbridge.adaptive_avg_pool2d(x, [1, 1])
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+    assert one.shape == (shape[0], shape[1], 1, 1) and one.dtype == torch.float32
+    assert max_errors(one.double(), expected)[1] <= 1e-6
+
+
+def test_the_global_average_pool_passes_on_what_it_does_not_take():
+    generator = torch.Generator().manual_seed(12)
+    x = torch.randn(2, 16, 6, 6, generator=generator)
+    cases = [
+        (x, [1, 1]),  # NCHW
+        (x.contiguous(memory_format=torch.channels_last), [2, 3]),  # another output size
+        (x.double().contiguous(memory_format=torch.channels_last), [1, 1]),
+        (x.contiguous(memory_format=torch.channels_last)[:, ::2], [1, 1]),  # not dense
+        (torch.randn(16, 6, 6, generator=generator), [1, 1]),  # 3-d
+    ]
+    for tensor, size in cases:
+        got = torch.ops.torchbridge.adaptive_avg_pool2d(tensor, size)
+        assert torch.equal(got, torch.nn.functional.adaptive_avg_pool2d(tensor, size))
+    special = x.contiguous(memory_format=torch.channels_last).clone()
+    special[0, 3, 2, 2], special[1, 5, 0, 0] = float("nan"), float("inf")
+    pooled = torch.ops.torchbridge.adaptive_avg_pool2d(special, [1, 1])
+    assert pooled[0, 3].isnan().all() and pooled[1, 5].isinf().all() and pooled.isfinite().sum() == 30
+
+
+@pytest.mark.parametrize(
     "shape", [(1, 24, 1, 1), (1, 24, 4, 4), (3, 24, 5, 7), (1, 24, 32, 32), (1, 24, 112, 112), (2, 24, 56, 60)], ids=str
 )
 def test_the_pointwise_conv_matches_conv2d_on_channels_last_pixels(shape):
@@ -872,7 +911,7 @@ class SiLUNet(nn.Module):
         self.head = nn.Linear(24, 10)
 
     def forward(self, x):
-        return self.head(self.body(x).mean((2, 3)))
+        return self.head(nn.functional.adaptive_avg_pool2d(self.body(x), 1).flatten(1))
 
 
 def test_the_channels_last_variant_runs_its_kernels_and_matches_its_mirror(tmp_path, monkeypatch):
@@ -883,8 +922,9 @@ def test_the_channels_last_variant_runs_its_kernels_and_matches_its_mirror(tmp_p
     assert runtime.optimization.startswith("freeze+channels_last (variant order measured at export)")
     graph = torch.jit.freeze(torch.jit.load(path).eval()).graph
     before = [node.kind() for node in graph.nodes()]
-    assert rewrite_channels_last(graph) == 6, before
+    assert rewrite_channels_last(graph) == 7, before
     kinds = [node.kind() for node in graph.nodes()]
+    assert kinds.count("torchbridge::adaptive_avg_pool2d") == 1 and "aten::adaptive_avg_pool2d" not in kinds
     assert kinds.count("torchbridge::silu_") == kinds.count("torchbridge::silu") == 1
     assert kinds.count("torchbridge::pointwise_conv") == kinds.count("torchbridge::depthwise_conv") == 1
     assert kinds.count("torchbridge::packed_linear") == 1 and "aten::linear" not in kinds  # the head

@@ -867,11 +867,14 @@ bool avx512_kernels_available() {
 int64_t pointwise_max_pixels() { return kPointwiseMaxPixels; }
 
 namespace {
-// Activations the "channels_last" variant replaces: same schema, the kernel where it applies.
+// Operators the "channels_last" variant replaces whatever their operands (activations, global
+// average pooling): same schema, the kernel where it applies.
 const std::vector<std::tuple<c10::Symbol, size_t, c10::Symbol>>& activations() {
   static const std::vector<std::tuple<c10::Symbol, size_t, c10::Symbol>> table = {
       {c10::Symbol::fromQualString("aten::silu"), 1, c10::Symbol::fromQualString("torchbridge::silu")},
       {c10::Symbol::fromQualString("aten::silu_"), 1, c10::Symbol::fromQualString("torchbridge::silu_")},
+      {c10::Symbol::fromQualString("aten::adaptive_avg_pool2d"), 2,
+       c10::Symbol::fromQualString("torchbridge::adaptive_avg_pool2d")},
   };
   return table;
 }

@@ -78,7 +78,7 @@ int rewrite_rowwise(torch::jit::Graph& graph);
 int fold_fused_layer_weights(torch::jit::Module& module);
 
 /// The "channels_last" variant's pass: replaces each aten::silu and aten::silu_ of `graph` by
-/// torchbridge's, each 1x1 convolution (stride 1, no padding, one group) of a constant float weight
+/// torchbridge's, each aten::adaptive_avg_pool2d by torchbridge's (pooling.hpp), each 1x1 convolution (stride 1, no padding, one group) of a constant float weight
 /// by torchbridge::pointwise_conv, the packed GEMM on the channels-last input's pixels, and each
 /// depthwise convolution of a constant float weight (a multiple of 8 channels, no dilation) by
 /// torchbridge::depthwise_conv (depthwise.hpp), given that weight packed once, and each linear layer

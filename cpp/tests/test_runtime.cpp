@@ -572,6 +572,25 @@ TEST(silu_matches_aten_in_any_dense_layout_and_passes_on_what_it_does_not_take) 
   REQUIRE(at::equal(silu.call(doubles), at::silu(doubles)));
 }
 
+TEST(adaptive_avg_pool2d_matches_aten_on_channels_last_input_and_is_aten_for_what_it_does_not_take) {
+  auto& dispatcher = c10::Dispatcher::singleton();
+  const auto pool = dispatcher.findSchemaOrThrow("torchbridge::adaptive_avg_pool2d", "")
+                        .typed<at::Tensor(const at::Tensor&, at::IntArrayRef)>();
+  at::manual_seed(0);
+  // 13 channels: a tail after the vector loop; 70 pixels: a second, partial block of pixels.
+  for (const auto& shape : std::vector<std::vector<int64_t>>{{3, 13, 7, 10}, {1, 144, 9, 9}, {2, 40, 1, 1}}) {
+    const at::Tensor x = (at::randn(shape) + 3).contiguous(at::MemoryFormat::ChannelsLast);
+    const at::Tensor y = pool.call(x, {1, 1});
+    const at::Tensor expected = at::adaptive_avg_pool2d(x.to(at::kDouble), {1, 1});
+    REQUIRE(y.sizes() == expected.sizes());
+    REQUIRE((y.to(at::kDouble) - expected).abs().max().item<double>() <= 1e-6 * expected.abs().max().item<double>());
+  }
+  const at::Tensor nchw = at::randn({2, 16, 5, 5});
+  REQUIRE(at::equal(pool.call(nchw, {1, 1}), at::adaptive_avg_pool2d(nchw, {1, 1})));
+  const at::Tensor last = nchw.contiguous(at::MemoryFormat::ChannelsLast);
+  REQUIRE(at::equal(pool.call(last, {2, 3}), at::adaptive_avg_pool2d(last, {2, 3})));
+}
+
 TEST(pointwise_conv_matches_conv2d_on_channels_last_pixels_and_is_conv2d_for_what_it_does_not_take) {
   auto& dispatcher = c10::Dispatcher::singleton();
   const auto op = dispatcher.findSchemaOrThrow("torchbridge::pointwise_conv", "")

@@ -32,10 +32,12 @@ SAME_SCHEMA = {
 }
 
 
-#: Activations the "channels_last" variant replaces, as SAME_SCHEMA does for "rowwise".
+#: Operators the "channels_last" variant replaces, as SAME_SCHEMA does for "rowwise": activations
+#: and global average pooling.
 ACTIVATIONS = {
     "aten::silu": (1, "torchbridge::silu"),
     "aten::silu_": (1, "torchbridge::silu_"),
+    "aten::adaptive_avg_pool2d": (2, "torchbridge::adaptive_avg_pool2d"),
 }
 
 

@@ -113,8 +113,8 @@ class RuntimeMirror:
     its first two calls, through the runtime's own OneDnnFusionScope; the first _C.FUSED_SHAPES
     shapes only, none with fuse=False), "optimize_for_inference" (freeze + optimize_for_inference),
     "frozen". "channels_last" (freeze with channels-last weights, 4-d inputs in channels-last,
-    SiLUs, first, 1x1 and depthwise convolutions and linear layers through torchbridge's kernels) runs
-    only where the order names it. `large`
+    SiLUs, global average poolings, first, 1x1 and depthwise convolutions and linear layers through
+    torchbridge's kernels) runs only where the order names it. `large`
     (runtime.large_batches, {"from": N, "variants": [...]}): batches of N or more follow that order
     instead. With a `runtime`, the variant is the one the runtime chose at that shape, so both run
     the same graphs. `load` returns a fresh module as loaded (eval mode)."""
