@@ -258,7 +258,9 @@ __attribute__((target("avx2,fma"))) void row_avx2(const float* image, const floa
   // A pixel alone runs only its taps inside the image; in a group, each pixel checks each tap
   // column, which costs more than it saves unless most columns are at an edge: where fewer than
   // four are inner, groups of up to four from the first column.
-  const auto ask = [&](int64_t ow, int64_t count) {
+  // `ask` must be inlined: called out of line, its prefetches no longer paid (at batch 32 the
+  // kernel ran as slowly as before them).
+  const auto ask = [&](int64_t ow, int64_t count) __attribute__((always_inline)) {
     const int64_t from = std::max<int64_t>(0, ow * g.sw - g.pw) * g.c;
     const int64_t to = std::min<int64_t>(g.w, (ow + count) * g.sw - g.pw + g.kw) * g.c;
     for (int64_t r = 0; r < new_rows; ++r)
