@@ -258,8 +258,8 @@ __attribute__((target("avx2,fma"))) void row_avx2(const float* image, const floa
   // A pixel alone runs only its taps inside the image; in a group, each pixel checks each tap
   // column, which costs more than it saves unless most columns are at an edge: where fewer than
   // four are inner, groups of up to four from the first column.
-  // `ask` must be inlined: called out of line, its prefetches no longer paid (at batch 32 the
-  // kernel ran as slowly as before them).
+  // `ask` must be inlined: as a function of its own, GCC finds it free of side effects (a prefetch
+  // is none to it) and drops every call, so the kernel ran without its prefetches.
   const auto ask = [&](int64_t ow, int64_t count) __attribute__((always_inline)) {
     const int64_t from = std::max<int64_t>(0, ow * g.sw - g.pw) * g.c;
     const int64_t to = std::min<int64_t>(g.w, (ow + count) * g.sw - g.pw + g.kw) * g.c;
