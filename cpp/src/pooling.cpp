@@ -1,11 +1,10 @@
 // torchbridge::adaptive_avg_pool2d. ATen computes a global average pooling as a mean over H and W,
 // a reduction over the outer dimensions of a channels-last input, which it runs well below memory
-// speed when C is more than a few vectors wide (at batch 32 the squeeze-excite poolings of
-// EfficientNet-B0 read their inputs at a quarter of the rate a plain sum over the same bytes
-// reaches). A channels-last image is H * W rows of C values: this kernel reads them in order, once,
-// adding each row into C sums. Each channel's pixels are summed in the same order (in blocks of
-// kBlockPixels, whose sums are then added in order) whichever thread takes it, so results do not
-// depend on the thread count; the blocks keep the rounding error near that of a pairwise sum.
+// speed when C is more than a few vectors wide (docs/performance.md). A channels-last image is
+// H * W rows of C values: this kernel reads them in order, once, adding each row into C sums.
+// Each channel's pixels are summed in the same order (in blocks of kBlockPixels, whose sums are
+// then added in order) whichever thread takes it, so results do not depend on the thread count;
+// the blocks keep the rounding error near that of a pairwise sum.
 #include "pooling.hpp"
 
 #include "rowwise.hpp"

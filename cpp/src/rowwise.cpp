@@ -869,7 +869,7 @@ int64_t pointwise_max_pixels() { return kPointwiseMaxPixels; }
 namespace {
 // Operators the "channels_last" variant replaces whatever their operands (activations, global
 // average pooling): same schema, the kernel where it applies.
-const std::vector<std::tuple<c10::Symbol, size_t, c10::Symbol>>& activations() {
+const std::vector<std::tuple<c10::Symbol, size_t, c10::Symbol>>& channels_last_same_schema() {
   static const std::vector<std::tuple<c10::Symbol, size_t, c10::Symbol>> table = {
       {c10::Symbol::fromQualString("aten::silu"), 1, c10::Symbol::fromQualString("torchbridge::silu")},
       {c10::Symbol::fromQualString("aten::silu_"), 1, c10::Symbol::fromQualString("torchbridge::silu_")},
@@ -1064,8 +1064,8 @@ std::vector<torch::jit::Node*> all_nodes(torch::jit::Graph& graph) {
   return nodes;
 }
 
-std::optional<c10::Symbol> activation_for(const torch::jit::Node* node) {
-  for (const auto& [kind, inputs, replacement] : activations())
+std::optional<c10::Symbol> channels_last_same_schema_for(const torch::jit::Node* node) {
+  for (const auto& [kind, inputs, replacement] : channels_last_same_schema())
     if (node->kind() == kind && node->inputs().size() == inputs && node->outputs().size() == 1) return replacement;
   return std::nullopt;
 }
@@ -1125,7 +1125,7 @@ int rewrite_channels_last(torch::jit::Graph& graph) {
   };
   std::vector<std::pair<torch::jit::Node*, c10::Symbol>> found;
   for (torch::jit::Node* node : all_nodes(graph)) {
-    if (const auto replacement = activation_for(node)) {
+    if (const auto replacement = channels_last_same_schema_for(node)) {
       found.emplace_back(node, *replacement);
     } else if (packed_linear_takes(node)) {  // the classifier head; ATen's GEMV does not split it
       found.emplace_back(node, packed_linear_op);

@@ -34,7 +34,7 @@ SAME_SCHEMA = {
 
 #: Operators the "channels_last" variant replaces, as SAME_SCHEMA does for "rowwise": activations
 #: and global average pooling.
-ACTIVATIONS = {
+CHANNELS_LAST_SAME_SCHEMA = {
     "aten::silu": (1, "torchbridge::silu"),
     "aten::silu_": (1, "torchbridge::silu_"),
     "aten::adaptive_avg_pool2d": (2, "torchbridge::adaptive_avg_pool2d"),
@@ -50,8 +50,8 @@ def _replace(graph, node, kind: str) -> None:
     node.destroy()
 
 
-def _activation(node) -> str | None:
-    entry = ACTIVATIONS.get(node.kind())
+def _channels_last_same_schema(node) -> str | None:
+    entry = CHANNELS_LAST_SAME_SCHEMA.get(node.kind())
     if entry and len(list(node.inputs())) == entry[0] and node.outputsSize() == 1:
         return entry[1]
     return None
@@ -262,8 +262,8 @@ def fold_fused_layer_weights(module) -> int:
 
 def rewrite_channels_last(graph) -> int:
     """The runtime's pass for "channels_last" (rewrite_channels_last in rowwise.cpp), on a frozen
-    graph: each operator of ACTIVATIONS becomes its torchbridge counterpart, each 1x1 convolution
-    of a constant float weight torchbridge::pointwise_conv, given that weight packed once as a
+    graph: each operator of CHANNELS_LAST_SAME_SCHEMA becomes its torchbridge counterpart, each 1x1
+    convolution of a constant float weight torchbridge::pointwise_conv, given that weight packed once as a
     (C_out, C) matrix, each depthwise convolution that _depthwise_conv accepts
     torchbridge::depthwise_conv, given its weight packed as (kh, kw, C), each convolution that
     _stem_conv accepts (a CNN's first) torchbridge::stem_conv, and each linear layer of a
@@ -274,7 +274,7 @@ def rewrite_channels_last(graph) -> int:
 
     found = []
     for node in _all_nodes(graph.block()):
-        if kind := _activation(node):
+        if kind := _channels_last_same_schema(node):
             found.append((node, kind))
         elif _packed_linear(node):
             found.append((node, "torchbridge::packed_linear"))
